@@ -1,0 +1,240 @@
+"""Grain input pipelines: prepared ArrayRecord shards -> fixed-shape numpy batches per process.
+
+Train: shuffle (reshuffled every epoch) -> repeat -> this process's slice -> decode a random photo
+of the recipe, random resized crop + flip -> batch. Eval: deterministic, the first photo of each
+recipe, center crop, padded with `valid=False` rows to a whole number of global batches so every
+process runs the same number of steps. Images leave the host as uint8; the model normalises them.
+Decoding runs in Grain worker processes when `num_workers > 0` (spawned: keep this module free of
+import-time work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from typing import Any
+
+import grain
+import numpy as np
+from PIL import Image
+
+from xmodal.data import records
+
+CROP_SCALE = (0.5, 1.0)  # area share of the photo kept by the random crop
+CROP_RATIO = (3 / 4, 4 / 3)
+EVAL_CROP_FRACTION = 0.875  # center crop of the short side, as in the ImageNet eval recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class TextLimits:
+    """Padded text shapes of a batch (H-T: title 15 tokens, 20 x 15 ingredients/instructions)."""
+
+    title_tokens: int = 15
+    ingredients: int = 20
+    instructions: int = 20
+    tokens: int = 15
+
+    @classmethod
+    def from_config(cls, data_config: Any) -> TextLimits:
+        return cls(
+            title_tokens=data_config.max_title_tokens,
+            ingredients=data_config.max_ingredients,
+            instructions=data_config.max_instructions,
+            tokens=data_config.max_tokens,
+        )
+
+
+def pad_tokens(ids: list[int], length: int) -> np.ndarray:
+    out = np.full((length,), records.PAD_ID, np.int32)
+    ids = ids[:length]
+    out[: len(ids)] = ids
+    return out
+
+
+def pad_sentences(sentences: list[list[int]], count: int, length: int) -> np.ndarray:
+    out = np.full((count, length), records.PAD_ID, np.int32)
+    for i, ids in enumerate(sentences[:count]):
+        ids = ids[:length]
+        out[i, : len(ids)] = ids
+    return out
+
+
+def text_features(recipe: records.Recipe, limits: TextLimits) -> dict[str, np.ndarray]:
+    return {
+        "title": pad_tokens(recipe["title_ids"], limits.title_tokens),
+        "ingredients": pad_sentences(recipe["ingredient_ids"], limits.ingredients, limits.tokens),
+        "instructions": pad_sentences(
+            recipe["instruction_ids"], limits.instructions, limits.tokens
+        ),
+        "class_id": np.int32(recipe["class_id"]),
+    }
+
+
+def open_image(jpeg: bytes, min_short_side: int) -> Image.Image:
+    """Decode to RGB; JPEG draft mode lets libjpeg decode at a reduced scale when it can."""
+    img = Image.open(io.BytesIO(jpeg))
+    img.draft("RGB", (min_short_side, min_short_side))
+    return img.convert("RGB")
+
+
+def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Inception-style crop: random area share and aspect ratio, resized to size x size, flipped
+    with probability 1/2."""
+    w, h = img.size
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*CROP_SCALE)
+        ratio = math.exp(rng.uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])))
+        cw = round(math.sqrt(target * ratio))
+        ch = round(math.sqrt(target / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            x = int(rng.integers(0, w - cw + 1))
+            y = int(rng.integers(0, h - ch + 1))
+            break
+    else:  # fall back to the largest centred square
+        cw = ch = min(w, h)
+        x, y = (w - cw) // 2, (h - ch) // 2
+    out = img.resize((size, size), Image.BILINEAR, box=(x, y, x + cw, y + ch))
+    if rng.random() < 0.5:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(out, np.uint8)
+
+
+def center_crop(img: Image.Image, size: int) -> np.ndarray:
+    w, h = img.size
+    side = max(1, round(min(w, h) * EVAL_CROP_FRACTION))
+    x, y = (w - side) // 2, (h - side) // 2
+    return np.asarray(
+        img.resize((size, size), Image.BILINEAR, box=(x, y, x + side, y + side)), np.uint8
+    )
+
+
+class TrainExample(grain.transforms.RandomMap):
+    """Record bytes -> one training pair with a random photo of the recipe."""
+
+    def __init__(self, limits: TextLimits, image_size: int):
+        self.limits = limits
+        self.image_size = image_size
+        self._draft = math.ceil(image_size / math.sqrt(CROP_SCALE[0]))
+
+    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        recipe = records.decode_record(element)
+        jpeg = recipe["images"][int(rng.integers(len(recipe["images"])))]
+        image = random_resized_crop(open_image(jpeg, self._draft), self.image_size, rng)
+        return {"image": image, **text_features(recipe, self.limits)}
+
+
+class EvalExample(grain.transforms.Map):
+    """(index, record bytes or None for padding) -> one eval pair with the recipe's first photo."""
+
+    def __init__(self, limits: TextLimits, image_size: int):
+        self.limits = limits
+        self.image_size = image_size
+
+    def map(self, element: tuple[int, bytes | None]) -> dict[str, np.ndarray]:
+        index, data = element
+        if data is None:
+            return self._padding()
+        recipe = records.decode_record(data)
+        image = center_crop(open_image(recipe["images"][0], self.image_size), self.image_size)
+        return {
+            "image": image,
+            **text_features(recipe, self.limits),
+            "index": np.int32(index),
+            "valid": np.bool_(True),
+        }
+
+    def _padding(self) -> dict[str, np.ndarray]:
+        empty = records.empty_recipe()
+        return {
+            "image": np.zeros((self.image_size, self.image_size, 3), np.uint8),
+            **text_features(empty, self.limits),
+            "index": np.int32(-1),
+            "valid": np.bool_(False),
+        }
+
+
+class PaddedSource:
+    """Random access over a split, extended with `None` entries up to `length`."""
+
+    def __init__(self, source: Any, length: int):
+        self.source = source
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[int, bytes | None]:
+        return (index, self.source[index]) if index < len(self.source) else (index, None)
+
+
+def open_split(data_dir: str, split: str) -> grain.sources.ArrayRecordDataSource:
+    return grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, split))
+
+
+def _maybe_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+    if num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return ds
+
+
+def train_dataset(
+    data_dir: str,
+    data_config: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    split: str = "train",
+) -> grain.IterDataset:
+    """Endless shuffled batches of `batch_size` (this process's share of the global batch)."""
+    source = open_split(data_dir, split)
+    if len(source) < process_count:
+        raise ValueError(f"split {split!r} has {len(source)} recipes, fewer than processes")
+    ds = grain.MapDataset.source(source).seed(seed)
+    ds = ds[process_index::process_count].shuffle().repeat()
+    ds = ds.random_map(TrainExample(TextLimits.from_config(data_config), data_config.image_size))
+    ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+    return _maybe_workers(ds, data_config.num_workers)
+
+
+def eval_dataset(
+    data_dir: str,
+    split: str,
+    data_config: Any,
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    limit: int | None = None,
+) -> tuple[grain.IterDataset, int]:
+    """Deterministic batches covering the first `limit` recipes of `split` (all by default).
+
+    Returns the dataset and the number of real pairs; the split is padded to a multiple of the
+    global batch (`batch_size * process_count`) with rows marked `valid=False`.
+    """
+    source = open_split(data_dir, split)
+    n = len(source) if limit is None else min(limit, len(source))
+    global_batch = batch_size * process_count
+    padded = max(global_batch, math.ceil(n / global_batch) * global_batch)
+    ds = grain.MapDataset.source(PaddedSource(_Limited(source, n), padded))
+    ds = ds[process_index::process_count]
+    ds = ds.map(EvalExample(TextLimits.from_config(data_config), data_config.image_size))
+    ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+    return _maybe_workers(ds, data_config.num_workers), n
+
+
+class _Limited:
+    """The first `n` records of a source."""
+
+    def __init__(self, source: Any, n: int):
+        self.source = source
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> bytes:
+        return self.source[index]

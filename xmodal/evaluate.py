@@ -1,0 +1,222 @@
+"""Retrieval evaluation exactly as the Recipe1M papers report it.
+
+Bag protocol (Salvador et al. 2017; Carvalho et al. 2018, Sec. 4.2): draw bags of N test pairs
+(10 x 1k, 5 x 10k) with a fixed seed; inside a bag every image queries all N recipes and every
+recipe all N images by cosine similarity; report medR (median 1-based rank of the true match) and
+R@1/5/10 (% of queries ranked <= K), mean and std over bags. Ties count against the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from xmodal import checkpointing, sharding
+from xmodal import state as state_lib
+from xmodal.data import info as data_info
+from xmodal.data import pipeline
+
+RECALL_AT = (1, 5, 10)
+DIRECTIONS = ("image_to_recipe", "recipe_to_image")
+RANK_CHUNK = 4096  # queries ranked per device call; bounds the similarity block in memory
+
+
+@jax.jit
+def _chunk_ranks(queries: jax.Array, candidates: jax.Array, true_index: jax.Array) -> jax.Array:
+    sims = jnp.dot(queries, candidates.T, precision=jax.lax.Precision.HIGHEST)
+    true_sim = jnp.take_along_axis(sims, true_index[:, None], axis=1)
+    return jnp.sum(sims >= true_sim, axis=1).astype(jnp.int32)
+
+
+def retrieval_ranks(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """1-based rank of candidate i for query i under cosine similarity, ties counted against.
+
+    Inputs need not be normalised. Rank = number of candidates at least as similar as the true
+    match (the match itself included), so an all-equal row ranks last. Runs on the default device
+    in fixed-size query chunks (one compilation per candidate count).
+    """
+    q = _unit(np.asarray(queries, np.float32))
+    c = _unit(np.asarray(candidates, np.float32))
+    if q.shape != c.shape:
+        raise ValueError(f"queries {q.shape} and candidates {c.shape} must be paired row by row")
+    n = q.shape[0]
+    chunk = min(RANK_CHUNK, max(n, 1))
+    padded = -(-n // chunk) * chunk
+    q_pad = np.zeros((padded, q.shape[1]), np.float32)
+    q_pad[:n] = q
+    idx = np.zeros((padded,), np.int32)
+    idx[:n] = np.arange(n)
+    c_dev = jnp.asarray(c)
+    ranks = [
+        _chunk_ranks(jnp.asarray(q_pad[s : s + chunk]), c_dev, jnp.asarray(idx[s : s + chunk]))
+        for s in range(0, padded, chunk)
+    ]
+    return np.asarray(jnp.concatenate(ranks))[:n]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def rank_metrics(ranks: np.ndarray) -> dict[str, float]:
+    out = {"medR": float(np.median(ranks))}
+    for k in RECALL_AT:
+        out[f"R@{k}"] = float(100.0 * np.mean(ranks <= k))
+    return out
+
+
+def bag_label(size: int) -> str:
+    return f"{size // 1000}k" if size % 1000 == 0 else str(size)
+
+
+def bag_metrics(
+    image: np.ndarray,
+    recipe: np.ndarray,
+    *,
+    bag_sizes: Sequence[int] = (1000, 10000),
+    num_bags: Sequence[int] = (10, 5),
+    seed: int = 0,
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """{direction: {bag label: {metric: {mean, std}}}}; bags larger than the split are left out.
+
+    Each bag is drawn once (without replacement) and used for both directions.
+    """
+    n = len(image)
+    if len(bag_sizes) != len(num_bags):
+        raise ValueError(f"bag_sizes {bag_sizes} and num_bags {num_bags} differ in length")
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict] = {d: {} for d in DIRECTIONS}
+    for size, count in zip(bag_sizes, num_bags, strict=True):
+        if size > n:
+            continue
+        per_bag: dict[str, list[dict[str, float]]] = {d: [] for d in DIRECTIONS}
+        for _ in range(count):
+            idx = rng.choice(n, size=size, replace=False)
+            img, rec = image[idx], recipe[idx]
+            per_bag["image_to_recipe"].append(rank_metrics(retrieval_ranks(img, rec)))
+            per_bag["recipe_to_image"].append(rank_metrics(retrieval_ranks(rec, img)))
+        for d in DIRECTIONS:
+            out[d][bag_label(size)] = {
+                m: {
+                    "mean": float(np.mean([b[m] for b in per_bag[d]])),
+                    "std": float(np.std([b[m] for b in per_bag[d]])),
+                }
+                for m in per_bag[d][0]
+            }
+    return out
+
+
+def format_table(results: dict) -> str:
+    """A readable table of an eval result (the JSON schema of DESIGN.md)."""
+    lines = [
+        f"split={results.get('split')}  step={results.get('step')}  pairs={results.get('n_pairs')}",
+        f"{'direction':<16}{'bag':>6}{'medR':>14}{'R@1':>14}{'R@5':>14}{'R@10':>14}",
+    ]
+    for d in DIRECTIONS:
+        for label, m in results.get(d, {}).items():
+            cells = "".join(
+                f"{m[k]['mean']:>8.2f} ±{m[k]['std']:>4.1f}" for k in ("medR", "R@1", "R@5", "R@10")
+            )
+            lines.append(f"{d:<16}{label:>6}{cells}")
+    return "\n".join(lines)
+
+
+class Embedder:
+    """Embeds a split with the model in eval mode, batch-sharded over every device."""
+
+    def __init__(self, graphdef: Any, mesh: Mesh):
+        self.mesh = mesh
+
+        def embed(params: Any, model_state: Any, batch: dict[str, jax.Array]):
+            model = nnx.merge(graphdef, params, model_state)
+            model.eval()
+            image = model.embed_image(batch["image"])
+            recipe = model.embed_recipe(batch["title"], batch["ingredients"], batch["instructions"])
+            return image, recipe
+
+        rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+        self._embed = jax.jit(embed, in_shardings=(rep, rep, data), out_shardings=(data, data))
+
+    def embed_split(
+        self, state: Any, data_dir: str, split: str, config: Any, *, limit: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(image, recipe) embeddings of the first `limit` pairs of `split`, in record order."""
+        local_batch = sharding.check_batch_size(config.eval.batch_size, self.mesh)
+        ds, n = pipeline.eval_dataset(
+            data_dir,
+            split,
+            config.data,
+            batch_size=local_batch,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            limit=limit,
+        )
+        images, recipes, indices = [], [], []
+        for batch in sharding.DevicePrefetcher(iter(ds), self.mesh, config.data.prefetch):
+            image, recipe = self._embed(state.params, state.model_state, batch)
+            image, recipe, index, valid = (
+                multihost_utils.process_allgather(x, tiled=True)
+                for x in (image, recipe, batch["index"], batch["valid"])
+            )
+            images.append(image[valid])
+            recipes.append(recipe[valid])
+            indices.append(index[valid])
+        order = np.argsort(np.concatenate(indices), kind="stable")
+        image_emb = np.concatenate(images)[order]
+        recipe_emb = np.concatenate(recipes)[order]
+        if len(image_emb) != n:
+            raise RuntimeError(f"embedded {len(image_emb)} pairs of {split!r}, expected {n}")
+        return image_emb, recipe_emb
+
+
+def evaluate_checkpoint(
+    config: Any,
+    workdir: str,
+    *,
+    split: str | None = None,
+    which: str | int | None = None,
+    state: Any = None,
+    mesh: Mesh | None = None,
+) -> dict[str, Any]:
+    """Embed `split` with a checkpoint of WORKDIR (or the given in-memory `state`), score it with
+    the bag protocol, write WORKDIR/eval_<split>.json and print a table."""
+    split = split or config.eval.split
+    mesh = mesh or sharding.make_mesh()
+    data_dir = data_info.resolve_data_dir(config.data)
+    info = data_info.load_info(data_dir)
+    checkpointing.check_compatible(workdir, config)
+    graphdef, abstract, _ = state_lib.abstract_train_state(config, info["vocab_size"])
+    if state is None:
+        manager = checkpointing.make_manager(workdir, read_only=True)
+        step = checkpointing.select_step(manager, which or config.eval.checkpoint)
+        target = state_lib.with_shardings(abstract, state_lib.state_shardings(abstract, mesh))
+        state = checkpointing.restore(manager, step, target)
+        manager.close()
+    image, recipe = Embedder(graphdef, mesh).embed_split(state, data_dir, split, config)
+    results = {
+        "step": int(state.step),
+        "split": split,
+        "n_pairs": len(image),
+        **bag_metrics(
+            image,
+            recipe,
+            bag_sizes=tuple(config.eval.bag_sizes),
+            num_bags=tuple(config.eval.num_bags),
+            seed=config.eval.seed,
+        ),
+    }
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        print(format_table(results))
+    return results

@@ -1,0 +1,55 @@
+"""Command line: `python -m xmodal.main --config=configs/tnlbt.py[:preset] [--workdir=DIR]
+[--mode=train|eval] [--config.a.b=v ...]`.
+
+Thin on purpose: flags, multi-host start-up, then one call into train or evaluate.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, metrics and results go (default: runs/<method>-<preset>)."
+)
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+_SPLIT = flags.DEFINE_string("split", None, "Eval split (default: config.eval.split).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Eval checkpoint: best | latest | <step> (default: config.eval.checkpoint)."
+)
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config) -> str:
+    return os.path.join("runs", f"{config.method}-{config.preset}")
+
+
+def maybe_initialize_distributed() -> None:
+    """Join a multi-host job when launched as one; a no-op on a single machine."""
+    markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+    if any(os.environ.get(m) for m in markers):
+        jax.distributed.initialize()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    maybe_initialize_distributed()
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or default_workdir(config)
+    if _MODE.value == "train":
+        from xmodal.train import train_and_evaluate
+
+        train_and_evaluate(config, workdir)
+    else:
+        from xmodal.evaluate import evaluate_checkpoint
+
+        evaluate_checkpoint(config, workdir, split=_SPLIT.value, which=_CHECKPOINT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

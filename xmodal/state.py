@@ -1,0 +1,120 @@
+"""The train state as a plain pytree, its optimizer, and its shardings.
+
+The NNX model is split once into a static graph definition and array state; training, evaluation
+and checkpointing only ever see the arrays, so the step is a pure function under `jax.jit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from xmodal import sharding
+from xmodal.models.dual_encoder import build_model
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: nnx.State  # nnx.Param variables, float32
+    model_state: nnx.State  # everything else the model carries (RNG streams, batch statistics)
+    opt_state: optax.OptState
+    rng: jax.Array  # base key; per-step dropout keys are folded from it, so resumes are exact
+
+
+def learning_rate_schedule(train_config: Any) -> optax.Schedule:
+    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `num_steps`."""
+    warmup = min(train_config.warmup_steps, max(train_config.num_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=train_config.lr,
+        warmup_steps=warmup,
+        decay_steps=max(train_config.num_steps, warmup + 1),
+        end_value=train_config.lr * train_config.min_lr_ratio,
+    )
+
+
+def _decay_mask(params: nnx.State) -> Any:
+    """Weight decay on matrices and kernels only, not on biases, norms or position tables."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(train_config: Any) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(train_config.grad_clip),
+        optax.adamw(
+            learning_rate_schedule(train_config),
+            weight_decay=train_config.weight_decay,
+            mask=_decay_mask,
+        ),
+    )
+
+
+def make_model(config: Any, vocab_size: int, seed: int) -> nnx.Module:
+    return build_model(
+        config.model,
+        vocab_size=vocab_size,
+        image_size=config.data.image_size,
+        rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+    )
+
+
+def init_train_state(
+    config: Any, vocab_size: int
+) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
+    """Build the model and optimizer; returns (graphdef, state, optimizer)."""
+    model = make_model(config, vocab_size, config.seed)
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    tx = make_optimizer(config.train)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        rng=jax.random.key(config.seed),
+    )
+    return graphdef, state, tx
+
+
+def abstract_train_state(
+    config: Any, vocab_size: int
+) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
+    """Shapes and dtypes of the train state without allocating it (for restore and sharding)."""
+    graphdef_box: list[nnx.GraphDef] = []
+    tx_box: list[optax.GradientTransformation] = []
+
+    def init() -> TrainState:
+        graphdef, state, tx = init_train_state(config, vocab_size)
+        graphdef_box.append(graphdef)
+        tx_box.append(tx)
+        return state
+
+    abstract = jax.eval_shape(init)
+    return graphdef_box[0], abstract, tx_box[0]
+
+
+def state_shardings(abstract_state: TrainState, mesh: Mesh) -> TrainState:
+    """Data parallel: every leaf of the state replicated on every device."""
+    rep = sharding.replicated(mesh)
+    return jax.tree.map(lambda _: rep, abstract_state)
+
+
+def with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainState:
+    """Attach target shardings so Orbax restores straight onto this run's devices."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+    )
+
+
+def sharded_init(config: Any, vocab_size: int, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, Any]:
+    """Initialise the state directly into its shardings."""
+    graphdef, abstract, tx = abstract_train_state(config, vocab_size)
+    shardings = state_shardings(abstract, mesh)
+    state = jax.jit(lambda: init_train_state(config, vocab_size)[1], out_shardings=shardings)()
+    return graphdef, state, tx

@@ -1,0 +1,175 @@
+"""The one training loop: sharded jit-compiled step, donated state, Grain input, Orbax saves."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from xmodal import checkpointing, evaluate, losses, sharding
+from xmodal import state as state_lib
+from xmodal.data import info as data_info
+from xmodal.data import pipeline
+from xmodal.metrics import MetricWriter
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+):
+    """Pure step: (state, global batch) -> (new state, scalar metrics)."""
+    loss_config = config.loss
+    schedule = state_lib.learning_rate_schedule(config.train)
+
+    def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.model_state)
+            model.train()
+            nnx.reseed(model, dropout=jax.random.fold_in(state.rng, state.step))
+            loss, metrics = losses.compute_losses(model(batch), loss_config)
+            _, _, model_state = nnx.split(model, nnx.Param, ...)
+            return loss, (metrics, model_state)
+
+        grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            model_state=model_state,
+            opt_state=opt_state,
+        )
+        metrics["learning_rate"] = schedule(state.step)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return new_state, metrics
+
+    return train_step
+
+
+def compile_train_step(graphdef, tx, config, state_shardings, mesh):
+    """jit with every sharding spelled out and the state donated (updated in place)."""
+    return jax.jit(
+        make_train_step(graphdef, tx, config),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict, data_dir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    record = config.to_dict()
+    record["data"]["resolved_dir"] = data_dir
+    with open(os.path.join(workdir, checkpointing.CONFIG_FILE), "w") as f:
+        json.dump(record, f, indent=2, default=str)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train to `config.train.num_steps`, resuming from WORKDIR's latest checkpoint if any.
+
+    Returns the last logged metrics and, when `config.train.eval_at_end`, the test results.
+    """
+    mesh = sharding.make_mesh()
+    local_batch = sharding.check_batch_size(config.train.batch_size, mesh)
+    data_dir = data_info.resolve_data_dir(config.data)
+    info = data_info.load_info(data_dir)
+    checkpointing.check_compatible(workdir, config)
+    write_config(workdir, config, data_dir)
+
+    graphdef, abstract, tx = state_lib.abstract_train_state(config, info["vocab_size"])
+    shardings = state_lib.state_shardings(abstract, mesh)
+    manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints)
+    host_iter = iter(
+        pipeline.train_dataset(
+            data_dir,
+            config.data,
+            batch_size=local_batch,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    )
+    latest = manager.latest_step()
+    if latest is not None:
+        state = checkpointing.restore(
+            manager, latest, state_lib.with_shardings(abstract, shardings), host_iter
+        )
+        print(f"resumed from {checkpointing.checkpoint_dir(workdir)} at step {latest}")
+    else:
+        init = lambda: state_lib.init_train_state(config, info["vocab_size"])[1]
+        state = jax.jit(init, out_shardings=shardings)()
+
+    batches = sharding.DevicePrefetcher(host_iter, mesh, config.data.prefetch)
+    step_fn = compile_train_step(graphdef, tx, config, shardings, mesh)
+    embedder = evaluate.Embedder(graphdef, mesh)
+    writer = MetricWriter(workdir)
+    start, total = int(state.step), config.train.num_steps
+    last_logged: dict[str, float] = {}
+    progress = tqdm(
+        total=total, initial=start, desc="train", unit="step", disable=jax.process_index() != 0
+    )
+    tick, tick_step = time.perf_counter(), start
+    for step in range(start + 1, total + 1):
+        state, metrics = step_fn(state, next(batches))
+        progress.update(1)
+        is_last = step == total
+        if step % config.train.log_every == 0 or is_last:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            metrics["examples_per_sec"] = (
+                (step - tick_step) * config.train.batch_size / max(now - tick, 1e-9)
+            )
+            tick, tick_step = now, step
+            writer.write(step, metrics)
+            progress.set_postfix(
+                loss=f"{metrics['loss']:.3f}", lr=f"{metrics['learning_rate']:.1e}"
+            )
+            last_logged = metrics
+        val = None
+        if step % config.train.eval_every == 0 or is_last:
+            val = validate(embedder, state, data_dir, config, mesh)
+            writer.write(step, val)
+            progress.write(
+                f"step {step}: val medR {val['val_medR_i2r']:.1f} / {val['val_medR_r2i']:.1f}  "
+                f"R@1 {val['val_R@1_i2r']:.1f} / {val['val_R@1_r2i']:.1f} (i2r / r2i, "
+                f"{val['val_pairs']:.0f} pairs)"
+            )
+        if step % config.train.checkpoint_every == 0 or is_last or val is not None:
+            checkpointing.save(manager, step, state, batches.get_state(), metrics=val)
+    progress.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    result: dict[str, Any] = {"train": last_logged}
+    if config.train.eval_at_end:
+        result["test"] = evaluate.evaluate_checkpoint(config, workdir, state=state, mesh=mesh)
+    return result
+
+
+def validate(
+    embedder: evaluate.Embedder,
+    state: state_lib.TrainState,
+    data_dir: str,
+    config: ml_collections.ConfigDict,
+    mesh: Any,
+) -> dict[str, float]:
+    """Retrieval on the first `val_pairs` validation pairs, one bag, both directions."""
+    image, recipe = embedder.embed_split(
+        state, data_dir, "val", config, limit=config.train.val_pairs
+    )
+    i2r = evaluate.rank_metrics(evaluate.retrieval_ranks(image, recipe))
+    r2i = evaluate.rank_metrics(evaluate.retrieval_ranks(recipe, image))
+    out = {f"val_{k}_i2r": v for k, v in i2r.items()}
+    out.update({f"val_{k}_r2i": v for k, v in r2i.items()})
+    out[checkpointing.BEST_METRIC] = (i2r["R@1"] + r2i["R@1"]) / 2
+    out["val_pairs"] = float(len(image))
+    return out
