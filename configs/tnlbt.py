@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
         "train.eval_every": 15,
         "train.checkpoint_every": 15,
         "eval.batch_size": 64,
-        "eval.bag_sizes": (100,),
+        "eval.bag_sizes": (50,),
         "eval.num_bags": (3,),
     },
     "b16": {

@@ -52,13 +52,14 @@ def make_manager(workdir: str, *, keep: int = 3, read_only: bool = False) -> ocp
 
 
 class FrozenIteratorState:
-    """Stands in for a data iterator at save time: hands Grain's handler a captured position."""
+    """Stands in for a data iterator at save time: hands Grain's handler a captured position
+    (serialised the way Grain's handler expects from a non-dataset iterator)."""
 
     def __init__(self, state: Any):
         self._state = state
 
-    def get_state(self) -> Any:
-        return self._state
+    def get_state(self) -> bytes:
+        return json.dumps(self._state, indent=2).encode()
 
 
 def save(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
@@ -35,9 +35,19 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def enable_compilation_cache() -> None:
+    """Reuse compiled steps across runs (a resumed run skips the compile); JAX's own
+    JAX_COMPILATION_CACHE_DIR wins when set."""
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        jax.config.update("jax_compilation_cache_dir", os.path.join(cache, "xmodal", "jax"))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
+    enable_compilation_cache()
     maybe_initialize_distributed()
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)

@@ -31,7 +31,7 @@ def make_train_step(
 
     def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.model_state)
+            model = nnx.merge(graphdef, params, state.model_state, copy=True)
             model.train()
             nnx.reseed(model, dropout=jax.random.fold_in(state.rng, state.step))
             loss, metrics = losses.compute_losses(model(batch), loss_config)

@@ -1,0 +1,203 @@
+"""TNLBT dual encoder (Yang et al., MMM 2023): ViT image branch + H-T recipe branch.
+
+Both branches end in a linear projection to a shared `embed_dim` space and L2 normalisation, so
+retrieval is a dot product. H-T's recipe self-supervision (Salvador et al., CVPR 2021, Sec. 3.2)
+adds one small head g_ab per ordered pair of recipe components (a != b): the loss pulls the
+normalised g_ab(e_a) towards the normalised e_b of the same recipe (see `xmodal.losses`).
+
+Precision: encoders compute in `config.model.dtype` with float32 parameters; the projections and
+normalisation run in float32 so embeddings (and the losses on them) are float32.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from xmodal.models.layers import (
+    DENSE_INIT,
+    Dtype,
+    count_params,
+    l2_normalize,
+    resolve_dtype,
+)
+from xmodal.models.recipe_encoder import COMPONENTS, HierarchicalRecipeEncoder
+from xmodal.models.vit import ViT, vit_variant
+
+__all__ = ["SSL_PAIRS", "DualEncoder", "abstract_model", "build_model", "count_params"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Ordered component pairs (a, b), a != b, and the key each gets in the model's 'ssl' output.
+SSL_PAIRS: tuple[tuple[str, str], ...] = tuple(itertools.permutations(COMPONENTS, 2))
+
+
+def ssl_key(a: str, b: str) -> str:
+    return f"{a}->{b}"
+
+
+def normalize_images(images: jax.Array, dtype: Dtype) -> jax.Array:
+    """uint8 [B, H, W, 3] -> ImageNet-normalised `dtype`. Done on device so the host sends uint8."""
+    x = images.astype(jnp.float32) / 255.0
+    x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    return x.astype(dtype)
+
+
+class SSLHead(nnx.Module):
+    """g_ab: Linear (H-T) or a 2-layer GELU MLP from component a's feature to b's space."""
+
+    def __init__(self, width: int, *, kind: str = "linear", rngs: nnx.Rngs):
+        if kind not in ("linear", "mlp"):
+            raise ValueError(f"ssl head must be 'linear' or 'mlp', got {kind!r}")
+        self.fc1 = nnx.Linear(width, width, kernel_init=DENSE_INIT, rngs=rngs)
+        self.fc2 = (
+            nnx.Linear(width, width, kernel_init=DENSE_INIT, rngs=rngs) if kind == "mlp" else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.fc1(x)
+        return x if self.fc2 is None else self.fc2(nnx.gelu(x, approximate=False))
+
+
+class DualEncoder(nnx.Module):
+    """Image and recipe encoders mapped into one unit-norm embedding space."""
+
+    def __init__(
+        self,
+        image_encoder: ViT,
+        recipe_encoder: HierarchicalRecipeEncoder,
+        *,
+        image_width: int,
+        recipe_width: int,
+        embed_dim: int,
+        ssl_head: str = "linear",
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.dtype = dtype
+        self.image_encoder = image_encoder
+        self.recipe_encoder = recipe_encoder
+        # float32 projections: cheap, and keep the embeddings the losses see in full precision.
+        self.image_proj = nnx.Linear(image_width, embed_dim, kernel_init=DENSE_INIT, rngs=rngs)
+        self.recipe_proj = nnx.Linear(recipe_width, embed_dim, kernel_init=DENSE_INIT, rngs=rngs)
+        self.ssl_heads = nnx.Dict(
+            {f"{a}_to_{b}": SSLHead(recipe_width, kind=ssl_head, rngs=rngs) for a, b in SSL_PAIRS}
+        )
+
+    def encode_image(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """uint8 [B, H, W, 3] -> (ViT tokens [B, 1+N, width], pooled [B, width]), compute dtype."""
+        return self.image_encoder(normalize_images(images, self.dtype))
+
+    def encode_recipe(
+        self, title: jax.Array, ingredients: jax.Array, instructions: jax.Array
+    ) -> dict[str, jax.Array]:
+        """Token ids -> {'title', 'ingredients', 'instructions', 'recipe'} features [B, width]."""
+        return self.recipe_encoder(title, ingredients, instructions)
+
+    def embed_image(self, images: jax.Array) -> jax.Array:
+        """uint8 [B, H, W, 3] -> [B, embed_dim] float32, unit norm."""
+        _, pooled = self.encode_image(images)
+        return l2_normalize(self.image_proj(pooled.astype(jnp.float32)))
+
+    def embed_recipe(
+        self, title: jax.Array, ingredients: jax.Array, instructions: jax.Array
+    ) -> jax.Array:
+        """title [B, T], ingredients [B, Ni, T], instructions [B, Ns, T] -> [B, embed_dim] f32."""
+        feats = self.encode_recipe(title, ingredients, instructions)
+        return l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
+
+    def recipe_ssl(self, feats: Mapping[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
+        """H-T Sec. 3.2: {'a->b': (normalised g_ab(e_a), normalised e_b)} for all ordered pairs."""
+        f32 = {c: feats[c].astype(jnp.float32) for c in COMPONENTS}
+        return {
+            ssl_key(a, b): (
+                l2_normalize(self.ssl_heads[f"{a}_to_{b}"](f32[a])),
+                l2_normalize(f32[b]),
+            )
+            for a, b in SSL_PAIRS
+        }
+
+    def __call__(self, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
+        """batch with 'image', 'title', 'ingredients', 'instructions' (others ignored) ->
+        {'image': [B, D], 'recipe': [B, D], 'ssl': {'title->ingredients': (pred, target), ...}}.
+        """
+        feats = self.encode_recipe(batch["title"], batch["ingredients"], batch["instructions"])
+        recipe = l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
+        return {
+            "image": self.embed_image(batch["image"]),
+            "recipe": recipe,
+            "ssl": self.recipe_ssl(feats),
+        }
+
+
+def _as_dict(cfg: Any) -> dict[str, Any]:
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+def build_model(
+    model_config: ml_collections.ConfigDict, *, vocab_size: int, image_size: int, rngs: nnx.Rngs
+) -> DualEncoder:
+    """The dual encoder described by `config.model` (see configs/tnlbt.py).
+
+    `config.model.vit` may name a standard size with `variant='B/16'` (see `VIT_VARIANTS`);
+    explicit fields next to it override the variant. The model starts in train mode (dropout on).
+    """
+    if model_config.image != "vit":
+        raise ValueError(f"dual encoder supports image='vit', got {model_config.image!r}")
+    if model_config.recipe != "hierarchical":
+        raise ValueError(
+            f"dual encoder supports recipe='hierarchical', got {model_config.recipe!r}"
+        )
+    dtype = resolve_dtype(model_config.get("dtype", "float32"))
+    attention = model_config.get("attention", "auto")
+
+    vit_cfg = _as_dict(model_config.vit)
+    variant = vit_cfg.pop("variant", None)
+    if variant:
+        vit_cfg = vit_variant(variant, **vit_cfg)
+    image_encoder = ViT(
+        image_size=image_size, dtype=dtype, attention=attention, rngs=rngs, **vit_cfg
+    )
+
+    text = _as_dict(model_config.text)
+    recipe_encoder = HierarchicalRecipeEncoder(
+        vocab_size,
+        width=text["width"],
+        depth=text["depth"],
+        num_heads=text["num_heads"],
+        mlp_dim=text["mlp_dim"],
+        dropout=text.get("dropout", 0.1),
+        max_len=text.get("max_len", 64),
+        dtype=dtype,
+        attention=attention,
+        rngs=rngs,
+    )
+    return DualEncoder(
+        image_encoder,
+        recipe_encoder,
+        image_width=vit_cfg["width"],
+        recipe_width=text["width"],
+        embed_dim=model_config.embed_dim,
+        ssl_head=model_config.get("ssl_head", "linear"),
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def abstract_model(
+    model_config: ml_collections.ConfigDict, *, vocab_size: int, image_size: int, seed: int = 0
+) -> DualEncoder:
+    """The model with `jax.ShapeDtypeStruct` leaves (nothing allocated): for parameter counts and
+    for building restore targets."""
+    return nnx.eval_shape(
+        lambda: build_model(
+            model_config, vocab_size=vocab_size, image_size=image_size, rngs=nnx.Rngs(seed)
+        )
+    )

@@ -1,0 +1,226 @@
+"""Transformer building blocks shared by every encoder (ViT, H-T recipe encoder, cross decoder).
+
+All layers compute in a configurable `dtype` (bf16 on accelerators) and keep parameters in float32.
+Attention goes through `jax.nn.dot_product_attention` with a *boolean* mask so that cuDNN's fused
+kernel can be used on GPU (nnx's default attention never asks for it; DESIGN.md "Known pitfalls").
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = Any
+AttentionImpl = Literal["auto", "xla", "cudnn"]
+
+# Initialisers as in ViT / timm (trunc-normal 0.02 would also do; xavier is big_vision's choice).
+DENSE_INIT = nnx.initializers.xavier_uniform()
+BIAS_INIT = nnx.initializers.normal(stddev=1e-6)
+
+
+def resolve_dtype(name: str | Dtype) -> Dtype:
+    """'float32' | 'bfloat16' | 'float16' (or a dtype) -> jnp dtype."""
+    return jnp.dtype(name) if isinstance(name, str) else name
+
+
+def attention_implementation(requested: AttentionImpl, dtype: Dtype) -> str | None:
+    """Picks the `implementation=` for `jax.nn.dot_product_attention` (decided at trace time).
+
+    'auto' takes cuDNN's fused kernel only where it exists and pays off: on GPU with a 16-bit
+    compute dtype. 'cudnn' forces it (and fails loudly off GPU); 'xla' forces the portable path.
+    """
+    if requested == "xla":
+        return "xla"
+    if requested == "cudnn":
+        return "cudnn"
+    if requested != "auto":
+        raise ValueError(f"attention must be 'auto', 'xla' or 'cudnn', got {requested!r}")
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    implementation: AttentionImpl = "auto",
+    **unused: Any,
+) -> jax.Array:
+    """`attention_fn` for `nnx.MultiHeadAttention` that calls `jax.nn.dot_product_attention`.
+
+    nnx hands us q/k/v as [B, T, N, H] (the layout jax.nn expects) and a mask broadcastable to
+    [B, N, Tq, Tk]. Attention-probability dropout is not supported by the fused kernels, so the
+    blocks apply dropout on the residual branches instead (`unused` swallows nnx's dropout args).
+    """
+    del unused
+    if mask is not None and mask.dtype != jnp.bool_:
+        mask = mask.astype(jnp.bool_)
+    impl = attention_implementation(implementation, query.dtype)
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=impl)
+
+
+def key_padding_mask(valid: jax.Array) -> jax.Array:
+    """Boolean attention mask [..., 1, 1, T] from a [..., T] validity mask.
+
+    A fully padded row (an empty ingredient sentence, a recipe with no instructions) would leave
+    every key masked; softmax over nothing is ill-defined (NaN with some kernels), so such rows
+    attend to all positions instead. Their outputs are garbage but finite, and every pooling in
+    this package ignores them (`masked_mean`).
+    """
+    valid = valid.astype(jnp.bool_)
+    empty = ~jnp.any(valid, axis=-1, keepdims=True)
+    return (valid | empty)[..., None, None, :]
+
+
+def masked_mean(x: jax.Array, valid: jax.Array | None, axis: int = -2) -> jax.Array:
+    """Mean of `x` over `axis` counting only positions where `valid` is true.
+
+    Empty rows give zeros (not 0/0), and their gradients are zero, never NaN. Sums are taken in
+    float32 so bf16 features averaged over many tokens do not lose precision.
+    """
+    xf = x.astype(jnp.float32)
+    if valid is None:
+        return jnp.mean(xf, axis=axis).astype(x.dtype)
+    m = jnp.expand_dims(valid.astype(jnp.float32), -1)
+    total = jnp.sum(xf * m, axis=axis)
+    count = jnp.maximum(jnp.sum(m, axis=axis), 1.0)
+    return (total / count).astype(x.dtype)
+
+
+class Mlp(nnx.Module):
+    """Transformer feed-forward: Linear -> GELU -> Linear (timm names: fc1, fc2)."""
+
+    def __init__(
+        self,
+        width: int,
+        mlp_dim: int,
+        *,
+        dropout: float = 0.0,
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        linear = functools.partial(
+            nnx.Linear,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=DENSE_INIT,
+            bias_init=BIAS_INIT,
+            rngs=rngs,
+        )
+        self.fc1 = linear(width, mlp_dim)
+        self.fc2 = linear(mlp_dim, width)
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nnx.gelu(self.fc1(x), approximate=False)
+        return self.fc2(self.drop(x))
+
+
+class EncoderBlock(nnx.Module):
+    """Pre-LN transformer block: x + Attn(LN(x)); x + MLP(LN(x)) (ViT, Dosovitskiy et al. 2021).
+
+    Pre-LN trains stably without warm-up tricks at the depths used here; H-T's PyTorch layers are
+    post-LN, a difference that does not matter at 2 layers but does for the 12-layer ViT.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        dropout: float = 0.0,
+        dtype: Dtype = jnp.float32,
+        attention: AttentionImpl = "auto",
+        rngs: nnx.Rngs,
+    ):
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        norm = functools.partial(
+            nnx.LayerNorm, width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+        )
+        self.norm1 = norm()
+        self.attn = nnx.MultiHeadAttention(
+            num_heads=num_heads,
+            in_features=width,
+            qkv_features=width,
+            out_features=width,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=DENSE_INIT,
+            bias_init=nnx.initializers.zeros_init(),
+            attention_fn=functools.partial(dot_product_attention, implementation=attention),
+            decode=False,
+            rngs=rngs,
+        )
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.norm2 = norm()
+        self.mlp = Mlp(width, mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x: [B, T, width]; mask: boolean, broadcastable to [B, heads, T, T] (key_padding_mask)."""
+        x = x + self.drop(self.attn(self.norm1(x), mask=mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class TransformerEncoder(nnx.Module):
+    """A stack of pre-LN blocks with an optional final LayerNorm (needed after pre-LN blocks)."""
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        dropout: float = 0.0,
+        final_norm: bool = True,
+        dtype: Dtype = jnp.float32,
+        attention: AttentionImpl = "auto",
+        rngs: nnx.Rngs,
+    ):
+        self.blocks = nnx.List(
+            [
+                EncoderBlock(
+                    width,
+                    num_heads,
+                    mlp_dim,
+                    dropout=dropout,
+                    dtype=dtype,
+                    attention=attention,
+                    rngs=rngs,
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.norm = (
+            nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+            if final_norm
+            else None
+        )
+
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        """x: [B, T, width]; valid: [B, T] boolean (False = padding) or None."""
+        mask = None if valid is None else key_padding_mask(valid)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x if self.norm is None else self.norm(x)
+
+
+def count_params(module: nnx.Module) -> int:
+    """Number of trainable parameters; works on abstract modules from `nnx.eval_shape`."""
+    leaves = jax.tree.leaves(nnx.state(module, nnx.Param))
+    return sum(math.prod(leaf.shape) for leaf in leaves)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Unit-norm rows in float32 (retrieval uses cosine similarity = dot product of these)."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))

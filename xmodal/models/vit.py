@@ -1,0 +1,123 @@
+"""Vision Transformer image encoder (Dosovitskiy et al., ICLR 2021), as used by TNLBT (Yang 2023).
+
+The module tree follows timm's `VisionTransformer` so pretrained weights map one-to-one:
+`patch_embed.proj` (conv), `cls_token`, `pos_embed`, `blocks[i].{norm1, attn, norm2, mlp.fc1,
+mlp.fc2}`, `norm`. timm fuses q/k/v into `attn.qkv`; here they are `attn.{query, key, value}` (split
+the fused kernel in three) and timm's `attn.proj` is `attn.out`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xmodal.models.layers import AttentionImpl, Dtype, EncoderBlock, masked_mean
+
+# Standard sizes (ViT paper Table 1; Ti and S from DeiT, Touvron et al. 2021).
+VIT_VARIANTS: dict[str, dict[str, int]] = {
+    "Ti/16": dict(patch_size=16, width=192, depth=12, num_heads=3, mlp_dim=768),
+    "S/16": dict(patch_size=16, width=384, depth=12, num_heads=6, mlp_dim=1536),
+    "B/16": dict(patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "B/32": dict(patch_size=32, width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L/16": dict(patch_size=16, width=1024, depth=24, num_heads=16, mlp_dim=4096),
+}
+
+
+def vit_variant(name: str, **overrides: Any) -> dict[str, Any]:
+    """Architecture fields of a standard variant ('B/16', ...), with optional overrides."""
+    if name not in VIT_VARIANTS:
+        raise ValueError(f"unknown ViT variant {name!r}; choose from {sorted(VIT_VARIANTS)}")
+    return {**VIT_VARIANTS[name], **overrides}
+
+
+class PatchEmbed(nnx.Module):
+    """Non-overlapping patches -> tokens, as one strided conv (timm: `patch_embed.proj`)."""
+
+    def __init__(self, patch_size: int, width: int, *, dtype: Dtype, rngs: nnx.Rngs):
+        self.proj = nnx.Conv(
+            3,
+            width,
+            kernel_size=(patch_size, patch_size),
+            strides=(patch_size, patch_size),
+            padding="VALID",
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nnx.initializers.lecun_normal(),
+            rngs=rngs,
+        )
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = self.proj(images)  # [B, H/p, W/p, width]
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+class ViT(nnx.Module):
+    """ViT backbone: returns all output tokens (for cross-attention) and a pooled feature."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        pool: str = "cls",
+        dropout: float = 0.0,
+        dtype: Dtype = jnp.float32,
+        attention: AttentionImpl = "auto",
+        rngs: nnx.Rngs,
+    ):
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch {patch_size}")
+        if pool not in ("cls", "gap"):
+            raise ValueError(f"pool must be 'cls' or 'gap', got {pool!r}")
+        self.pool = pool
+        self.dtype = dtype
+        self.num_patches = (image_size // patch_size) ** 2
+        self.patch_embed = PatchEmbed(patch_size, width, dtype=dtype, rngs=rngs)
+        self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
+        self.pos_embed = nnx.Param(
+            nnx.initializers.normal(0.02)(rngs.params(), (1, 1 + self.num_patches, width))
+        )
+        self.pos_drop = nnx.Dropout(dropout, rngs=rngs)
+        self.blocks = nnx.List(
+            [
+                EncoderBlock(
+                    width,
+                    num_heads,
+                    mlp_dim,
+                    dropout=dropout,
+                    dtype=dtype,
+                    attention=attention,
+                    rngs=rngs,
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.norm = nnx.LayerNorm(
+            width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+        )
+
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """images: normalised float [B, H, W, 3] -> (tokens [B, 1+N, width], pooled [B, width]).
+
+        tokens[:, 0] is the class token; all tokens are after the final LayerNorm.
+        """
+        x = self.patch_embed(images.astype(self.dtype))
+        if x.shape[1] != self.num_patches:
+            raise ValueError(
+                f"got {x.shape[1]} patches, built for {self.num_patches}: wrong image size"
+            )
+        cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1]))
+        x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
+        x = self.pos_drop(x + self.pos_embed[...].astype(x.dtype))
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        pooled = x[:, 0] if self.pool == "cls" else masked_mean(x[:, 1:], None, axis=1)
+        return x, pooled
