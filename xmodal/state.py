@@ -18,6 +18,10 @@ from jax.sharding import Mesh
 from xmodal import sharding
 from xmodal.models.dual_encoder import build_model
 
+# Dropout keys come from the counter-based 'rbg' generator: threefry's bit generation dominates
+# XLA compile time on CPU (about 3x) and costs step time on accelerators (as in big_vision).
+RNG_IMPL = "rbg"
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -61,7 +65,7 @@ def make_model(config: Any, vocab_size: int, seed: int) -> nnx.Module:
         config.model,
         vocab_size=vocab_size,
         image_size=config.data.image_size,
-        rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+        rngs=nnx.Rngs(params=seed, dropout=jax.random.key(seed + 1, impl=RNG_IMPL)),
     )
 
 
@@ -77,7 +81,7 @@ def init_train_state(
         params=params,
         model_state=model_state,
         opt_state=tx.init(params),
-        rng=jax.random.key(config.seed),
+        rng=jax.random.key(config.seed, impl=RNG_IMPL),
     )
     return graphdef, state, tx
 
