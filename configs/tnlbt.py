@@ -38,6 +38,9 @@ PRESETS: dict[str, dict] = {
     },
     "b16": {
         "data.image_size": 224,
+        "data.max_title_tokens": 15,
+        "data.max_ingredients": 20,
+        "data.max_instructions": 20,
         "model.vit.patch_size": 16,
         "model.vit.width": 768,
         "model.vit.depth": 12,
@@ -68,11 +71,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # empty: the built-in synthetic dataset, generated and prepared on first use
     c.data.cache_dir = ""  # where the built-in dataset is cached; empty: ~/.cache/xmodal
-    c.data.synthetic = dict(num_recipes=4000, image_size=96, seed=0)
+    c.data.synthetic = dict(num_recipes=9000, image_size=96, seed=0)
     c.data.image_size = 64
-    c.data.max_title_tokens = 15
-    c.data.max_ingredients = 20
-    c.data.max_instructions = 20
+    # Text limits sized to the built-in dataset (<= 10 lines per recipe); b16 restores H-T's.
+    c.data.max_title_tokens = 10
+    c.data.max_ingredients = 10
+    c.data.max_instructions = 10
     c.data.max_tokens = 15
     c.data.num_workers = 0  # Grain worker processes; 0 decodes in the main process
     c.data.prefetch = 2  # batches prefetched to device
