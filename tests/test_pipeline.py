@@ -30,7 +30,7 @@ def _write_split(data_dir, split, n, shards=2):
                         ingredient_ids=[[7, 8], [9]] * (1 + i % 3),
                         instruction_ids=[[10, 11, 12]],
                         class_id=i % 4,
-                        images=[_jpeg((i % 256, 0, 0)), _jpeg((0, i % 256, 0), (30, 50))],
+                        images=[_jpeg((6 * i % 256, 0, 0)), _jpeg((0, 6 * i % 256, 0), (30, 50))],
                     )
                 )
             )
@@ -94,6 +94,25 @@ def test_train_iterator_state_restores_exactly(data_dir):
     for got, want in zip(_take(fresh, 3), expected, strict=True):
         for k in want:
             np.testing.assert_array_equal(got[k], want[k])
+
+
+def _recipe_of(image):
+    """Recipe index of a solid-colour photo written by _write_split (colour 6 * index)."""
+    return round(float(image.reshape(-1, 3).mean(0).max()) / 6)
+
+
+def test_train_processes_split_an_epoch_disjointly_and_completely(data_dir):
+    seen = []
+    for p in range(2):
+        ds = pipeline.train_dataset(
+            str(data_dir), _config(), batch_size=1, seed=5, process_index=p, process_count=2
+        )
+        it = iter(ds)
+        epoch = [_recipe_of(next(it)["image"][0]) for _ in range(len(range(p, 37, 2)))]
+        assert len(set(epoch)) == len(epoch)  # one epoch: every recipe of the slice once
+        seen.append(set(epoch))
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(range(37))
 
 
 def test_processes_see_disjoint_recipes(data_dir):

@@ -9,7 +9,7 @@ from array_record.python.array_record_data_source import ArrayRecordDataSource
 from data_fixtures import SMALL, image_file, synthetic_raw  # noqa: F401
 from PIL import Image
 
-from xmodal.data import prepare, records, synthetic, tokenizer
+from xmodal.data import photos, prepare, records, synthetic, tokenizer
 
 SHORT_SIDE = 32
 
@@ -106,10 +106,10 @@ def test_load_image_applies_exif_and_never_upscales(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display
     img.save(tmp_path / "r.jpg", exif=exif)
-    out = Image.open(io.BytesIO(prepare.load_image(str(tmp_path / "r.jpg"), 256)))
+    out = Image.open(io.BytesIO(photos.load_image(str(tmp_path / "r.jpg"), 256)))
     assert out.size == (20, 40) and out.mode == "RGB"
     Image.new("L", (300, 600)).save(tmp_path / "g.png")
-    out = Image.open(io.BytesIO(prepare.load_image(str(tmp_path / "g.png"), 100)))
+    out = Image.open(io.BytesIO(photos.load_image(str(tmp_path / "g.png"), 100)))
     assert out.size == (100, 200) and out.mode == "RGB"
 
 

@@ -2,107 +2,123 @@
 
     python -m xmodal.data.prepare --raw_dir=RAW --out_dir=DATA
 
-One pass: read and join the raw JSON (`recipe1m`), learn the vocabulary on the train partition
-(`tokenizer`), decode/resize/re-encode every photo in a process pool, and write one msgpack record
-per recipe (`records`). Recipes with at least one good photo go to the paired splits `train`, `val`,
-`test`; recipes without one keep their text in `train_text`, `val_text`, `test_text`. Every skipped
-recipe or photo is listed with its reason in `DATA/dataset_info.json`, which is written last and
-atomically: its presence means the folder is complete.
+One pass: stream and join the raw JSON (`recipe1m`), learn the vocabulary on the train partition
+(`tokenizer`), decode/resize/re-encode every photo once in a process pool over all cores
+(`photos`), and write one msgpack record per recipe (`records`). Recipes with at least one good
+photo go to the paired splits `train`, `val`, `test`; recipes without one (none listed, or all
+listed photos bad) keep their text in `train_text`, `val_text`, `test_text`. Every skipped recipe or
+photo is listed with its reason in `DATA/dataset_info.json`, every repaired photo is counted by
+kind under `repaired`; dataset_info is written last and atomically: its presence means the folder
+is complete.
 
-The work is organised per recipe chunk and per shard so that resuming and bounded memory at full
-Recipe1M scale can be added without changing the layout.
+Scale: the work is cut into shards fixed before any photo is read (recipe order of layer1, ~1024
+recipes a shard), so the output does not depend on the number of workers. A shard is written to a
+hidden temporary file and renamed when complete, and its counts and skips go to
+`DATA/.prepare/<shard>.json`; a rerun after an interruption (same raw files and options, checked
+against `DATA/.prepare/plan.json`) keeps the finished shards and produces exactly the bytes of an
+uninterrupted run. Memory holds the recipes' text, the shards in flight and no other photo. Before
+the photos, a timed sample gives an estimate of time and disk for this dataset and full Recipe1M.
 """
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
 import math
 import multiprocessing
 import os
+import shutil
+import time
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
 from array_record.python.array_record_module import ArrayRecordWriter
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from xmodal.data import records, tokenizer
-from xmodal.data.recipe1m import PARTITIONS, RawRecipe, read_recipe1m
+from xmodal.data import photos, records, tokenizer
+from xmodal.data.recipe1m import (
+    CLASSES,
+    DET_INGRS,
+    LAYER1,
+    LAYER2,
+    PARTITIONS,
+    RawRecipe,
+    read_recipe1m,
+)
 
 RECORDS_PER_SHARD = 1024  # with --num_shards_per_split=0 (auto)
 LARGE_TRAIN_SPLIT = 100_000  # auto min word count: 10 (H-T) above this many train recipes, else 1
-JPEG_QUALITY = 90
-
-Image.MAX_IMAGE_PIXELS = 100_000_000  # beyond this a "photo" is a decompression bomb: skip it
-
-
-def load_image(path: str, short_side: int) -> bytes:
-    """Photo at `path` as JPEG bytes: EXIF-upright, RGB, short side <= `short_side`, no upscale."""
-    with Image.open(path) as img:
-        w, h = img.size
-        scale = min(1.0, short_side / min(w, h))
-        target = (max(1, round(w * scale)), max(1, round(h * scale)))
-        img.draft("RGB", target)  # JPEG: decode at a reduced scale when much larger than needed
-        img = ImageOps.exif_transpose(img).convert("RGB")
-        if min(img.size) > short_side:
-            s = short_side / min(img.size)
-            new = (max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s)))
-            img = img.resize(new, Image.BICUBIC, reducing_gap=3.0)
-        out = io.BytesIO()
-        img.save(out, format="JPEG", quality=JPEG_QUALITY)
-        return out.getvalue()
+STATE_DIR = ".prepare"
+PLAN_FILE = "plan.json"
+PLAN_VERSION = 1
+ESTIMATE_SAMPLE = 32  # photos timed before the run for the time / disk estimate
+# Recipe1M as released (layer1 / layer2), for the "full Recipe1M" line of the estimate.
+RECIPE1M_RECIPES, RECIPE1M_IMAGES = 1_029_720, 887_706
 
 
-def _load_recipe_images(
-    task: tuple[list[str], list[str], int],
-) -> list[tuple[str, bytes | None, str]]:
-    """Worker: (image id, JPEG bytes or None, reason) for each photo of one recipe."""
-    ids, paths, short_side = task
-    out: list[tuple[str, bytes | None, str]] = []
+@dataclasses.dataclass
+class Shard:
+    split: str
+    index: int
+    num_shards: int
+    recipes: list[RawRecipe]
+    with_photos: bool
+
+    @property
+    def name(self) -> str:
+        return records.shard_name(self.split, self.index, self.num_shards)
+
+
+def plan_shards(
+    split: str, recipes: list[RawRecipe], num_shards: int, with_photos: bool
+) -> list[Shard]:
+    """Contiguous, near-equal shards of `recipes` (0 = auto: ~RECORDS_PER_SHARD each)."""
+    n = len(recipes)
+    if n == 0:
+        return []
+    count = min(n, num_shards or math.ceil(n / RECORDS_PER_SHARD))
+    return [
+        Shard(split, i, count, recipes[i * n // count : (i + 1) * n // count], with_photos)
+        for i in range(count)
+    ]
+
+
+PhotoResult = tuple[str, bytes | None, str, list[str]]  # image id, JPEG or None, reason, repairs
+
+
+def _load_recipe_photos(task: tuple[list[str], list[str], int, int]) -> list[PhotoResult]:
+    """Worker: one result per photo of one recipe."""
+    ids, paths, short_side, max_pixels = task
+    out: list[PhotoResult] = []
     for iid, path in zip(ids, paths, strict=True):
-        if not os.path.exists(path):
-            out.append((iid, None, f"image file not found: {path}"))
-            continue
         try:
-            out.append((iid, load_image(path, short_side), ""))
-        except Exception as e:  # any decoder failure is a skip, never a crash of the whole run
-            out.append((iid, None, f"cannot decode image {path}: {type(e).__name__}: {e}"))
+            photo = photos.load_photo(path, short_side, max_pixels)
+            out.append((iid, photo.jpeg, "", photo.repairs))
+        except photos.PhotoError as e:
+            out.append((iid, None, f"{e} ({path})", []))
     return out
 
 
-def _imap(tasks: list, num_workers: int) -> Iterator:
-    if num_workers <= 1:
-        yield from map(_load_recipe_images, tasks)
-        return
-    with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
-        yield from pool.imap(_load_recipe_images, tasks, chunksize=8)
+def _photo_batches(
+    pool: Any, shards: list[Shard], short_side: int, max_pixels: int
+) -> Iterator[Iterator[list[PhotoResult]]]:
+    """Per shard, its per-recipe photo results in order; the next shard is already queued while
+    one is consumed, so workers never wait on the writer (and at most two shards are in flight)."""
 
+    def submit(shard: Shard) -> Iterator[list[PhotoResult]]:
+        tasks = [(r.image_ids, r.image_paths, short_side, max_pixels) for r in shard.recipes]
+        if pool is None:
+            return map(_load_recipe_photos, tasks)
+        return pool.imap(_load_recipe_photos, tasks, chunksize=4)
 
-class _ShardedWriter:
-    """Writes the records of one split round-robin-free: record k of n goes to shard k*S//n."""
-
-    def __init__(self, out_dir: str, split: str, expected: int, num_shards: int):
-        self.num_shards = num_shards or max(1, math.ceil(expected / RECORDS_PER_SHARD))
-        self.paths = [
-            os.path.join(out_dir, records.shard_name(split, i, self.num_shards))
-            for i in range(self.num_shards)
-        ]
-        self.writers = [ArrayRecordWriter(p, "group_size:1") for p in self.paths]
-        self.expected, self.count, self.images = max(expected, 1), 0, 0
-
-    def write(self, recipe: records.Recipe) -> None:
-        shard = min(self.count * self.num_shards // self.expected, self.num_shards - 1)
-        self.writers[shard].write(records.encode_record(recipe))
-        self.count += 1
-        self.images += len(recipe["images"])
-
-    def close(self) -> None:
-        for w in self.writers:
-            w.close()
-        if self.count == 0:  # an empty split has no shards and no entry in dataset_info
-            for p in self.paths:
-                os.remove(p)
+    todo = iter(shards)
+    in_flight = deque(submit(s) for s in [next(todo, None), next(todo, None)] if s is not None)
+    while in_flight:
+        yield in_flight.popleft()
+        nxt = next(todo, None)
+        if nxt is not None:
+            in_flight.append(submit(nxt))
 
 
 def _tokenize(tok: Any, recipes: list[RawRecipe], limits: dict) -> list[records.Recipe]:
@@ -130,14 +146,136 @@ def _tokenize(tok: Any, recipes: list[RawRecipe], limits: dict) -> list[records.
     ]
 
 
+def _write_json(obj: Any, path: str) -> None:
+    """Atomic JSON write: a reader sees the old file or the whole new one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_shard(
+    out_dir: str,
+    shard: Shard,
+    tok: Any,
+    limits: dict,
+    photo_results: Iterator[list[PhotoResult]] | None,
+    bar: tqdm | None = None,
+) -> dict:
+    """Writes one shard (temporary file, then rename) and its state file; returns the state:
+    record and photo counts, skipped photos, recipes sent to text-only, repairs by kind."""
+    final = os.path.join(out_dir, shard.name)
+    tmp = os.path.join(out_dir, f".{shard.name}.tmp")
+    if os.path.exists(tmp):  # left by an interrupted run
+        os.remove(tmp)
+    state: dict[str, Any] = dict(recipes=0, images=0, skipped=[], text_only=[], repaired={})
+    repaired: Counter[str] = Counter()
+    writer = ArrayRecordWriter(tmp, "group_size:1")
+    try:
+        for raw, rec in zip(shard.recipes, _tokenize(tok, shard.recipes, limits), strict=True):
+            if photo_results is not None:
+                for iid, data, why, repairs in next(photo_results):
+                    if data is None:
+                        state["skipped"].append({"id": iid, "reason": f"recipe {raw.id}: {why}"})
+                    else:
+                        rec["image_ids"].append(iid)
+                        rec["images"].append(data)
+                        repaired.update(repairs)
+                if not rec["images"]:  # no good photo left: the text goes to the text-only split
+                    state["text_only"].append(raw.id)
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+            writer.write(records.encode_record(rec))
+            state["recipes"] += 1
+            state["images"] += len(rec["images"])
+            if bar is not None:
+                bar.update(1)
+    finally:
+        writer.close()
+    state["repaired"] = dict(sorted(repaired.items()))
+    os.replace(tmp, final)
+    _write_json(state, os.path.join(out_dir, STATE_DIR, shard.name + ".json"))
+    return state
+
+
+def _raw_fingerprint(raw_dir: str) -> dict[str, list[int]]:
+    """Size and mtime of the raw JSON / pickle files: a resumed run must read the same raw data."""
+    out = {}
+    for name in (LAYER1, LAYER2, DET_INGRS, CLASSES):
+        path = os.path.join(raw_dir, name)
+        if os.path.exists(path):
+            st = os.stat(path)
+            out[name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
 def _clear_outputs(out_dir: str) -> None:
     """Removes a previous run's outputs, dataset_info first: a stale folder never looks complete."""
     info = os.path.join(out_dir, records.DATASET_INFO)
     if os.path.exists(info):
         os.remove(info)
     for name in os.listdir(out_dir):
-        if name.endswith(".array_record") or name == records.TOKENIZER_FILE:
+        if name.endswith((".array_record", ".array_record.tmp")) or name == records.TOKENIZER_FILE:
             os.remove(os.path.join(out_dir, name))
+    shutil.rmtree(os.path.join(out_dir, STATE_DIR), ignore_errors=True)
+
+
+def _human(seconds: float) -> str:
+    h, rest = divmod(int(seconds), 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def estimate(
+    shards: list[Shard], tok: Any, limits: dict, workers: int, short_side: int, max_pixels: int
+) -> dict[str, float]:
+    """Times `ESTIMATE_SAMPLE` photos spread over `shards` (serially, here) and extrapolates time
+    and disk to these shards and to full Recipe1M, assuming workers scale linearly."""
+    recipes = [r for s in shards for r in s.recipes]
+    paired = [r for s in shards if s.with_photos for r in s.recipes]
+    n_images = sum(len(r.image_ids) for r in paired)
+    step = max(1, len(paired) // ESTIMATE_SAMPLE)
+    sample = [(r.image_ids[0], r.image_paths[0]) for r in paired[::step][:ESTIMATE_SAMPLE]]
+    start, sizes = time.perf_counter(), []
+    for iid, path in sample:
+        for _, data, _, _ in _load_recipe_photos(([iid], [path], short_side, max_pixels)):
+            if data is not None:
+                sizes.append(len(data))
+    per_image = (time.perf_counter() - start) / max(1, len(sample))
+    text_sample = recipes[:: max(1, len(recipes) // 256)][:256]
+    text_bytes = sum(len(records.encode_record(r)) for r in _tokenize(tok, text_sample, limits))
+    per_recipe = text_bytes / max(1, len(text_sample))
+    per_photo = sum(sizes) / max(1, len(sizes))
+    return dict(
+        sampled_images=len(sample),
+        seconds_per_image=per_image,
+        bytes_per_image=per_photo,
+        bytes_per_recipe_text=per_recipe,
+        workers=workers,
+        seconds=n_images * per_image / workers,
+        bytes=n_images * per_photo + len(recipes) * per_recipe,
+        recipe1m_seconds=RECIPE1M_IMAGES * per_image / workers,
+        recipe1m_bytes=RECIPE1M_IMAGES * per_photo + RECIPE1M_RECIPES * per_recipe,
+        images=n_images,
+        recipes=len(recipes),
+    )
+
+
+def _print_estimate(e: dict[str, float]) -> None:
+    print(
+        f"[prepare] to do: {e['recipes']:,} recipes, {e['images']:,} photos; measured "
+        f"{e['seconds_per_image'] * 1e3:.1f} ms/photo on {e['sampled_images']} photos, "
+        f"~{e['bytes_per_image'] / 1e3:.0f} kB/photo -> about {_human(e['seconds'])} on "
+        f"{e['workers']} workers and {e['bytes'] / 1e9:.2f} GB. Full Recipe1M "
+        f"({RECIPE1M_IMAGES:,} photos): about {_human(e['recipe1m_seconds'])} and "
+        f"{e['recipe1m_bytes'] / 1e9:.1f} GB.",
+        flush=True,
+    )
 
 
 def prepare(
@@ -152,27 +290,24 @@ def prepare(
     max_ingredients: int = 20,
     max_instructions: int = 20,
     max_tokens: int = 15,
+    max_image_pixels: int = photos.MAX_PIXELS,
     source: str | None = None,
+    verbose: bool = True,
 ) -> dict:
     """Prepares `raw_dir` into `out_dir` and returns the dataset_info dict (0 = auto for counts).
 
     Auto values: shards of ~1024 records, one worker per core, and min word count 10 (H-T) when the
     train partition has more than 100k recipes, else 1 (the built-in dataset is too small for 10).
+    Resumes an interrupted run into the same `out_dir` (see the module docstring).
     """
     os.makedirs(out_dir, exist_ok=True)
-    _clear_outputs(out_dir)
     raw = read_recipe1m(raw_dir)
-    skipped = [{"id": i, "reason": why} for i, why in raw.skipped]
     train = [r for r in raw.recipes if r.partition == "train"]
     if not train:
         raise ValueError(
             f"{raw_dir}: no usable recipe in the train partition; nothing to learn from"
         )
     min_count = min_word_count or (10 if len(train) > LARGE_TRAIN_SPLIT else 1)
-    tok = tokenizer.build_tokenizer(
-        (t for r in train for t in (r.title, *r.ingredients, *r.instructions)), min_count=min_count
-    )
-    tokenizer.save_tokenizer(tok, out_dir)
     limits = dict(
         max_title_tokens=max_title_tokens,
         max_ingredients=max_ingredients,
@@ -180,68 +315,110 @@ def prepare(
         max_tokens=max_tokens,
         min_word_count=min_count,
     )
+    plan = dict(
+        version=PLAN_VERSION,
+        raw=_raw_fingerprint(raw_dir),
+        image_short_side=image_short_side,
+        num_shards_per_split=num_shards_per_split,
+        max_image_pixels=max_image_pixels,
+        limits=limits,
+    )
+    state_dir = os.path.join(out_dir, STATE_DIR)
+    plan_path = os.path.join(state_dir, PLAN_FILE)
+    resume = os.path.exists(plan_path) and _read_json(plan_path) == plan
+    if not resume:
+        _clear_outputs(out_dir)
+        os.makedirs(state_dir)
+        _write_json(plan, plan_path)
+    tok_path = os.path.join(out_dir, records.TOKENIZER_FILE)
+    if os.path.exists(tok_path):
+        tok = tokenizer.load_tokenizer(out_dir)
+    else:
+        tok = tokenizer.build_tokenizer(
+            (t for r in train for t in (r.title, *r.ingredients, *r.instructions)),
+            min_count=min_count,
+        )
+        tokenizer.save_tokenizer(tok, state_dir)  # then renamed: never a half-written file
+        os.replace(os.path.join(state_dir, records.TOKENIZER_FILE), tok_path)
 
     by_part = {p: [r for r in raw.recipes if r.partition == p] for p in PARTITIONS}
-    with_images = [r for p in PARTITIONS for r in by_part[p] if r.image_ids]
-    writers = {
-        p: _ShardedWriter(
-            out_dir, p, sum(bool(r.image_ids) for r in by_part[p]), num_shards_per_split
-        )
+    paired = [
+        s
         for p in PARTITIONS
-    }
-    text_only = {p: [r for r in by_part[p] if not r.image_ids] for p in PARTITIONS}
+        for s in plan_shards(p, [r for r in by_part[p] if r.image_ids], num_shards_per_split, True)
+    ]
+    states = {s.name: _state(state_dir, s) for s in paired}
+    todo = [s for s in paired if states[s.name] is None]
     workers = num_workers or os.cpu_count() or 1
-    tasks = [(r.image_ids, r.image_paths, image_short_side) for r in with_images]
-    chunk = 1024
-    with tqdm(total=len(with_images), unit="recipe", desc="photos", mininterval=1.0) as bar:
-        results = _imap(tasks, workers)
-        for start in range(0, len(with_images), chunk):
-            batch = with_images[start : start + chunk]
-            for raw_recipe, rec in zip(batch, _tokenize(tok, batch, limits), strict=True):
-                for iid, data, why in next(results):
-                    if data is None:
-                        skipped.append({"id": iid, "reason": f"recipe {raw_recipe.id}: {why}"})
-                    else:
-                        rec["image_ids"].append(iid)
-                        rec["images"].append(data)
-                if rec["images"]:
-                    writers[raw_recipe.partition].write(rec)
-                else:  # no good photo left: keep the text
-                    text_only[raw_recipe.partition].append(raw_recipe)
-                bar.update(1)
+    if todo and verbose:
+        if resume:
+            print(f"[prepare] resuming: {len(paired) - len(todo)} of {len(paired)} shards done")
+        _print_estimate(estimate(todo, tok, limits, workers, image_short_side, max_image_pixels))
+    total = sum(len(s.recipes) for s in paired)
+    left = sum(len(s.recipes) for s in todo)
+    with tqdm(
+        total=total, initial=total - left, unit="recipe", desc="photos", disable=not verbose
+    ) as bar:
+        pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and todo else None
+        try:
+            batches = _photo_batches(pool, todo, image_short_side, max_image_pixels)
+            for shard, results in zip(todo, batches, strict=True):
+                states[shard.name] = write_shard(out_dir, shard, tok, limits, results, bar)
+        finally:
+            if pool is not None:
+                pool.terminate()
+
+    fell_back = {rid for st in states.values() for rid in st["text_only"]}
+    text = [
+        s
+        for p in PARTITIONS
+        for s in plan_shards(
+            p + records.TEXT_ONLY_SUFFIX,
+            [r for r in by_part[p] if not r.image_ids or r.id in fell_back],
+            num_shards_per_split,
+            False,
+        )
+    ]
+    for shard in tqdm(text, unit="shard", desc="text-only", disable=not verbose):
+        states[shard.name] = _state(state_dir, shard) or write_shard(
+            out_dir, shard, tok, limits, None
+        )
 
     splits: dict[str, dict[str, int]] = {}
-    for p in PARTITIONS:
-        writers[p].close()
-        if writers[p].count:
-            splits[p] = {"recipes": writers[p].count, "images": writers[p].images}
-    for p in PARTITIONS:
-        recipes = text_only[p]
-        if not recipes:
-            continue
-        split = p + records.TEXT_ONLY_SUFFIX
-        writer = _ShardedWriter(out_dir, split, len(recipes), num_shards_per_split)
-        for start in range(0, len(recipes), chunk):
-            for rec in _tokenize(tok, recipes[start : start + chunk], limits):
-                writer.write(rec)
-        writer.close()
-        splits[split] = {"recipes": writer.count, "images": 0}
-
+    skipped = [{"id": i, "reason": why} for i, why in raw.skipped]
+    repaired: Counter[str] = Counter()
+    for shard in paired + text:
+        st = states[shard.name]
+        counts = splits.setdefault(shard.split, {"recipes": 0, "images": 0})
+        counts["recipes"] += st["recipes"]
+        counts["images"] += st["images"]
+        skipped += st["skipped"]
+        repaired.update(st["repaired"])
+    for split in [k for k, v in splits.items() if v["recipes"] == 0]:  # every photo was bad
+        del splits[split]
+        for shard in paired:
+            if shard.split == split:
+                os.remove(os.path.join(out_dir, shard.name))
     info = {
         "splits": splits,
         "skipped": skipped,
+        "repaired": dict(sorted(repaired.items())),
         "vocab_size": tok.get_vocab_size(),
         "num_classes": len(raw.class_names),
         "class_names": raw.class_names,
         "image_short_side": image_short_side,
+        "max_image_pixels": max_image_pixels,
         "limits": limits,
         "source": source or os.path.abspath(raw_dir),
     }
-    tmp = os.path.join(out_dir, records.DATASET_INFO + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, os.path.join(out_dir, records.DATASET_INFO))
+    _write_json(info, os.path.join(out_dir, records.DATASET_INFO))
     return info
+
+
+def _state(state_dir: str, shard: Shard) -> dict | None:
+    """The state of a finished shard, or None when it still has to be written."""
+    path = os.path.join(state_dir, shard.name + ".json")
+    return _read_json(path) if os.path.exists(path) else None
 
 
 def _define_flags() -> None:
@@ -263,6 +440,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("max_ingredients", 20, "Ingredient lines kept.")
     flags.DEFINE_integer("max_instructions", 20, "Instruction sentences kept.")
     flags.DEFINE_integer("max_tokens", 15, "Tokens kept per ingredient / instruction line.")
+    flags.DEFINE_integer(
+        "max_image_pixels", photos.MAX_PIXELS, "Larger photos are skipped as decompression bombs."
+    )
     flags.mark_flags_as_required(["raw_dir", "out_dir"])
 
 
@@ -296,6 +476,7 @@ def _main(argv: list[str]) -> None:
         max_ingredients=f.max_ingredients,
         max_instructions=f.max_instructions,
         max_tokens=f.max_tokens,
+        max_image_pixels=f.max_image_pixels,
     )
     counts = ", ".join(
         f"{k}: {v['recipes']} recipes / {v['images']} images" for k, v in info["splits"].items()

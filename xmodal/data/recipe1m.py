@@ -4,22 +4,31 @@ Joins `layer1.json` (text), `layer2.json` (photos), `det_ingrs.json` (clean ingr
 when present, `classes1M.pkl` (class labels) into one `RawRecipe` per recipe. Nothing is dropped
 silently: every rejected entry comes back as `(id, reason)` in `RawDataset.skipped`, so `prepare`
 can report it in `dataset_info.json`.
+
+The JSON files are streamed entry by entry with `ijson` (its C yajl2 backend): `json.load` on the
+1.3 GB layer1 of Recipe1M peaks at ~10 GB of Python objects, while streaming keeps only the cleaned
+fields of each recipe. A syntax error is reported once, with the file, line, column and byte offset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pickle
 import re
 import unicodedata
+from collections.abc import Iterator
 from typing import Any
+
+import ijson
 
 PARTITIONS = ("train", "val", "test")
 LAYER1, LAYER2, DET_INGRS, CLASSES = "layer1.json", "layer2.json", "det_ingrs.json", "classes1M.pkl"
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
+# C0/C1 controls, zero-width and bidi marks, line/paragraph separators, BOM, lone surrogates.
+_CONTROL = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\ufeff\ud800-\udfff]"
+)
 _SPACE = re.compile(r"\s+")
 
 
@@ -57,17 +66,67 @@ def image_path(raw_dir: str, partition: str, image_id: str) -> str:
     return os.path.join(raw_dir, partition, *image_id[:4], image_id)
 
 
-def load_json(path: str) -> Any:
-    """Reads one JSON file. The single place to swap in a streaming parser for the 1.3 GB layer1."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"malformed JSON in {path}: line {e.lineno}, column {e.colno}: {e.msg}"
-        ) from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}): {e.reason}") from e
+class _CountingReader:
+    """A binary file that remembers where the chunk it last returned starts (bytes and lines), so a
+    parse error found in that chunk can be placed exactly."""
+
+    def __init__(self, f: Any):
+        self.f = f
+        self.offset = 0  # bytes before `chunk`
+        self.lines = 0  # newlines before `chunk`
+        self.chunk = b""
+
+    def read(self, n: int = -1) -> bytes:
+        self.offset += len(self.chunk)
+        self.lines += self.chunk.count(b"\n")
+        self.chunk = self.f.read(n)
+        return self.chunk
+
+
+def _error_position(reader: _CountingReader, message: str) -> str:
+    """'line L, column C (byte B)' of a yajl error, found from the context that yajl quotes."""
+    lines = message.split("\n")
+    at = reader.offset + len(reader.chunk)  # fallback: the end of the chunk being parsed
+    if len(lines) >= 3 and "^" in lines[2]:
+        # yajl's caret stands just past the offending token: step back onto it
+        context, caret = lines[1], max(0, lines[2].index("^") - 1)
+        start = len(context) - len(context.lstrip(" "))
+        quoted = context[start:].encode("utf-8", "replace")
+        # yajl prints newlines and tabs of the context as spaces
+        pattern = b"".join(b"\\s" if c == 32 else re.escape(bytes([c])) for c in quoted)
+        match = re.search(pattern, reader.chunk)
+        if match and caret >= start:
+            at = reader.offset + match.start() + len(context[start:caret].encode("utf-8"))
+    before = reader.chunk[: max(0, at - reader.offset)]
+    line = reader.lines + before.count(b"\n") + 1
+    column = len(before) - (before.rfind(b"\n") + 1) + 1
+    return f"line {line}, column {column} (byte {at})"
+
+
+def iter_json_list(path: str) -> Iterator[Any]:
+    """The entries of the JSON list in `path`, parsed one at a time (bounded memory).
+
+    Raises ValueError naming the file and position on malformed JSON, and when the top level is
+    not a list.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+        if head.startswith(b"\xef\xbb\xbf"):
+            head = head[3:].lstrip()
+        if not head.startswith(b"["):
+            kind = "empty file" if not head else f"{head[:20]!r}..."
+            raise ValueError(f"{path}: expected a JSON list of entries, found {kind}")
+        f.seek(0)
+        reader = _CountingReader(f)
+        try:
+            yield from ijson.items(reader, "item", use_float=True, buf_size=1 << 16)
+        except ijson.JSONError as e:
+            message = str(e)
+            where = _error_position(reader, message)
+            first = message.split("\n")[0].strip()
+            raise ValueError(f"malformed JSON in {path}: {where}: {first}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text: {e.reason}") from None
 
 
 def load_classes(path: str) -> tuple[dict[str, int], list[str]]:
@@ -97,12 +156,6 @@ def _texts(items: Any) -> list[str]:
     return [t for t in out if t]
 
 
-def _list_of_dicts(data: Any, path: str) -> list[Any]:
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
-    return data
-
-
 def read_recipe1m(raw_dir: str) -> RawDataset:
     """Reads and joins the raw layout under `raw_dir`; see the module docstring."""
     path1 = os.path.join(raw_dir, LAYER1)
@@ -110,7 +163,7 @@ def read_recipe1m(raw_dir: str) -> RawDataset:
         raise FileNotFoundError(f"{path1} not found: is {raw_dir!r} a Recipe1M raw directory?")
     skipped: list[tuple[str, str]] = []
     recipes: dict[str, RawRecipe] = {}
-    for k, entry in enumerate(_list_of_dicts(load_json(path1), path1)):
+    for k, entry in enumerate(iter_json_list(path1)):
         rid = normalize_text(entry.get("id")) if isinstance(entry, dict) else ""
         if not rid:
             skipped.append((f"{LAYER1}[{k}]", "layer1 entry without an id"))
@@ -138,7 +191,7 @@ def read_recipe1m(raw_dir: str) -> RawDataset:
 
     path_det = os.path.join(raw_dir, DET_INGRS)
     if os.path.exists(path_det):
-        for entry in _list_of_dicts(load_json(path_det), path_det):
+        for entry in iter_json_list(path_det):
             recipe = recipes.get(entry.get("id")) if isinstance(entry, dict) else None
             if recipe is None:
                 continue  # parallel to layer1: skips there are already reported
@@ -153,7 +206,7 @@ def read_recipe1m(raw_dir: str) -> RawDataset:
 
     path2 = os.path.join(raw_dir, LAYER2)
     if os.path.exists(path2):
-        for entry in _list_of_dicts(load_json(path2), path2):
+        for entry in iter_json_list(path2):
             rid = normalize_text(entry.get("id")) if isinstance(entry, dict) else ""
             recipe = recipes.get(rid)
             if recipe is None:

@@ -1,0 +1,121 @@
+"""One raw photo -> the JPEG bytes that `prepare` stores, with every fault of a web crawl named.
+
+Real Recipe1M photos are web JPEGs of any size and kind. What we repair (and count, by kind, in
+`dataset_info.json` under `repaired`): PNG / WebP / GIF bytes under a `.jpg` name (decoded by their
+content, not their name), CMYK / grayscale / palette / alpha modes (to RGB; transparency over
+white), EXIF orientation (rotated upright), photos much larger than needed (JPEG `draft` mode lets
+libjpeg decode at 1/2, 1/4 or 1/8 scale, so a 12 MP photo costs little more than a small one).
+What we skip (and report with a reason): a missing or empty file, bytes no decoder recognises,
+truncated or corrupt image data, and a "photo" of more than `max_pixels` pixels (a decompression
+bomb). Pillow's own bomb check (a warning above `Image.MAX_IMAGE_PIXELS`, an error above twice
+that) is replaced by that one explicit limit, so no photo warns and every refusal is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+JPEG_QUALITY = 90
+MAX_PIXELS = 200_000_000  # ~ 14k x 14k; past this a "photo" is a decompression bomb
+LARGE_PIXELS = 12_000_000  # photos of at least this many pixels are counted as "large"
+_ORIENTATION = 0x0112
+
+
+class PhotoError(Exception):
+    """A photo that cannot be used; the message is the reason reported in dataset_info."""
+
+
+@dataclasses.dataclass
+class Photo:
+    jpeg: bytes
+    repairs: list[str]  # what was fixed on the way, e.g. ["PNG bytes under a .jpg name"]
+
+
+def _open(path: str, max_pixels: int) -> Image.Image:
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our explicit limit below replaces Pillow's warn/error pair
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise PhotoError("not an image: no decoder recognises the bytes") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise PhotoError(f"image too large: {w}x{h} pixels > max_pixels={max_pixels}")
+    if w < 1 or h < 1:
+        img.close()
+        raise PhotoError(f"image has no pixels: {w}x{h}")
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGB", rgba.size, (255, 255, 255))
+        white.paste(rgba, mask=rgba.getchannel("A"))
+        return white
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale to 8 bits first
+        return img.point(lambda v: v / 256).convert("L").convert("RGB")
+    return img.convert("RGB")
+
+
+def load_photo(path: str, short_side: int, max_pixels: int = MAX_PIXELS) -> Photo:
+    """The photo at `path` as JPEG bytes: upright, RGB, short side `short_side` (never upscaled).
+
+    Raises PhotoError (with the reason to report) for a photo that cannot be used.
+    """
+    if not os.path.exists(path):
+        raise PhotoError(f"image file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise PhotoError("empty image file")
+    repairs: list[str] = []
+    img = _open(path, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            # e.g. "possibly corrupt EXIF data": the pixels decode fine, so the photo is kept
+            warnings.simplefilter("ignore")
+            fmt, mode, (w, h) = img.format, img.mode, img.size
+            if fmt != "JPEG" and path.lower().endswith((".jpg", ".jpeg")):
+                repairs.append(f"{fmt} bytes under a .jpg name")
+            if mode != "RGB":
+                repairs.append(f"{mode} converted to RGB")
+            if w * h >= LARGE_PIXELS:
+                repairs.append("large photo decoded at reduced scale")
+            scale = min(1.0, short_side / min(w, h))
+            img.draft("RGB", (max(1, round(w * scale)), max(1, round(h * scale))))
+            img.load()
+            if img.getexif().get(_ORIENTATION, 1) not in (1, None):
+                repairs.append("rotated upright by EXIF orientation")
+                img = ImageOps.exif_transpose(img)
+            img = _to_rgb(img)
+            if min(img.size) > short_side:
+                s = short_side / min(img.size)
+                size = (max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s)))
+                img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+            out = io.BytesIO()
+            img.save(out, format="JPEG", quality=JPEG_QUALITY)
+    except PhotoError:
+        raise
+    except OSError as e:
+        if "truncated" in str(e):
+            raise PhotoError(f"truncated image: {e}") from None
+        raise PhotoError(f"corrupt image data: {type(e).__name__}: {e}") from None
+    except Exception as e:  # any other decoder failure is a reported skip, never a crash
+        raise PhotoError(f"corrupt image data: {type(e).__name__}: {e}") from None
+    finally:
+        img.close()
+    return Photo(out.getvalue(), repairs)
+
+
+def load_image(path: str, short_side: int) -> bytes:
+    """`load_photo(...).jpeg`: the stored JPEG bytes only."""
+    return load_photo(path, short_side).jpeg
