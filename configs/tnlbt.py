@@ -89,6 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.embed_dim = 128
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.attention = "auto"  # auto: cuDNN fused attention on GPU, XLA elsewhere
+    c.model.remat = "none"  # none | full | dots | dots_no_batch (xmodal.models.layers)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.triplet = 1.0
@@ -104,6 +105,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.warmup_steps = 200
     c.train.weight_decay = 1e-4
     c.train.grad_clip = 1.0
+    c.train.fsdp = False  # shard params + optimizer state over the data axis (xmodal.state)
+    c.train.mu_dtype = ""  # Adam first-moment dtype; "" = float32, "bfloat16" halves its memory
+    c.train.grad_accum_steps = 1  # micro-batches per step (train.batch_size is the whole step)
+    c.train.grad_accum = "gradcache"  # gradcache: exact global-batch loss | naive: per micro-batch
     c.train.log_every = 50
     c.train.eval_every = 500
     c.train.checkpoint_every = 500

@@ -8,6 +8,7 @@ inserts the all-gather); the Explicit default since jax 0.9 rejects it.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -34,6 +35,32 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+# Leaves smaller than this stay replicated under FSDP: sharding them saves nothing and costs a
+# collective each (biases, norms, the class token); MaxText and big_vision use similar cut-offs.
+FSDP_MIN_SIZE = 2**14
+
+
+def fsdp_spec(
+    shape: tuple[int, ...], axis_size: int, min_size: int = FSDP_MIN_SIZE
+) -> PartitionSpec:
+    """FSDP layout of one parameter or optimizer leaf: split its largest dimension that divides
+    evenly over the data axis; small leaves, or leaves with no such dimension, stay replicated."""
+    if axis_size <= 1 or math.prod(shape) < min_size:
+        return PartitionSpec()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % axis_size == 0:
+            spec: list[str | None] = [None] * len(shape)
+            spec[dim] = DATA_AXIS
+            return PartitionSpec(*spec)
+    return PartitionSpec()
+
+
+def fsdp_sharding(
+    shape: tuple[int, ...], mesh: Mesh, min_size: int = FSDP_MIN_SIZE
+) -> NamedSharding:
+    return NamedSharding(mesh, fsdp_spec(tuple(shape), mesh.shape[DATA_AXIS], min_size))
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:

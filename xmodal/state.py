@@ -54,6 +54,9 @@ def make_optimizer(train_config: Any) -> optax.GradientTransformation:
         optax.clip_by_global_norm(train_config.grad_clip),
         optax.adamw(
             learning_rate_schedule(train_config),
+            # bf16 first moment halves its memory (DESIGN.md "Precision"); the second moment
+            # stays f32 because bf16 cannot hold the small squared gradients.
+            mu_dtype=train_config.get("mu_dtype") or None,
             weight_decay=train_config.weight_decay,
             mask=_decay_mask,
         ),
@@ -103,10 +106,30 @@ def abstract_train_state(
     return graphdef_box[0], abstract, tx_box[0]
 
 
-def state_shardings(abstract_state: TrainState, mesh: Mesh) -> TrainState:
-    """Data parallel: every leaf of the state replicated on every device."""
+def state_shardings(abstract_state: TrainState, mesh: Mesh, fsdp: bool = False) -> TrainState:
+    """Data parallel (default): every leaf of the state replicated on every device.
+
+    `fsdp=True` (ZeRO-3 / FSDP, as MaxText's 'fsdp' axis): each large parameter and its optimizer
+    moments are split over the data axis along their largest evenly divisible dimension; XLA
+    all-gathers a parameter where the forward pass needs it and reduce-scatters its gradient.
+    Memory per device for params + Adam drops ~n-fold; the batch stays sharded as before, so the
+    losses still see the global batch.
+    """
     rep = sharding.replicated(mesh)
-    return jax.tree.map(lambda _: rep, abstract_state)
+    if not fsdp:
+        return jax.tree.map(lambda _: rep, abstract_state)
+
+    def leaf(x: Any) -> Any:
+        shape = getattr(x, "shape", ())
+        return sharding.fsdp_sharding(shape, mesh) if shape else rep
+
+    return abstract_state.replace(
+        params=jax.tree.map(leaf, abstract_state.params),
+        opt_state=jax.tree.map(leaf, abstract_state.opt_state),
+        step=rep,
+        model_state=jax.tree.map(lambda _: rep, abstract_state.model_state),
+        rng=rep,
+    )
 
 
 def with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainState:
@@ -117,8 +140,8 @@ def with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainSt
 
 
 def sharded_init(config: Any, vocab_size: int, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, Any]:
-    """Initialise the state directly into its shardings."""
+    """Initialise the state directly into its shardings (`config.train.fsdp` picks the layout)."""
     graphdef, abstract, tx = abstract_train_state(config, vocab_size)
-    shardings = state_shardings(abstract, mesh)
+    shardings = state_shardings(abstract, mesh, fsdp=config.train.get("fsdp", False))
     state = jax.jit(lambda: init_train_state(config, vocab_size)[1], out_shardings=shardings)()
     return graphdef, state, tx

@@ -13,7 +13,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from xmodal import checkpointing, evaluate, losses, sharding
+from xmodal import accumulate, checkpointing, evaluate, losses, sharding
 from xmodal import state as state_lib
 from xmodal.data import info as data_info
 from xmodal.data import pipeline
@@ -29,6 +29,9 @@ def make_train_step(
     loss_config = config.loss
     schedule = state_lib.learning_rate_schedule(config.train)
 
+    num_micro = config.train.get("grad_accum_steps", 1)
+    accumulate_fn = accumulate.accumulated_grads(config.train.get("grad_accum", "gradcache"))
+
     def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.model_state, copy=True)
@@ -38,7 +41,18 @@ def make_train_step(
             _, _, model_state = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, model_state)
 
-        grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+        if num_micro > 1:  # batches larger than memory (xmodal.accumulate)
+            grads, metrics, model_state = accumulate_fn(
+                graphdef,
+                state.params,
+                state.model_state,
+                jax.random.fold_in(state.rng, state.step),
+                batch,
+                lambda outputs: losses.compute_losses(outputs, loss_config),
+                num_micro,
+            )
+        else:
+            grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(
             step=state.step + 1,
@@ -86,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_config(workdir, config, data_dir)
 
     graphdef, abstract, tx = state_lib.abstract_train_state(config, info["vocab_size"])
-    shardings = state_lib.state_shardings(abstract, mesh)
+    shardings = state_lib.state_shardings(abstract, mesh, fsdp=config.train.fsdp)
     manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints)
     host_iter = iter(
         pipeline.train_dataset(

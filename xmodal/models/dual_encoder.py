@@ -26,6 +26,7 @@ from xmodal.models.layers import (
     count_params,
     l2_normalize,
     resolve_dtype,
+    set_remat,
 )
 from xmodal.models.recipe_encoder import COMPONENTS, HierarchicalRecipeEncoder
 from xmodal.models.vit import ViT, vit_variant
@@ -179,7 +180,7 @@ def build_model(
         attention=attention,
         rngs=rngs,
     )
-    return DualEncoder(
+    model = DualEncoder(
         image_encoder,
         recipe_encoder,
         image_width=vit_cfg["width"],
@@ -189,6 +190,8 @@ def build_model(
         dtype=dtype,
         rngs=rngs,
     )
+    set_remat(model, model_config.get("remat", "none"))
+    return model
 
 
 def abstract_model(

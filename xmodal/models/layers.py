@@ -18,6 +18,19 @@ from flax import nnx
 Dtype = Any
 AttentionImpl = Literal["auto", "xla", "cudnn"]
 
+# Rematerialisation policies for transformer blocks (`config.model.remat`): what the backward
+# pass may keep from the forward pass instead of recomputing it. 'none' keeps everything (fastest,
+# most memory); 'full' keeps only the block inputs (~1 extra forward of compute); 'dots' keeps
+# matmul outputs and recomputes the cheap elementwise ops (LayerNorm, GELU, softmax);
+# 'dots_no_batch' keeps only matmuls without batch dims (weights x activations), recomputing
+# the attention score matmuls, whose [B, heads, T, T] outputs dominate memory at long T.
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 # Initialisers as in ViT / timm (trunc-normal 0.02 would also do; xavier is big_vision's choice).
 DENSE_INIT = nnx.initializers.xavier_uniform()
 BIAS_INIT = nnx.initializers.normal(stddev=1e-6)
@@ -163,11 +176,27 @@ class EncoderBlock(nnx.Module):
         self.drop = nnx.Dropout(dropout, rngs=rngs)
         self.norm2 = norm()
         self.mlp = Mlp(width, mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs)
+        self.remat = "none"  # a key of REMAT_POLICIES; set for a whole model with `set_remat`
+
+    def forward(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        x = x + self.drop(self.attn(self.norm1(x), mask=mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x: [B, T, width]; mask: boolean, broadcastable to [B, heads, T, T] (key_padding_mask)."""
-        x = x + self.drop(self.attn(self.norm1(x), mask=mask))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        if self.remat == "none":
+            return self.forward(x, mask)
+        policy = REMAT_POLICIES[self.remat]
+        return nnx.remat(EncoderBlock.forward, policy=policy)(self, x, mask)
+
+
+def set_remat(module: nnx.Module, policy: str) -> None:
+    """Apply a remat policy (see REMAT_POLICIES) to every transformer block inside `module`."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {policy!r}")
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, EncoderBlock):
+            node.remat = policy
 
 
 class TransformerEncoder(nnx.Module):

@@ -1,0 +1,131 @@
+"""Sharded train steps on 8 simulated devices against the single-device step; in-batch negatives
+come from the global batch; the step compiles once."""
+
+import jax
+import numpy as np
+import pytest
+from step_fixtures import VOCAB, micro_config, random_batch
+
+from xmodal import losses, perf, sharding
+from xmodal import state as state_lib
+from xmodal.train import compile_train_step
+
+STEPS = 2
+
+
+def run_steps(config, num_devices, batches):
+    """Fresh state on a mesh of `num_devices`, `len(batches)` steps: (state, metrics, step_fn)."""
+    mesh = sharding.make_mesh(num_devices)
+    graphdef, state, tx = state_lib.sharded_init(config, VOCAB, mesh)
+    shardings = state_lib.state_shardings(state, mesh, fsdp=config.train.fsdp)
+    step_fn = compile_train_step(graphdef, tx, config, shardings, mesh)
+    metrics, compiles = [], []
+    for host in batches:
+        with perf.CompileCounter() as counter:
+            state, m = step_fn(state, sharding.global_batch(host, mesh))
+            metrics.append(jax.device_get(m))
+        compiles.append(counter.count)
+    return state, metrics, compiles
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return [random_batch(micro_config(), seed=s) for s in range(STEPS)]
+
+
+@pytest.fixture(scope="module")
+def single_device(batches):
+    state, metrics, _ = run_steps(micro_config(), 1, batches)
+    return jax.device_get(state.params), metrics
+
+
+def assert_same_run(run, reference):
+    state, metrics = run
+    ref_params, ref_metrics = reference
+    for m, r in zip(metrics, ref_metrics, strict=True):
+        np.testing.assert_allclose(m["loss"], r["loss"], rtol=1e-5)
+        np.testing.assert_allclose(m["grad_norm"], r["grad_norm"], rtol=1e-4)
+    got, want = comparable_leaves(jax.device_get(state.params)), comparable_leaves(ref_params)
+    assert len(got) == len(want) > 20
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+def comparable_leaves(params):
+    """Parameter leaves, less the attention key biases: their gradient is exactly zero (softmax
+    ignores a constant added to every score of a row), so Adam's g / sqrt(v) turns float rounding
+    noise into +-lr steps whose signs depend on summation order, i.e. on the device layout."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return [leaf for path, leaf in leaves if not ("'key'" in str(path) and "'bias'" in str(path))]
+
+
+def test_data_parallel_step_matches_single_device_and_compiles_once(batches, single_device):
+    state, metrics, compiles = run_steps(micro_config(), 8, batches + batches[:1])
+    assert compiles[0] >= 1 and compiles[1:] == [0, 0]  # three steps, one compilation
+    leaf = jax.tree.leaves(state.params)[0]
+    assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
+    assert_same_run((state, metrics[:STEPS]), single_device)
+
+
+def test_fsdp_step_matches_single_device_and_shards_large_leaves(batches, single_device):
+    config = micro_config(**{"train.fsdp": True})
+    state, metrics, compiles = run_steps(config, 8, batches)
+    assert compiles[1:] == [0]
+    params = jax.tree.leaves(state.params)
+    sharded = [p for p in params if not p.sharding.is_fully_replicated]
+    # Every leaf at or above the size cut-off with a dimension divisible by 8 is split 8 ways.
+    expected = [
+        p for p in params if p.size >= sharding.FSDP_MIN_SIZE and any(d % 8 == 0 for d in p.shape)
+    ]
+    assert sharded and len(sharded) == len(expected)
+    for p in sharded:
+        assert p.addressable_shards[0].data.size == p.size // 8
+    mu = [m for m in jax.tree.leaves(state.opt_state) if getattr(m, "ndim", 0) >= 2]
+    assert any(not m.sharding.is_fully_replicated for m in mu)  # Adam moments follow the params
+    assert_same_run((state, metrics), single_device)
+
+
+def test_fsdp_spec_picks_largest_divisible_dim_and_replicates_small_leaves():
+    P = jax.sharding.PartitionSpec
+    assert sharding.fsdp_spec((768, 3072), 8) == P(None, "data")
+    assert sharding.fsdp_spec((3000, 768), 8) == P(None, "data")  # 3000 % 8 != 0
+    assert sharding.fsdp_spec((3001, 769), 8) == P()  # nothing divides: replicated
+    assert sharding.fsdp_spec((768,), 8) == P()  # small: replicated
+    assert sharding.fsdp_spec((768, 3072), 1) == P()
+
+
+def test_similarity_matrix_spans_the_global_batch(batches):
+    """The loss on 8 devices equals a brute-force loss on all 16 pairs and differs from the mean
+    of per-device losses (2 pairs each): negatives cross device boundaries."""
+    config = micro_config()
+    mesh = sharding.make_mesh(8)
+    graphdef, state, _ = state_lib.sharded_init(config, VOCAB, mesh)
+    from flax import nnx
+
+    def embed_and_loss(params, batch):
+        model = nnx.merge(graphdef, params, state.model_state)
+        out = model(batch)
+        loss, _ = losses.bidirectional_triplet_loss(out["image"], out["recipe"], margin=0.3)
+        return out["image"], out["recipe"], loss
+
+    batch = sharding.global_batch(batches[0], mesh)
+    image, recipe, loss = jax.jit(embed_and_loss)(state.params, batch)
+    assert len(image.sharding.device_set) == 8 and not image.sharding.is_fully_replicated
+    image, recipe = np.asarray(image, np.float64), np.asarray(recipe, np.float64)
+
+    def brute(img, rec, margin=0.3):
+        total = 0.0
+        for q, c in ((img, rec), (rec, img)):
+            costs = [
+                max(0.0, margin + q[i] @ c[j] - q[i] @ c[i])
+                for i in range(len(q))
+                for j in range(len(q))
+                if i != j
+            ]
+            active = sum(x > 0 for x in costs)
+            total += sum(costs) / max(active, 1)
+        return total
+
+    np.testing.assert_allclose(float(loss), brute(image, recipe), rtol=1e-4)
+    per_device = np.mean([brute(image[i : i + 2], recipe[i : i + 2]) for i in range(0, 16, 2)])
+    assert abs(per_device - float(loss)) > 1e-3

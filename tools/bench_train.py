@@ -1,0 +1,225 @@
+"""Training throughput of a config: examples/s, step time, compile time, peak memory, FLOPs, MFU.
+
+  python tools/bench_train.py --config=configs/tnlbt.py:b16 [--config.a.b=v ...]
+      [--mode=synthetic|pipeline] [--devices=1,2,4,8] [--steps=20] [--warmup=3] [--out=FILE.json]
+
+synthetic: one random batch generated on the devices and reused (the model alone: no host work,
+no transfers). pipeline: the real Grain pipeline and device prefetcher feed every step (model +
+input); it also times the host pipeline alone, to show whether input can keep up.
+
+Step times are measured with the step blocked on (median, p90); examples/s is measured over an
+unblocked window (steps dispatched back to back, as in training). FLOPs per example come twice:
+analytic (xmodal.perf, model FLOPs: the MFU numerator) and XLA's count of the compiled program
+(forward + backward + optimizer, as a cross-check). Prints one table; writes the numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from xmodal import perf, sharding  # noqa: E402
+from xmodal import state as state_lib  # noqa: E402
+from xmodal.train import make_train_step  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
+_MODE = flags.DEFINE_enum("mode", "synthetic", ["synthetic", "pipeline"], "Input source.")
+_DEVICES = flags.DEFINE_list("devices", [], "Device counts to run (default: all devices).")
+_STEPS = flags.DEFINE_integer("steps", 20, "Measured steps (each timing pass).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Steps run before measuring.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 16384, "Vocabulary in synthetic mode (H-T: ~16k).")
+_OUT = flags.DEFINE_string("out", None, "JSON output (default: bench_train_<preset>_<mode>.json).")
+flags.mark_flags_as_required(["config"])
+
+
+def synthetic_batch(config: Any, vocab_size: int, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """A random global batch made on the devices, batch-sharded like the real one."""
+    d, b = config.data, config.train.batch_size
+
+    def make(key):
+        k = jax.random.split(key, 4)
+        size = (b, d.image_size, d.image_size, 3)
+        text = (b, d.max_ingredients, d.max_tokens)
+        steps = (b, d.max_instructions, d.max_tokens)
+        return {
+            "image": jax.random.randint(k[0], size, 0, 256, jnp.int32).astype(jnp.uint8),
+            "title": jax.random.randint(k[1], (b, d.max_title_tokens), 1, vocab_size),
+            "ingredients": jax.random.randint(k[2], text, 1, vocab_size),
+            "instructions": jax.random.randint(k[3], steps, 1, vocab_size),
+            "class_id": jnp.zeros((b,), jnp.int32),
+        }
+
+    return jax.jit(make, out_shardings=sharding.batch_sharding(mesh))(jax.random.key(0))
+
+
+def peak_memory(devices: list[jax.Device]) -> int | None:
+    """Largest peak bytes in use over the devices; None where the backend keeps no stats (CPU)."""
+    peaks = []
+    for dev in devices:
+        stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
+
+
+def host_pipeline_rate(config: Any, data_dir: str, batches: int) -> float:
+    """Examples/s of the Grain pipeline alone on this host (decode + augment + batch)."""
+    from xmodal.data import pipeline
+
+    it = iter(pipeline.train_dataset(data_dir, config.data, batch_size=config.train.batch_size))
+    next(it)  # start-up (worker spawn) is not throughput
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * config.train.batch_size / (time.perf_counter() - start)
+
+
+def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: int) -> dict:
+    mesh = sharding.make_mesh(num_devices)
+    sharding.check_batch_size(config.train.batch_size, mesh)
+    result: dict[str, Any] = {"devices": num_devices}
+    if mode == "pipeline":
+        from xmodal.data import info as data_info
+        from xmodal.data import pipeline
+
+        data_dir = data_info.resolve_data_dir(config.data)
+        vocab = data_info.load_info(data_dir)["vocab_size"]
+        host = iter(
+            pipeline.train_dataset(data_dir, config.data, batch_size=config.train.batch_size)
+        )
+        batches = sharding.DevicePrefetcher(host, mesh, config.data.prefetch)
+        next_batch = lambda: next(batches)  # noqa: E731
+        first = next_batch()
+        result["host_pipeline_examples_per_sec"] = host_pipeline_rate(config, data_dir, steps)
+    else:
+        vocab = _VOCAB.value
+        first = synthetic_batch(config, vocab, mesh)
+        next_batch = lambda: first  # noqa: E731
+
+    graphdef, state, tx = state_lib.sharded_init(config, vocab, mesh)
+    shardings = state_lib.state_shardings(state, mesh, fsdp=config.train.fsdp)
+    jitted = jax.jit(
+        make_train_step(graphdef, tx, config),
+        in_shardings=(shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    start = time.perf_counter()
+    compiled = jitted.lower(state, first).compile()
+    result["compile_s"] = time.perf_counter() - start
+    xla_flops = perf.compiled_flops(compiled)  # of one device's partitioned program
+    b = config.train.batch_size
+    result["xla_flops_per_example"] = xla_flops * num_devices / b if xla_flops else None
+
+    for _ in range(warmup):
+        state, metrics = compiled(state, next_batch())
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):  # blocked: the time of one step
+        start = time.perf_counter()
+        state, metrics = compiled(state, next_batch())
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(steps):  # pipelined: steps dispatched back to back
+        state, metrics = compiled(state, next_batch())
+    jax.block_until_ready((state, metrics))
+    window = time.perf_counter() - start
+    result.update(
+        step_s_median=float(np.median(times)),
+        step_s_p90=float(np.percentile(times, 90)),
+        examples_per_sec=steps * b / window,
+        peak_memory_bytes=peak_memory(list(mesh.devices.flat)),
+        final_loss=float(metrics["loss"]),
+    )
+    return result
+
+
+def add_utilisation(config: Any, row: dict) -> None:
+    flops = perf.train_flops_per_example(config)
+    row["model_flops_per_example"] = flops["train"]
+    device = jax.devices()[0]
+    peak = perf.peak_flops(device, config.model.dtype)
+    row["peak_flops_per_device"] = peak
+    achieved = flops["train"] * row["examples_per_sec"] / row["devices"]
+    row["model_flops_per_sec_per_device"] = achieved
+    row["mfu"] = achieved / peak if peak else None
+
+
+def fmt(v: Any, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict], header: dict) -> None:
+    print(
+        f"{header['device_kind']} | {header['config']} | mode={header['mode']} | "
+        f"batch={header['batch_size']} | dtype={header['dtype']} | remat={header['remat']} | "
+        f"fsdp={header['fsdp']} | accum={header['grad_accum_steps']}"
+    )
+    cols = (
+        "devices  examples/s  step ms (med/p90)  compile s  peak mem GiB  GFLOP/ex (model/XLA)  MFU"
+    )
+    print(cols)
+    for r in rows:
+        mem = r["peak_memory_bytes"] / 2**30 if r["peak_memory_bytes"] else None
+        xla = r["xla_flops_per_example"] / 1e9 if r["xla_flops_per_example"] else None
+        print(
+            f"{r['devices']:>7}  {r['examples_per_sec']:>10.1f}  "
+            f"{1e3 * r['step_s_median']:>8.1f} / {1e3 * r['step_s_p90']:<7.1f}  "
+            f"{r['compile_s']:>9.1f}  {fmt(mem, '>12.2f')}  "
+            f"{r['model_flops_per_example'] / 1e9:>9.3f} / {fmt(xla, '<9.3f')}  "
+            f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''}"
+        )
+        if "host_pipeline_examples_per_sec" in r:
+            print(
+                f"         host pipeline alone: {r['host_pipeline_examples_per_sec']:.1f} examples/s"
+            )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    counts = [int(n) for n in _DEVICES.value] or [jax.device_count()]
+    rows = []
+    for n in counts:
+        row = bench_devices(config, n, _MODE.value, _STEPS.value, _WARMUP.value)
+        add_utilisation(config, row)
+        rows.append(row)
+    header = {
+        "device_kind": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "config": f"{config.method}:{config.preset}",
+        "mode": _MODE.value,
+        "batch_size": config.train.batch_size,
+        "dtype": config.model.dtype,
+        "attention": config.model.attention,
+        "remat": config.model.remat,
+        "fsdp": config.train.fsdp,
+        "grad_accum_steps": config.train.grad_accum_steps,
+        "steps": _STEPS.value,
+        "jax": jax.__version__,
+        "argv": sys.argv,
+    }
+    print_table(rows, header)
+    out = _OUT.value or f"bench_train_{config.preset}_{_MODE.value}.json"
+    with open(out, "w") as f:
+        json.dump(
+            {**header, "config_full": config.to_dict(), "results": rows}, f, indent=2, default=str
+        )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,128 @@
+"""Performance accounting: analytic training FLOPs of the TNLBT model, peak FLOP/s per device
+kind (for model FLOPs utilisation), and a counter of XLA compilations (to prove a step compiles
+once). Used by tools/bench_train.py and the tests; nothing here runs on the training hot path.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import jax
+from jax import monitoring
+
+# Dense peak FLOP/s per device from the vendors' datasheets (no sparsity). MFU is reported against
+# the peak of the compute dtype: bf16 tensor cores for bfloat16, and for float32 the TF32 tensor
+# core rate, which XLA uses for f32 matmuls on Ampere+ at the default precision.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H100 SXM": {"bfloat16": 989e12, "float32": 494e12},
+    "H100 PCIe": {"bfloat16": 756e12, "float32": 378e12},
+    "H200": {"bfloat16": 989e12, "float32": 494e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+}
+
+
+def peak_flops(device: jax.Device, dtype: str) -> float | None:
+    """Peak dense FLOP/s of `device` for `dtype`, or None where unknown (CPUs: they have no
+    published peak worth comparing to; measure it with a matmul if you need one)."""
+    kind = device.device_kind
+    if "H200" in kind:
+        key = "H200"
+    elif "H100" in kind:
+        key = "H100 PCIe" if "PCIe" in kind else "H100 SXM"
+    elif "A100" in kind:
+        key = "A100"
+    else:
+        return None
+    return PEAK_FLOPS[key].get(dtype)
+
+
+def _transformer_forward_flops(tokens: int, width: int, mlp_dim: int, depth: int) -> float:
+    """Forward FLOPs (2 per multiply-add) of `depth` pre-LN blocks over one sequence: q, k, v and
+    output projections (4 W^2 per token), the MLP (2 W M per token), and the two attention matmuls
+    (Q K^T and P V: 2 T^2 W). LayerNorm, softmax and GELU are left out, as in MFU convention."""
+    per_layer = 2 * tokens * (4 * width * width + 2 * width * mlp_dim) + 4 * tokens**2 * width
+    return float(depth * per_layer)
+
+
+def train_flops_per_example(config: Any, batch_size: int | None = None) -> dict[str, float]:
+    """Analytic FLOPs of one training example of the TNLBT dual encoder on padded shapes (what the
+    compiled step computes). Backward = 2 x forward, so training = 3 x forward (Kaplan et al. 2020,
+    "6 N" per token). The in-batch loss adds 2 B D per direction and per example.
+
+    Returns {'vit', 'recipe', 'heads', 'loss', 'forward', 'train'} FLOPs per example.
+    """
+    d, m = config.data, config.model
+    vit, text = m.vit, m.text
+    b = batch_size or config.train.batch_size
+    patches = (d.image_size // vit.patch_size) ** 2
+    vit_fwd = 2.0 * patches * (vit.patch_size**2 * 3) * vit.width
+    vit_fwd += _transformer_forward_flops(1 + patches, vit.width, vit.mlp_dim, vit.depth)
+
+    def pooled(tokens: int, count: int = 1) -> float:
+        return count * _transformer_forward_flops(tokens, text.width, text.mlp_dim, text.depth)
+
+    recipe_fwd = pooled(d.max_title_tokens)
+    recipe_fwd += pooled(d.max_tokens, d.max_ingredients) + pooled(d.max_ingredients)
+    recipe_fwd += pooled(d.max_tokens, d.max_instructions) + pooled(d.max_instructions)
+    recipe_fwd += 2.0 * 3 * text.width * text.width  # merge of the three components
+
+    ssl_heads = 6 * (2 if m.get("ssl_head", "linear") == "mlp" else 1)
+    heads_fwd = 2.0 * (vit.width + text.width) * m.embed_dim
+    heads_fwd += 2.0 * ssl_heads * text.width * text.width
+    # Similarities: image<->recipe (B x D, both directions) and six SSL pairs (B x text.width).
+    loss_fwd = 2.0 * b * (2 * m.embed_dim + 6 * text.width)
+    forward = vit_fwd + recipe_fwd + heads_fwd + loss_fwd
+    return {
+        "vit": 3 * vit_fwd,
+        "recipe": 3 * recipe_fwd,
+        "heads": 3 * heads_fwd,
+        "loss": 3 * loss_fwd,
+        "forward": forward,
+        "train": 3 * forward,
+    }
+
+
+def compiled_flops(compiled: Any) -> float | None:
+    """FLOPs XLA counts for a compiled program (forward + backward + optimizer), or None."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0] if analysis else None
+    return float(analysis["flops"]) if analysis and "flops" in analysis else None
+
+
+class CompileCounter:
+    """Counts XLA compilations (fresh, or loaded from the persistent cache) while active.
+
+    with CompileCounter() as c: step(...); assert c.count == 0
+    """
+
+    _EVENTS = ("/jax/core/compile/backend_compile_duration",)
+    _CACHE_HITS = "/jax/compilation_cache/cache_hits"
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._active = False
+        self._lock = threading.Lock()
+        monitoring.register_event_duration_secs_listener(self._on_duration)
+        monitoring.register_event_listener(self._on_event)
+
+    def _on_duration(self, event: str, duration: float, **_: Any) -> None:
+        if self._active and event in self._EVENTS:
+            with self._lock:
+                self.count += 1
+
+    def _on_event(self, event: str, **_: Any) -> None:
+        if self._active and event == self._CACHE_HITS:
+            with self._lock:
+                self.count += 1
+
+    def __enter__(self) -> CompileCounter:
+        self._active = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._active = False
