@@ -79,7 +79,7 @@ def test_naive_accumulation_uses_micro_batch_negatives_only(setup, big_batch):
     key = jax.random.key(7, impl=state_lib.RNG_IMPL)
     out, _ = accumulate.apply_model(graphdef, state.params, state.model_state, key, batch)
     micro_losses = [
-        losses.compute_losses(jax.tree.map(lambda x: x[j::MICRO], out), config.loss)[0]
+        losses.compute_losses(jax.tree.map(lambda x, j=j: x[j::MICRO], out), config.loss)[0]
         for j in range(MICRO)
     ]
     np.testing.assert_allclose(metrics["loss"], np.mean(micro_losses), rtol=1e-5)
@@ -92,7 +92,7 @@ def test_unknown_accumulation_method_is_a_clear_error():
 
 
 def test_remat_gives_the_same_loss_and_gradients(setup, big_batch):
-    config, _, _, batch = setup
+    batch = setup[3]
     remat_config = micro_config(**{"model.remat": "full"})
     graphdef, state, _ = state_lib.init_train_state(remat_config, VOCAB)
     blocks = [n for _, n in nnx.iter_graph(nnx.merge(graphdef, state.params, state.model_state))]

@@ -23,15 +23,15 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-from xmodal import perf, sharding  # noqa: E402
-from xmodal import state as state_lib  # noqa: E402
-from xmodal.train import make_train_step  # noqa: E402
+from xmodal import perf, sharding
+from xmodal import state as state_lib
+from xmodal.train import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _MODE = flags.DEFINE_enum("mode", "synthetic", ["synthetic", "pipeline"], "Input source.")
@@ -99,13 +99,13 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
             pipeline.train_dataset(data_dir, config.data, batch_size=config.train.batch_size)
         )
         batches = sharding.DevicePrefetcher(host, mesh, config.data.prefetch)
-        next_batch = lambda: next(batches)  # noqa: E731
+        next_batch = lambda: next(batches)
         first = next_batch()
         result["host_pipeline_examples_per_sec"] = host_pipeline_rate(config, data_dir, steps)
     else:
         vocab = _VOCAB.value
         first = synthetic_batch(config, vocab, mesh)
-        next_batch = lambda: first  # noqa: E731
+        next_batch = lambda: first
 
     graphdef, state, tx = state_lib.sharded_init(config, vocab, mesh)
     shardings = state_lib.state_shardings(state, mesh, fsdp=config.train.fsdp)
@@ -183,7 +183,8 @@ def print_table(rows: list[dict], header: dict) -> None:
         )
         if "host_pipeline_examples_per_sec" in r:
             print(
-                f"         host pipeline alone: {r['host_pipeline_examples_per_sec']:.1f} examples/s"
+                f"         host pipeline alone: "
+                f"{r['host_pipeline_examples_per_sec']:.1f} examples/s"
             )
 
 
