@@ -3,7 +3,8 @@
 `gradcache_grads` (Gao et al., "Scaling Deep Contrastive Learning Batch Size under Memory Limited
 Setup", RepL4NLP 2021): the in-batch triplet losses need every other example of the step as
 a negative, so a plain per-micro-batch loss would train a different, smaller-batch objective.
-GradCache splits the chain rule at the embeddings: (1) forward every micro-batch without keeping activations
+GradCache splits the chain rule at the embeddings: (1) forward every micro-batch without keeping
+activations
 and collect the embeddings of the whole accumulated batch (a few floats per example); (2) compute
 the loss and its gradient w.r.t. those embeddings on the full batch; (3) run each micro-batch
 forward + backward again and pull the cached embedding gradients back through it (a VJP), summing
