@@ -41,6 +41,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Steps run before measuring.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 16384, "Vocabulary in synthetic mode (H-T: ~16k).")
 _OUT = flags.DEFINE_string("out", None, "JSON output (default: bench_train_<preset>_<mode>.json).")
 flags.mark_flags_as_required(["config"])
+_MULTI_HOST_MARKERS = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
 def synthetic_batch(config: Any, vocab_size: int, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -191,6 +192,8 @@ def print_table(rows: list[dict], header: dict) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if any(os.environ.get(m) for m in _MULTI_HOST_MARKERS):  # as xmodal.main does
+        jax.distributed.initialize()
     config = _CONFIG.value
     counts = [int(n) for n in _DEVICES.value] or [jax.device_count()]
     rows = []
@@ -213,6 +216,8 @@ def main(argv: list[str]) -> None:
         "jax": jax.__version__,
         "argv": sys.argv,
     }
+    if jax.process_index() != 0:
+        return
     print_table(rows, header)
     out = _OUT.value or f"bench_train_{config.preset}_{_MODE.value}.json"
     with open(out, "w") as f:
