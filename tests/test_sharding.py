@@ -43,7 +43,7 @@ def assert_same_run(run, reference, lr):
     """Same loss and gradient norm at every step (step 2's loss depends on step 1's update, so it
     checks the updated parameters too), and parameters equal up to Adam's float-noise amplification:
     its early updates are ~lr * sign(g), so elements whose gradient is ~0 (e.g. attention key
-    biases, exactly 0 in exact arithmetic) move by +-lr depending on summation order, i.e. layout."""
+    biases, exactly 0 in exact arithmetic) move by +-lr depending on summation order (layout)."""
     state, metrics = run
     ref_params, ref_metrics = reference
     for m, r in zip(metrics, ref_metrics, strict=True):
