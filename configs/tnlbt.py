@@ -106,6 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.weight_decay = 1e-4
     c.train.grad_clip = 1.0
     c.train.fsdp = False  # shard params + optimizer state over the data axis (xmodal.state)
+    c.train.fsdp_min_size = 16384  # leaves with fewer elements stay replicated under fsdp
     c.train.mu_dtype = ""  # Adam first-moment dtype; "" = float32, "bfloat16" halves its memory
     c.train.grad_accum_steps = 1  # micro-batches per step (train.batch_size is the whole step)
     c.train.grad_accum = "gradcache"  # gradcache: exact global-batch loss | naive: per micro-batch

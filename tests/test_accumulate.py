@@ -100,8 +100,9 @@ def test_remat_gives_the_same_loss_and_gradients(setup, big_batch):
     grads, metrics = grads_of(None, remat_config, graphdef, state, batch, 1)
     ref_grads, ref_metrics = big_batch
     np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-6)
+    scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(ref_grads))
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
 
 
 def test_unknown_remat_policy_is_a_clear_error():

@@ -17,7 +17,7 @@ def run_steps(config, num_devices, batches):
     """Fresh state on a mesh of `num_devices`, `len(batches)` steps: (state, metrics, step_fn)."""
     mesh = sharding.make_mesh(num_devices)
     graphdef, state, tx = state_lib.sharded_init(config, VOCAB, mesh)
-    shardings = state_lib.state_shardings(state, mesh, fsdp=config.train.fsdp)
+    shardings = state_lib.state_shardings(state, mesh, **state_lib.fsdp_options(config))
     step_fn = compile_train_step(graphdef, tx, config, shardings, mesh)
     metrics, compiles = [], []
     for host in batches:
@@ -64,15 +64,13 @@ def test_data_parallel_step_matches_single_device_and_compiles_once(batches, sin
 
 
 def test_fsdp_step_matches_single_device_and_shards_large_leaves(batches, single_device):
-    config = micro_config(**{"train.fsdp": True})
+    config = micro_config(**{"train.fsdp": True, "train.fsdp_min_size": 512})
     state, metrics, compiles = run_steps(config, 8, batches)
     assert compiles[1:] == [0]
     params = jax.tree.leaves(state.params)
     sharded = [p for p in params if not p.sharding.is_fully_replicated]
     # Every leaf at or above the size cut-off with a dimension divisible by 8 is split 8 ways.
-    expected = [
-        p for p in params if p.size >= sharding.FSDP_MIN_SIZE and any(d % 8 == 0 for d in p.shape)
-    ]
+    expected = [p for p in params if p.size >= 512 and any(d % 8 == 0 for d in p.shape)]
     assert sharded and len(sharded) == len(expected)
     for p in sharded:
         assert p.addressable_shards[0].data.size == p.size // 8
@@ -84,7 +82,8 @@ def test_fsdp_step_matches_single_device_and_shards_large_leaves(batches, single
 def test_fsdp_spec_picks_largest_divisible_dim_and_replicates_small_leaves():
     P = jax.sharding.PartitionSpec
     assert sharding.fsdp_spec((768, 3072), 8) == P(None, "data")
-    assert sharding.fsdp_spec((3000, 768), 8) == P(None, "data")  # 3000 % 8 != 0
+    assert sharding.fsdp_spec((3000, 768), 8) == P("data", None)
+    assert sharding.fsdp_spec((3001, 768), 8) == P(None, "data")  # 3001 % 8 != 0
     assert sharding.fsdp_spec((3001, 769), 8) == P()  # nothing divides: replicated
     assert sharding.fsdp_spec((768,), 8) == P()  # small: replicated
     assert sharding.fsdp_spec((768, 3072), 1) == P()

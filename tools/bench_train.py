@@ -109,7 +109,7 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
         next_batch = lambda: first
 
     graphdef, state, tx = state_lib.sharded_init(config, vocab, mesh)
-    shardings = state_lib.state_shardings(state, mesh, fsdp=config.train.fsdp)
+    shardings = state_lib.state_shardings(state, mesh, **state_lib.fsdp_options(config))
     jitted = jax.jit(
         make_train_step(graphdef, tx, config),
         in_shardings=(shardings, sharding.batch_sharding(mesh)),

@@ -106,7 +106,12 @@ def abstract_train_state(
     return graphdef_box[0], abstract, tx_box[0]
 
 
-def state_shardings(abstract_state: TrainState, mesh: Mesh, fsdp: bool = False) -> TrainState:
+def state_shardings(
+    abstract_state: TrainState,
+    mesh: Mesh,
+    fsdp: bool = False,
+    fsdp_min_size: int = sharding.FSDP_MIN_SIZE,
+) -> TrainState:
     """Data parallel (default): every leaf of the state replicated on every device.
 
     `fsdp=True` (ZeRO-3 / FSDP, as MaxText's 'fsdp' axis): each large parameter and its optimizer
@@ -121,7 +126,7 @@ def state_shardings(abstract_state: TrainState, mesh: Mesh, fsdp: bool = False) 
 
     def leaf(x: Any) -> Any:
         shape = getattr(x, "shape", ())
-        return sharding.fsdp_sharding(shape, mesh) if shape else rep
+        return sharding.fsdp_sharding(shape, mesh, fsdp_min_size) if shape else rep
 
     return abstract_state.replace(
         params=jax.tree.map(leaf, abstract_state.params),
@@ -130,6 +135,14 @@ def state_shardings(abstract_state: TrainState, mesh: Mesh, fsdp: bool = False) 
         model_state=jax.tree.map(lambda _: rep, abstract_state.model_state),
         rng=rep,
     )
+
+
+def fsdp_options(config: Any) -> dict[str, Any]:
+    """`state_shardings` keyword arguments from `config.train` (fsdp, fsdp_min_size)."""
+    return {
+        "fsdp": config.train.get("fsdp", False),
+        "fsdp_min_size": config.train.get("fsdp_min_size", sharding.FSDP_MIN_SIZE),
+    }
 
 
 def with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainState:
@@ -142,6 +155,6 @@ def with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainSt
 def sharded_init(config: Any, vocab_size: int, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, Any]:
     """Initialise the state directly into its shardings (`config.train.fsdp` picks the layout)."""
     graphdef, abstract, tx = abstract_train_state(config, vocab_size)
-    shardings = state_shardings(abstract, mesh, fsdp=config.train.get("fsdp", False))
+    shardings = state_shardings(abstract, mesh, **fsdp_options(config))
     state = jax.jit(lambda: init_train_state(config, vocab_size)[1], out_shardings=shardings)()
     return graphdef, state, tx

@@ -100,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_config(workdir, config, data_dir)
 
     graphdef, abstract, tx = state_lib.abstract_train_state(config, info["vocab_size"])
-    shardings = state_lib.state_shardings(abstract, mesh, fsdp=config.train.fsdp)
+    shardings = state_lib.state_shardings(abstract, mesh, **state_lib.fsdp_options(config))
     manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints)
     host_iter = iter(
         pipeline.train_dataset(
