@@ -4,13 +4,12 @@
 Setup", RepL4NLP 2021): the in-batch triplet losses need every other example of the step as
 a negative, so a plain per-micro-batch loss would train a different, smaller-batch objective.
 GradCache splits the chain rule at the embeddings: (1) forward every micro-batch without keeping
-activations
-and collect the embeddings of the whole accumulated batch (a few floats per example); (2) compute
-the loss and its gradient w.r.t. those embeddings on the full batch; (3) run each micro-batch
-forward + backward again and pull the cached embedding gradients back through it (a VJP), summing
-the parameter gradients. dL/dθ = Σ_k J_k(θ)ᵀ dL/de_k, so the gradient is that of the big batch,
-exactly (up to float summation order), for ~one extra forward pass of compute and the memory of one
-micro-batch's activations.
+activations, collecting the embeddings of the whole accumulated batch (a few floats per example);
+(2) compute the loss and its gradient w.r.t. those embeddings on the full batch; (3) run each
+micro-batch forward + backward again and pull the cached embedding gradients back through it (a
+VJP), summing the parameter gradients. dL/dθ = Σ_k J_k(θ)ᵀ dL/de_k, so the gradient is that of
+the big batch, exactly (up to float summation order), for ~one extra forward pass of compute and
+the memory of one micro-batch's activations.
 
 `naive_grads`: each micro-batch's loss uses only its own in-batch negatives; gradients are averaged.
 Cheapest (no extra forward) but the objective is the micro-batch one — fine for terms without
