@@ -30,7 +30,11 @@ TINY_DATA_AND_TRAIN = {
     "eval.bag_sizes": (50,),
     "eval.num_bags": (3,),
 }
-TINY_RESNET = {"model.resnet.depth": 18, "model.resnet.width": 8}
+TINY_RESNET = {
+    "model.resnet.depth": 18,
+    "model.resnet.width": 8,
+    "model.resnet.blocks": (1, 1, 1, 1),
+}
 
 
 def base_config(method: str) -> ml_collections.ConfigDict:
@@ -101,7 +105,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
 
 
 def resnet_fields(depth: int = 50, width: int = 64) -> dict:
-    return dict(depth=depth, width=width, num_classes=0, zero_init_residual=False)
+    """ResNet fields; `blocks` () keeps the standard blocks per stage of `depth`."""
+    return dict(depth=depth, width=width, blocks=(), num_classes=0, zero_init_residual=False)
 
 
 def lstm_fields(**overrides) -> dict:

@@ -120,8 +120,9 @@ def _shortcut(downsample: Any, x: jax.Array) -> jax.Array:
 class ResNet(nnx.Module):
     """ResNet backbone returning (feature map tokens, global-average-pooled feature).
 
-    `depth` picks the standard layout (18/34/50/101/152); `width` is the stem/first-stage width
-    (64 in every standard model; smaller for CPU tests). `num_classes` > 0 adds torchvision's `fc`
+    `depth` picks the standard layout (18/34/50/101/152); `blocks` overrides its blocks per
+    stage (e.g. (1, 1, 1, 1) for CPU tests); `width` is the stem/first-stage width (64 in every
+    standard model; smaller for CPU tests). `num_classes` > 0 adds torchvision's `fc`
     classifier (only useful for checking imported ImageNet weights); by default there is none.
     """
 
@@ -130,6 +131,7 @@ class ResNet(nnx.Module):
         *,
         depth: int = 50,
         width: int = 64,
+        blocks: tuple[int, int, int, int] | None = None,
         num_classes: int = 0,
         zero_init_residual: bool = False,
         dtype: Dtype = jnp.float32,
@@ -137,7 +139,10 @@ class ResNet(nnx.Module):
     ):
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"unknown ResNet depth {depth}; choose from {sorted(RESNET_DEPTHS)}")
-        kind, blocks = RESNET_DEPTHS[depth]
+        kind, standard = RESNET_DEPTHS[depth]
+        blocks = tuple(blocks) if blocks else standard
+        if len(blocks) != 4 or min(blocks) < 1:
+            raise ValueError(f"blocks must be 4 positive counts (one per stage), got {blocks}")
         block_cls = Bottleneck if kind == "bottleneck" else BasicBlock
         self.dtype = dtype
         self.conv1 = nnx.Conv(
