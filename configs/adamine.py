@@ -35,6 +35,7 @@ PRESETS: dict[str, dict] = {
         "train.freeze_image_steps": 10,
     },
     "paper": {
+        **common.PAPER_TEXT,
         "data.image_size": 224,
         "model.dtype": "bfloat16",
         "data.num_classes": common.RECIPE1M_CLASSES,

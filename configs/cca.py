@@ -29,6 +29,7 @@ PRESETS: dict[str, dict] = {
         "cca.dim": 16,
     },
     "paper": {
+        **common.PAPER_TEXT,
         "data.image_size": 224,
         "model.resnet.depth": 50,
         "model.text.width": 512,

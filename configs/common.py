@@ -30,6 +30,13 @@ TINY_DATA_AND_TRAIN = {
     "eval.bag_sizes": (50,),
     "eval.num_bags": (3,),
 }
+# Recipe1M text limits (H-T): title 15 tokens, 20 ingredients and 20 instructions of 15 tokens.
+PAPER_TEXT = {
+    "data.max_title_tokens": 15,
+    "data.max_ingredients": 20,
+    "data.max_instructions": 20,
+    "data.max_tokens": 15,
+}
 TINY_RESNET = {
     "model.resnet.depth": 18,
     "model.resnet.width": 8,
@@ -46,11 +53,12 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # empty: the built-in synthetic dataset, generated and prepared on first use
     c.data.cache_dir = ""  # where the built-in dataset is cached; empty: ~/.cache/xmodal
-    c.data.synthetic = dict(num_recipes=4000, image_size=96, seed=0)
+    c.data.synthetic = dict(num_recipes=9000, image_size=96, seed=0)
     c.data.image_size = 64
-    c.data.max_title_tokens = 15
-    c.data.max_ingredients = 20
-    c.data.max_instructions = 20
+    # Text limits sized to the built-in dataset (<= 10 lines per recipe); PAPER_TEXT restores H-T's.
+    c.data.max_title_tokens = 10
+    c.data.max_ingredients = 10
+    c.data.max_instructions = 10
     c.data.max_tokens = 15
     c.data.num_workers = 0
     c.data.prefetch = 2

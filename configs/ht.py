@@ -13,6 +13,7 @@ import ml_collections
 from configs import common
 
 PAPER = {
+    **common.PAPER_TEXT,
     "data.image_size": 224,
     "model.text.width": 512,
     "model.text.depth": 2,

@@ -34,6 +34,7 @@ PRESETS: dict[str, dict] = {
         "model.embed_dim": 32,
     },
     "paper": {
+        **common.PAPER_TEXT,
         "data.image_size": 224,
         "model.dtype": "bfloat16",
         "data.num_classes": common.RECIPE1M_CLASSES,
