@@ -125,3 +125,170 @@ def test_triplet_gradient_pulls_positive_closer():
     before = np.sum(img * rec, axis=1).mean()
     after = np.sum(img * step, axis=1).mean()
     assert after > before
+
+
+# --- AdaMine semantic triplet, pairwise cosine (im2recipe / PWC++), classification -------------
+
+
+def _brute_semantic(queries, candidates, classes, margin, reduction):
+    """AdaMine Eq. 3-5 by loops: labelled query q, positive p of q's class, negative n of another
+    labelled class; adaptive = sum / #non-zero, mean = sum / #triplets."""
+    costs = []
+    n = len(queries)
+    for q, p, neg in itertools.product(range(n), repeat=3):
+        if classes[q] == 0 or classes[p] != classes[q] or classes[neg] in (0, classes[q]):
+            continue
+        d_pos = _cos_dist(queries[q], candidates[p])
+        costs.append(max(0.0, margin + d_pos - _cos_dist(queries[q], candidates[neg])))
+    if not costs:
+        return 0.0
+    if reduction == "violating":
+        return sum(costs) / max(sum(c > 0 for c in costs), 1)
+    return sum(costs) / len(costs)
+
+
+# classes with unlabelled items (0), a singleton class (4) and repeated classes
+CLASSES = np.array([1, 0, 2, 1, 2, 0, 4, 1], np.int32)
+
+
+@pytest.mark.parametrize("reduction", ["violating", "mean"])
+@pytest.mark.parametrize("margin", [0.3, 1.5])
+def test_semantic_loss_matches_brute_force(reduction, margin):
+    image, recipe = _embeddings(3, n=len(CLASSES))
+    loss, stats = losses.bidirectional_semantic_loss(
+        jnp.asarray(image),
+        jnp.asarray(recipe),
+        jnp.asarray(CLASSES),
+        margin=margin,
+        reduction=reduction,
+    )
+    expected = _brute_semantic(image, recipe, CLASSES, margin, reduction) + _brute_semantic(
+        recipe, image, CLASSES, margin, reduction
+    )
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=1e-6)
+    assert 0.0 < float(stats["active_sem_i2r"]) <= 1.0
+
+
+def test_adaptive_mining_normaliser_differs_from_average_when_few_triplets_violate():
+    # Make most semantic triplets satisfied: classes sit on separate axes, one pair is swapped.
+    classes = np.array([1, 1, 2, 2, 3, 3], np.int32)
+    base = np.eye(6)[[0, 0, 1, 1, 2, 2]] + 0.01 * np.arange(6)[:, None]
+    image, recipe = _unit(base), _unit(base.copy())
+    recipe[0] = _unit(np.eye(6)[1])  # recipe 0 looks like class 2: a few violations
+    args = (jnp.asarray(image), jnp.asarray(recipe), jnp.asarray(classes))
+    adaptive, _ = losses.bidirectional_semantic_loss(*args, margin=0.3, reduction="violating")
+    average, _ = losses.bidirectional_semantic_loss(*args, margin=0.3, reduction="mean")
+    np.testing.assert_allclose(
+        float(adaptive),
+        _brute_semantic(image, recipe, classes, 0.3, "violating")
+        + _brute_semantic(recipe, image, classes, 0.3, "violating"),
+        rtol=1e-5,
+    )
+    assert float(adaptive) > 3 * float(average) > 0  # the update does not vanish
+
+
+def test_semantic_loss_without_labelled_pairs_is_zero():
+    image, recipe = _embeddings(4, n=4)
+    loss, _ = losses.bidirectional_semantic_loss(
+        jnp.asarray(image), jnp.asarray(recipe), jnp.zeros(4, jnp.int32), margin=0.3
+    )
+    assert float(loss) == 0.0
+
+
+def _brute_pairwise(image, recipe, pos_margin, neg_margin, mismatch_rate):
+    n = len(image)
+    pos = [max(0.0, _cos_dist(image[i], recipe[i]) - pos_margin) for i in range(n)]
+    neg = [
+        max(0.0, neg_margin - _cos_dist(image[i], recipe[j]))
+        for i in range(n)
+        for j in range(n)
+        if i != j
+    ]
+    return (1 - mismatch_rate) * np.mean(pos) + mismatch_rate * np.mean(neg)
+
+
+@pytest.mark.parametrize(
+    "pos_margin, neg_margin, rate", [(0.0, 0.9, 0.8), (0.3, 0.9, 0.8), (0.3, 0.9, 0.5)]
+)
+def test_pairwise_cosine_loss_matches_brute_force(pos_margin, neg_margin, rate):
+    image, recipe = _embeddings(5)
+    loss = losses.pairwise_cosine_loss(
+        jnp.asarray(image),
+        jnp.asarray(recipe),
+        pos_margin=pos_margin,
+        neg_margin=neg_margin,
+        mismatch_rate=rate,
+    )
+    np.testing.assert_allclose(
+        float(loss), _brute_pairwise(image, recipe, pos_margin, neg_margin, rate), rtol=1e-5
+    )
+
+
+def test_pairwise_loss_is_im2recipe_cosine_embedding_loss():
+    # torch.nn.CosineEmbeddingLoss(margin=0.1): 1 - cos for y=1, max(0, cos - 0.1) for y=-1.
+    image, recipe = _embeddings(6)
+    cos = image @ recipe.T
+    n = len(image)
+    expected = 0.2 * np.mean(1 - np.diag(cos)) + 0.8 * np.sum(
+        np.maximum(0, cos - 0.1) * (1 - np.eye(n))
+    ) / (n * (n - 1))
+    loss = losses.pairwise_cosine_loss(
+        jnp.asarray(image),
+        jnp.asarray(recipe),
+        pos_margin=0.0,
+        neg_margin=0.9,
+        mismatch_rate=0.8,
+    )
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_classification_loss_matches_log_softmax_loop():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(5, 4)), np.array([0, 3, 1, 1, 2])
+    expected = np.mean(
+        [np.log(np.sum(np.exp(row))) - row[y] for row, y in zip(logits, labels, strict=True)]
+    )
+    got = losses.classification_loss(jnp.asarray(logits), jnp.asarray(labels))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def test_compute_losses_combines_class_aware_terms():
+    import ml_collections
+
+    image, recipe = _embeddings(7, n=len(CLASSES))
+    rng = np.random.default_rng(1)
+    outputs = {
+        "image": jnp.asarray(image),
+        "recipe": jnp.asarray(recipe),
+        "class_id": jnp.asarray(CLASSES),
+        "image_logits": jnp.asarray(rng.normal(size=(len(CLASSES), 5))),
+        "recipe_logits": jnp.asarray(rng.normal(size=(len(CLASSES), 5))),
+    }
+    cfg = ml_collections.ConfigDict(
+        dict(
+            triplet=1.0,
+            margin=0.3,
+            reduction="violating",
+            recipe_ssl=0.0,
+            semantic=0.3,
+            semantic_margin=0.3,
+            pairwise=0.5,
+            pos_margin=0.3,
+            neg_margin=0.9,
+            mismatch_rate=0.8,
+            image_cls=0.1,
+            recipe_cls=0.2,
+        )
+    )
+    total, metrics = losses.compute_losses(outputs, cfg)
+    expected = (
+        metrics["loss_triplet"]
+        + 0.3 * metrics["loss_semantic"]
+        + 0.5 * metrics["loss_pairwise"]
+        + 0.1 * metrics["loss_image_cls"]
+        + 0.2 * metrics["loss_recipe_cls"]
+    )
+    np.testing.assert_allclose(float(total), float(expected), rtol=1e-6)
+    del outputs["class_id"]
+    with pytest.raises(ValueError, match="class_id"):
+        losses.compute_losses(outputs, cfg)

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 REDUCTIONS = ("violating", "hardest", "mean")
 
@@ -85,6 +86,92 @@ def recipe_ssl_loss(
     return sum(terms) / len(terms)
 
 
+def semantic_triplet_costs(
+    queries: jax.Array, candidates: jax.Array, classes: jax.Array, margin: float
+) -> tuple[jax.Array, jax.Array]:
+    """AdaMine's semantic triplets (Carvalho et al., SIGIR 2018, Eq. 3), one direction.
+
+    For query i and candidates p, n of the other modality: cost [m + d(q_i, c_p) - d(q_i, c_n)]_+
+    where p shares the query's class and n has another class. Class 0 is Recipe1M's "no class"
+    (about half the pairs): such items are neither queries, positives nor negatives, since an
+    unlabelled dish may well be of the query's class. Returns (costs [B, B, B] indexed
+    [query, positive, negative], valid [B, B, B] bool marking real triplets). Memory is O(B^3):
+    fine at AdaMine's batch of 100 (1M triplets), ~2 GB at 768.
+    """
+    sims = jnp.einsum("id,jd->ij", queries.astype(jnp.float32), candidates.astype(jnp.float32))
+    labelled = classes > 0
+    same = (classes[:, None] == classes[None, :]) & labelled[:, None] & labelled[None, :]
+    other = (classes[:, None] != classes[None, :]) & labelled[:, None] & labelled[None, :]
+    valid = same[:, :, None] & other[:, None, :]
+    costs = jax.nn.relu(margin + sims[:, None, :] - sims[:, :, None])
+    return jnp.where(valid, costs, 0.0), valid
+
+
+def reduce_masked_costs(costs: jax.Array, valid: jax.Array, reduction: str) -> jax.Array:
+    """Reduce costs over the `valid` triplets: 'violating' = sum / number of non-zero triplets
+    (AdaMine Eq. 4-5, adaptive mining), 'mean' = sum / number of valid triplets (AdaMine_avg)."""
+    total = jnp.sum(costs)
+    if reduction == "violating":
+        return total / jnp.maximum(jnp.sum(costs > 0), 1).astype(costs.dtype)
+    if reduction == "mean":
+        return total / jnp.maximum(jnp.sum(valid), 1).astype(costs.dtype)
+    raise ValueError(f"semantic loss reduction must be 'violating' or 'mean', got {reduction!r}")
+
+
+def bidirectional_semantic_loss(
+    image: jax.Array,
+    recipe: jax.Array,
+    classes: jax.Array,
+    *,
+    margin: float,
+    reduction: str = "violating",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """AdaMine's L_sem (Eq. 1, 3): image->recipe plus recipe->image semantic triplet loss, each
+    direction normalised on its own (Eq. 4-5). Returns the loss and the share of active triplets."""
+    terms, stats = [], {}
+    for name, (q, c) in (("i2r", (image, recipe)), ("r2i", (recipe, image))):
+        costs, valid = semantic_triplet_costs(q, c, classes, margin)
+        terms.append(reduce_masked_costs(costs, valid, reduction))
+        stats[f"active_sem_{name}"] = jnp.sum(costs > 0) / jnp.maximum(jnp.sum(valid), 1)
+    return terms[0] + terms[1], stats
+
+
+def pairwise_cosine_loss(
+    image: jax.Array,
+    recipe: jax.Array,
+    *,
+    pos_margin: float,
+    neg_margin: float,
+    mismatch_rate: float,
+) -> jax.Array:
+    """Pairwise cosine loss of im2recipe (Salvador et al., CVPR 2017, Sec. 5.1) and PWC++
+    (AdaMine, Carvalho et al. 2018, Eq. 6):
+
+        l(q, x) = y [d(q, x) - a_pos]_+ + (1 - y) [a_neg - d(q, x)]_+,   d = 1 - cos.
+
+    im2recipe's CosineEmbeddingLoss (1 - cos for matches, [cos - 0.1]_+ otherwise) is
+    a_pos = 0, a_neg = 0.9; PWC++ is a_pos = 0.3, a_neg = 0.9. im2recipe trains on pairs of
+    which a share `mismatch_rate` (0.8) is non-matching, drawn uniformly; here the loss is that
+    sampling's expectation over the batch, (1 - r) * mean over matching pairs + r * mean over all
+    B(B-1) non-matching pairs: the same objective without sampling noise or an RNG.
+    """
+    sims = jnp.einsum("id,jd->ij", image.astype(jnp.float32), recipe.astype(jnp.float32))
+    dist = 1.0 - sims
+    n = sims.shape[0]
+    eye = jnp.eye(n, dtype=bool)
+    positive = jnp.mean(jax.nn.relu(jnp.diagonal(dist) - pos_margin))
+    negative = jnp.sum(jnp.where(eye, 0.0, jax.nn.relu(neg_margin - dist))) / max(n * (n - 1), 1)
+    return (1.0 - mismatch_rate) * positive + mismatch_rate * negative
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy over classes, class 0 (Recipe1M's background) included as in
+    im2recipe's semantic regularisation (Salvador et al., CVPR 2017, Sec. 5.2)."""
+    return jnp.mean(
+        optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    )
+
+
 def compute_losses(
     outputs: Mapping[str, Any], loss_config: Any
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -107,5 +194,50 @@ def compute_losses(
         )
         total += loss_config.recipe_ssl * ssl
         metrics["loss_recipe_ssl"] = ssl
+    total += _class_aware_losses(outputs, loss_config, metrics)
     metrics["loss"] = total
     return total, metrics
+
+
+def _class_aware_losses(
+    outputs: Mapping[str, Any], loss_config: Any, metrics: dict[str, jax.Array]
+) -> jax.Array:
+    """AdaMine's semantic triplet (`loss.semantic`), the pairwise cosine loss of im2recipe / PWC++
+    (`loss.pairwise`) and the classification heads (`loss.image_cls`, `loss.recipe_cls`); each
+    weight defaults to 0 (off) so configs without these fields are unchanged."""
+    total = jnp.zeros((), jnp.float32)
+    if loss_config.get("semantic", 0.0):
+        if "class_id" not in outputs:
+            raise ValueError("loss.semantic needs 'class_id' in the batch")
+        semantic, stats = bidirectional_semantic_loss(
+            outputs["image"],
+            outputs["recipe"],
+            outputs["class_id"],
+            margin=loss_config.get("semantic_margin", 0.3),
+            reduction=loss_config.get("semantic_reduction", "violating"),
+        )
+        total += loss_config.semantic * semantic
+        metrics["loss_semantic"] = semantic
+        metrics.update(stats)
+    if loss_config.get("pairwise", 0.0):
+        pairwise = pairwise_cosine_loss(
+            outputs["image"],
+            outputs["recipe"],
+            pos_margin=loss_config.get("pos_margin", 0.0),
+            neg_margin=loss_config.get("neg_margin", 0.9),
+            mismatch_rate=loss_config.get("mismatch_rate", 0.8),
+        )
+        total += loss_config.pairwise * pairwise
+        metrics["loss_pairwise"] = pairwise
+    for side in ("image", "recipe"):
+        weight = loss_config.get(f"{side}_cls", 0.0)
+        if not weight:
+            continue
+        if f"{side}_logits" not in outputs or "class_id" not in outputs:
+            raise ValueError(
+                f"loss.{side}_cls needs a class head (model.num_classes > 0) and 'class_id'"
+            )
+        ce = classification_loss(outputs[f"{side}_logits"], outputs["class_id"])
+        total += weight * ce
+        metrics[f"loss_{side}_cls"] = ce
+    return total

@@ -51,7 +51,11 @@ def main(argv: list[str]) -> None:
     maybe_initialize_distributed()
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)
-    if _MODE.value == "train":
+    if config.method == "cca":  # closed form: fit and evaluate in one go, no training loop
+        from xmodal import cca
+
+        cca.run(config, workdir)
+    elif _MODE.value == "train":
         from xmodal.train import train_and_evaluate
 
         train_and_evaluate(config, workdir)

@@ -49,18 +49,63 @@ def _decay_mask(params: nnx.State) -> Any:
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(train_config: Any) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.clip_by_global_norm(train_config.grad_clip),
-        optax.adamw(
-            learning_rate_schedule(train_config),
-            # bf16 first moment halves its memory (DESIGN.md "Precision"); the second moment
-            # stays f32 because bf16 cannot hold the small squared gradients.
-            mu_dtype=train_config.get("mu_dtype") or None,
-            weight_decay=train_config.weight_decay,
-            mask=_decay_mask,
-        ),
+def make_optimizer(
+    train_config: Any, *, freeze_image: bool = False
+) -> optax.GradientTransformation:
+    """Clip + AdamW, with the image backbone optionally frozen.
+
+    `freeze_image` (JE: a fixed ResNet-50) never updates the backbone. `train.freeze_image_steps`
+    = N > 0 (AdaMine Sec. 4.4) freezes it for the first N steps and fine-tunes it afterwards:
+    its gradients are zeroed (so they do not count in the clipping norm) and its AdamW is not
+    stepped while frozen, so its moments and schedule start fresh at step N (a warm-up for the
+    unfrozen backbone). All of it is step-dependent inside the jitted update: no recompilation.
+    """
+    adamw = lambda: optax.adamw(
+        learning_rate_schedule(train_config),
+        # bf16 first moment halves its memory (DESIGN.md "Precision"); the second moment
+        # stays f32 because bf16 cannot hold the small squared gradients.
+        mu_dtype=train_config.get("mu_dtype") or None,
+        weight_decay=train_config.weight_decay,
+        mask=_decay_mask,
     )
+    clip = optax.clip_by_global_norm(train_config.grad_clip)
+    freeze_steps = train_config.get("freeze_image_steps", 0)
+    if freeze_image:
+        frozen = optax.set_to_zero()
+        return optax.chain(
+            optax.multi_transform({"image": frozen, "rest": optax.identity()}, _image_labels),
+            clip,
+            optax.multi_transform({"image": frozen, "rest": adamw()}, _image_labels),
+        )
+    if freeze_steps > 0:
+        unfrozen = lambda step: step >= freeze_steps
+        return optax.chain(
+            optax.multi_transform(
+                {
+                    "image": optax.conditionally_mask(optax.identity(), unfrozen),
+                    "rest": optax.identity(),
+                },
+                _image_labels,
+            ),
+            clip,
+            optax.multi_transform(
+                {"image": optax.conditionally_mask(adamw(), unfrozen), "rest": adamw()},
+                _image_labels,
+            ),
+        )
+    return optax.chain(clip, adamw())
+
+
+def _image_labels(params: nnx.State) -> Any:
+    """'image' for the image backbone's parameters (not its projection), 'rest' otherwise."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "image" if _first_key(path) == "image_encoder" else "rest", params
+    )
+
+
+def _first_key(path: tuple) -> str:
+    entry = path[0]
+    return str(getattr(entry, "key", getattr(entry, "name", entry)))
 
 
 def make_model(config: Any, vocab_size: int, seed: int) -> nnx.Module:
@@ -78,7 +123,7 @@ def init_train_state(
     """Build the model and optimizer; returns (graphdef, state, optimizer)."""
     model = make_model(config, vocab_size, config.seed)
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(config.train)
+    tx = make_optimizer(config.train, freeze_image=config.model.get("freeze_image", False))
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -77,6 +77,17 @@ def compile_train_step(graphdef, tx, config, state_shardings, mesh):
     )
 
 
+def check_num_classes(config: ml_collections.ConfigDict, info: dict[str, Any]) -> None:
+    """A class head must match the dataset's classes: out-of-range labels would give a silently
+    wrong cross-entropy inside jit."""
+    heads = config.model.get("num_classes", 0)
+    if heads and heads != info.get("num_classes"):
+        raise ValueError(
+            f"model.num_classes={heads} but the dataset has {info.get('num_classes')} classes; "
+            f"set --config.data.num_classes / --config.model.num_classes to match"
+        )
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict, data_dir: str) -> None:
     if jax.process_index() != 0:
         return
@@ -96,6 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     local_batch = sharding.check_batch_size(config.train.batch_size, mesh)
     data_dir = data_info.resolve_data_dir(config.data)
     info = data_info.load_info(data_dir)
+    check_num_classes(config, info)
     checkpointing.check_compatible(workdir, config)
     write_config(workdir, config, data_dir)
 

@@ -19,7 +19,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from xmodal.data import records
+from xmodal.data import class_aware, records
 
 CROP_SCALE = (0.5, 1.0)  # area share of the photo kept by the random crop
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -193,11 +193,41 @@ def train_dataset(
     source = open_split(data_dir, split)
     if len(source) < process_count:
         raise ValueError(f"split {split!r} has {len(source)} recipes, fewer than processes")
-    ds = grain.MapDataset.source(source).seed(seed)
-    ds = ds[process_index::process_count].shuffle().repeat()
+    fraction = data_config.get("labelled_fraction", -1.0)
+    if fraction >= 0:  # AdaMine: a fixed share of class-labelled pairs in every batch
+        ds = _class_aware(
+            source, data_dir, split, fraction, batch_size, seed, process_index, process_count
+        )
+    else:
+        ds = grain.MapDataset.source(source).seed(seed)
+        ds = ds[process_index::process_count].shuffle().repeat()
     ds = ds.random_map(TrainExample(TextLimits.from_config(data_config), data_config.image_size))
     ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
     return _maybe_workers(ds, data_config.num_workers)
+
+
+def _class_aware(
+    source: Any,
+    data_dir: str,
+    split: str,
+    fraction: float,
+    batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+) -> grain.MapDataset:
+    """Records ordered by `ClassAwareOrder` over this process's slice of the split."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"data.labelled_fraction must be in [0, 1] (or < 0: off), got {fraction}")
+    mine = np.arange(process_index, len(source), process_count)
+    class_ids = class_aware.split_class_ids(data_dir, split, source)[mine]
+    order = class_aware.ClassAwareOrder(
+        class_ids,
+        batch_size=batch_size,
+        labelled_per_batch=round(fraction * batch_size),
+        seed=seed + process_index,
+    )
+    return grain.MapDataset.source(class_aware.OrderedRecords(source, mine, order)).seed(seed)
 
 
 def eval_dataset(

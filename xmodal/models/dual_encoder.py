@@ -1,4 +1,6 @@
-"""TNLBT dual encoder (Yang et al., MMM 2023): ViT image branch + H-T recipe branch.
+"""The dual encoder of every trained method: an image branch (ViT for TNLBT, ResNet for
+im2recipe / AdaMine / H-T) and a recipe branch (H-T's hierarchical transformer, im2recipe's
+LSTMs, or a flat transformer), chosen by `config.model.image` / `config.model.recipe`.
 
 Both branches end in a linear projection to a shared `embed_dim` space and L2 normalisation, so
 retrieval is a dot product. H-T's recipe self-supervision (Salvador et al., CVPR 2021, Sec. 3.2)
@@ -29,12 +31,25 @@ from xmodal.models.layers import (
     set_remat,
 )
 from xmodal.models.recipe_encoder import COMPONENTS, HierarchicalRecipeEncoder
+from xmodal.models.resnet import ResNet
+from xmodal.models.text_rnn import LSTMRecipeEncoder, TransformerRecipeEncoder
 from xmodal.models.vit import ViT, vit_variant
 
-__all__ = ["SSL_PAIRS", "DualEncoder", "abstract_model", "build_model", "count_params"]
+__all__ = [
+    "SSL_PAIRS",
+    "DualEncoder",
+    "abstract_model",
+    "build_image_encoder",
+    "build_model",
+    "build_recipe_encoder",
+    "count_params",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+IMAGE_ENCODERS = ("vit", "resnet")
+RECIPE_ENCODERS = ("hierarchical", "lstm", "transformer")
 
 # Ordered component pairs (a, b), a != b, and the key each gets in the model's 'ssl' output.
 SSL_PAIRS: tuple[tuple[str, str], ...] = tuple(itertools.permutations(COMPONENTS, 2))
@@ -72,24 +87,41 @@ class DualEncoder(nnx.Module):
 
     def __init__(
         self,
-        image_encoder: ViT,
-        recipe_encoder: HierarchicalRecipeEncoder,
+        image_encoder: nnx.Module,
+        recipe_encoder: nnx.Module,
         *,
         image_width: int,
         recipe_width: int,
         embed_dim: int,
-        ssl_head: str = "linear",
+        ssl_head: str | None = "linear",
+        num_classes: int = 0,
+        freeze_image: bool = False,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.dtype = dtype
+        self.freeze_image = freeze_image
         self.image_encoder = image_encoder
         self.recipe_encoder = recipe_encoder
         # float32 projections: cheap, and keep the embeddings the losses see in full precision.
         self.image_proj = nnx.Linear(image_width, embed_dim, kernel_init=DENSE_INIT, rngs=rngs)
         self.recipe_proj = nnx.Linear(recipe_width, embed_dim, kernel_init=DENSE_INIT, rngs=rngs)
-        self.ssl_heads = nnx.Dict(
-            {f"{a}_to_{b}": SSLHead(recipe_width, kind=ssl_head, rngs=rngs) for a, b in SSL_PAIRS}
+        self.ssl_heads = (
+            nnx.Dict(
+                {
+                    f"{a}_to_{b}": SSLHead(recipe_width, kind=ssl_head, rngs=rngs)
+                    for a, b in SSL_PAIRS
+                }
+            )
+            if ssl_head
+            else None
+        )
+        # im2recipe's semantic regularisation (Salvador 2017, Sec. 5.2): one linear classifier
+        # shared by both embeddings, so the two modalities are tied to the same class directions.
+        self.class_head = (
+            nnx.Linear(embed_dim, num_classes, kernel_init=DENSE_INIT, rngs=rngs)
+            if num_classes
+            else None
         )
 
     def encode_image(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -105,6 +137,8 @@ class DualEncoder(nnx.Module):
     def embed_image(self, images: jax.Array) -> jax.Array:
         """uint8 [B, H, W, 3] -> [B, embed_dim] float32, unit norm."""
         _, pooled = self.encode_image(images)
+        if self.freeze_image:  # a fixed feature extractor (JE): no backbone gradients computed
+            pooled = jax.lax.stop_gradient(pooled)
         return l2_normalize(self.image_proj(pooled.astype(jnp.float32)))
 
     def embed_recipe(
@@ -115,7 +149,10 @@ class DualEncoder(nnx.Module):
         return l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
 
     def recipe_ssl(self, feats: Mapping[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
-        """H-T Sec. 3.2: {'a->b': (normalised g_ab(e_a), normalised e_b)} for all ordered pairs."""
+        """H-T Sec. 3.2: {'a->b': (normalised g_ab(e_a), normalised e_b)} for all ordered pairs
+        (empty without SSL heads)."""
+        if self.ssl_heads is None:
+            return {}
         f32 = {c: feats[c].astype(jnp.float32) for c in COMPONENTS}
         return {
             ssl_key(a, b): (
@@ -127,66 +164,135 @@ class DualEncoder(nnx.Module):
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
         """batch with 'image', 'title', 'ingredients', 'instructions' (others ignored) ->
-        {'image': [B, D], 'recipe': [B, D], 'ssl': {'title->ingredients': (pred, target), ...}}.
+        {'image': [B, D], 'recipe': [B, D], 'ssl': {'title->ingredients': (pred, target), ...}},
+        plus 'image_logits' / 'recipe_logits' [B, classes] with a class head, and the batch's
+        'class_id' passed through when present (for the semantic and classification losses).
         """
         feats = self.encode_recipe(batch["title"], batch["ingredients"], batch["instructions"])
         recipe = l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
-        return {
+        outputs = {
             "image": self.embed_image(batch["image"]),
             "recipe": recipe,
             "ssl": self.recipe_ssl(feats),
         }
+        if self.class_head is not None:
+            outputs["image_logits"] = self.class_head(outputs["image"])
+            outputs["recipe_logits"] = self.class_head(recipe)
+        if "class_id" in batch:
+            outputs["class_id"] = batch["class_id"]
+        return outputs
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
     return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
 
 
+def build_image_encoder(
+    model_config: ml_collections.ConfigDict,
+    *,
+    image_size: int,
+    dtype: Dtype,
+    attention: str,
+    rngs: nnx.Rngs,
+) -> tuple[nnx.Module, int]:
+    """`config.model.image`: 'vit' (config.model.vit) | 'resnet' (config.model.resnet).
+    Returns (encoder, pooled feature width)."""
+    if model_config.image == "vit":
+        vit_cfg = _as_dict(model_config.vit)
+        variant = vit_cfg.pop("variant", None)
+        if variant:
+            vit_cfg = vit_variant(variant, **vit_cfg)
+        encoder = ViT(image_size=image_size, dtype=dtype, attention=attention, rngs=rngs, **vit_cfg)
+        return encoder, vit_cfg["width"]
+    if model_config.image == "resnet":
+        encoder = ResNet(dtype=dtype, rngs=rngs, **_as_dict(model_config.resnet))
+        return encoder, encoder.num_features
+    raise ValueError(f"model.image must be one of {IMAGE_ENCODERS}, got {model_config.image!r}")
+
+
+def build_recipe_encoder(
+    model_config: ml_collections.ConfigDict,
+    *,
+    vocab_size: int,
+    dtype: Dtype,
+    attention: str,
+    rngs: nnx.Rngs,
+) -> tuple[nnx.Module, int]:
+    """`config.model.recipe`: 'hierarchical' (H-T, config.model.text) | 'lstm' (im2recipe /
+    AdaMine, config.model.lstm) | 'transformer' (JE's flat variant, config.model.text).
+    Returns (encoder, recipe feature width)."""
+    kind = model_config.recipe
+    if kind == "hierarchical":
+        text = _as_dict(model_config.text)
+        encoder = HierarchicalRecipeEncoder(
+            vocab_size,
+            width=text["width"],
+            depth=text["depth"],
+            num_heads=text["num_heads"],
+            mlp_dim=text["mlp_dim"],
+            dropout=text.get("dropout", 0.1),
+            max_len=text.get("max_len", 64),
+            dtype=dtype,
+            attention=attention,
+            rngs=rngs,
+        )
+        return encoder, text["width"]
+    if kind == "lstm":
+        encoder = LSTMRecipeEncoder(
+            vocab_size, dtype=dtype, rngs=rngs, **_as_dict(model_config.lstm)
+        )
+        return encoder, encoder.width
+    if kind == "transformer":
+        text = _as_dict(model_config.text)
+        encoder = TransformerRecipeEncoder(
+            vocab_size,
+            width=text["width"],
+            depth=text["depth"],
+            num_heads=text["num_heads"],
+            mlp_dim=text["mlp_dim"],
+            dropout=text.get("dropout", 0.1),
+            max_len=text.get("max_len", 64),
+            components=tuple(text.get("components", ("ingredients", "instructions"))),
+            dtype=dtype,
+            attention=attention,
+            rngs=rngs,
+        )
+        return encoder, encoder.width
+    raise ValueError(f"model.recipe must be one of {RECIPE_ENCODERS}, got {kind!r}")
+
+
 def build_model(
     model_config: ml_collections.ConfigDict, *, vocab_size: int, image_size: int, rngs: nnx.Rngs
 ) -> DualEncoder:
-    """The dual encoder described by `config.model` (see configs/tnlbt.py).
+    """The dual encoder described by `config.model` (see configs/*.py).
 
-    `config.model.vit` may name a standard size with `variant='B/16'` (see `VIT_VARIANTS`);
-    explicit fields next to it override the variant. The model starts in train mode (dropout on).
+    `model.image` and `model.recipe` choose the encoders (`build_image_encoder`,
+    `build_recipe_encoder`); `config.model.vit` may name a standard size with `variant='B/16'`
+    (see `VIT_VARIANTS`), explicit fields next to it override the variant. H-T's SSL heads exist
+    for the hierarchical encoder when `model.ssl_head` is set; `model.num_classes` > 0 adds the
+    shared class head; `model.freeze_image` stops gradients into the image backbone for the whole
+    run. The model starts in train mode (dropout on, BatchNorm on batch statistics).
     """
-    if model_config.image != "vit":
-        raise ValueError(f"dual encoder supports image='vit', got {model_config.image!r}")
-    if model_config.recipe != "hierarchical":
-        raise ValueError(
-            f"dual encoder supports recipe='hierarchical', got {model_config.recipe!r}"
-        )
     dtype = resolve_dtype(model_config.get("dtype", "float32"))
     attention = model_config.get("attention", "auto")
-
-    vit_cfg = _as_dict(model_config.vit)
-    variant = vit_cfg.pop("variant", None)
-    if variant:
-        vit_cfg = vit_variant(variant, **vit_cfg)
-    image_encoder = ViT(
-        image_size=image_size, dtype=dtype, attention=attention, rngs=rngs, **vit_cfg
+    image_encoder, image_width = build_image_encoder(
+        model_config, image_size=image_size, dtype=dtype, attention=attention, rngs=rngs
     )
-
-    text = _as_dict(model_config.text)
-    recipe_encoder = HierarchicalRecipeEncoder(
-        vocab_size,
-        width=text["width"],
-        depth=text["depth"],
-        num_heads=text["num_heads"],
-        mlp_dim=text["mlp_dim"],
-        dropout=text.get("dropout", 0.1),
-        max_len=text.get("max_len", 64),
-        dtype=dtype,
-        attention=attention,
-        rngs=rngs,
+    recipe_encoder, recipe_width = build_recipe_encoder(
+        model_config, vocab_size=vocab_size, dtype=dtype, attention=attention, rngs=rngs
     )
+    ssl_head = model_config.get("ssl_head", "linear")
+    if model_config.recipe != "hierarchical":
+        ssl_head = None  # H-T's component SSL needs equal-width component features
     model = DualEncoder(
         image_encoder,
         recipe_encoder,
-        image_width=vit_cfg["width"],
-        recipe_width=text["width"],
+        image_width=image_width,
+        recipe_width=recipe_width,
         embed_dim=model_config.embed_dim,
-        ssl_head=model_config.get("ssl_head", "linear"),
+        ssl_head=ssl_head,
+        num_classes=model_config.get("num_classes", 0),
+        freeze_image=model_config.get("freeze_image", False),
         dtype=dtype,
         rngs=rngs,
     )

@@ -1,0 +1,83 @@
+"""AdaMine (Carvalho et al., SIGIR 2018): ResNet-50 image branch, bi-LSTM ingredients +
+hierarchical-LSTM instructions, 1024-d space; double triplet L = L_ins + 0.3 L_sem (margin 0.3)
+with adaptive mining; batches of 100 pairs, half class-labelled; ResNet frozen for the first 20
+epochs, then fine-tuned for 60 (Sec. 4.4); Adam 1e-4.
+
+Argument: 'preset[,ablation...]'. Presets: default (CPU first run), tiny (tests), paper.
+Ablations (Sec. 4.3): ins (L_ins only), sem (L_sem only), cls (AdaMine_ins+cls: the semantic
+loss replaced by im2recipe's classification head), avg (average instead of adaptive mining),
+ingr / instr (ingredients or instructions only). E.g. `configs/adamine.py:paper,avg`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+EPOCH = 2383  # Recipe1M training batches of 100 (Sec. 4.4)
+
+PRESETS: dict[str, dict] = {
+    "default": {
+        "model.resnet.depth": 18,
+        "model.resnet.width": 32,
+        "train.freeze_image_steps": 500,
+    },
+    "tiny": {
+        **common.TINY_DATA_AND_TRAIN,
+        **common.TINY_RESNET,
+        "model.lstm.word_dim": 16,
+        "model.lstm.title_hidden": 16,
+        "model.lstm.ingredient_hidden": 16,
+        "model.lstm.sentence_hidden": 24,
+        "model.lstm.instruction_hidden": 24,
+        "model.embed_dim": 32,
+        "train.freeze_image_steps": 10,
+    },
+    "paper": {
+        **common.PAPER_TEXT,
+        "data.image_size": 224,
+        "model.dtype": "bfloat16",
+        "data.num_classes": common.RECIPE1M_CLASSES,
+        "train.batch_size": 100,
+        "train.num_steps": 80 * EPOCH,
+        "train.freeze_image_steps": 20 * EPOCH,
+        "train.eval_every": EPOCH,
+        "train.checkpoint_every": EPOCH,
+        "eval.batch_size": 1000,
+    },
+}
+
+ABLATIONS: dict[str, dict] = {
+    "ins": {"loss.semantic": 0.0},
+    "sem": {"loss.triplet": 0.0},
+    "cls": {"loss.semantic": 0.0, "loss.image_cls": 0.01, "loss.recipe_cls": 0.01},
+    "avg": {"loss.reduction": "mean", "loss.semantic_reduction": "mean"},
+    "ingr": {"model.lstm.components": ("ingredients",)},
+    "instr": {"model.lstm.components": ("instructions",)},
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = common.base_config("adamine")
+    c.data.labelled_fraction = 0.5
+    c.model.image = "resnet"
+    c.model.resnet = common.resnet_fields(depth=50)
+    c.model.recipe = "lstm"
+    c.model.lstm = common.lstm_fields()
+    c.model.embed_dim = 1024
+    c.loss.triplet = 1.0
+    c.loss.margin = 0.3
+    c.loss.reduction = "violating"
+    c.loss.semantic = 0.3
+    c.loss.semantic_margin = 0.3
+    c.loss.semantic_reduction = "violating"
+    c.train.batch_size = 100
+    c.train.lr = 1e-4
+    c.train.warmup_steps = 0
+    c.train.min_lr_ratio = 1.0  # constant learning rate, as in the paper
+    c.train.weight_decay = 0.0  # plain Adam
+    common.apply_arg(c, arg, PRESETS, ABLATIONS)
+    if c.loss.image_cls or c.loss.recipe_cls:
+        c.model.num_classes = c.data.num_classes
+    return c

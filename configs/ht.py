@@ -1,0 +1,62 @@
+"""H-T (Salvador et al., CVPR 2021): hierarchical transformer recipe encoder + ResNet-50 or
+ViT-B/16, bidirectional triplet loss over all violating in-batch negatives (margin 0.3), and the
+self-supervised recipe component losses; Adam(W) at 1e-4 in the paper.
+
+Presets: default (CPU first run, small ResNet), tiny (tests), r50 (paper, ResNet-50), vit
+(paper, ViT-B/16). `--config.model.image=vit|resnet` switches the image branch of any preset.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+PAPER = {
+    **common.PAPER_TEXT,
+    "data.image_size": 224,
+    "model.text.width": 512,
+    "model.text.depth": 2,
+    "model.text.num_heads": 4,
+    "model.text.mlp_dim": 2048,
+    "model.embed_dim": 1024,
+    "model.dtype": "bfloat16",
+    "train.batch_size": 128,
+    "train.num_steps": 300_000,
+    "train.lr": 1e-4,
+    "train.warmup_steps": 1_000,
+    "train.eval_every": 2_000,
+    "train.checkpoint_every": 2_000,
+    "eval.batch_size": 1024,
+}
+
+PRESETS: dict[str, dict] = {
+    "default": {"model.resnet.depth": 18, "model.resnet.width": 32},
+    "tiny": {
+        **common.TINY_DATA_AND_TRAIN,
+        **common.TINY_RESNET,
+        "model.text.width": 32,
+        "model.text.depth": 1,
+        "model.text.num_heads": 2,
+        "model.text.mlp_dim": 64,
+        "model.embed_dim": 32,
+    },
+    "r50": {**PAPER, "model.image": "resnet", "model.resnet.depth": 50},
+    "vit": {**PAPER, "model.image": "vit", "model.vit.variant": "B/16"},
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = common.base_config("ht")
+    c.model.image = "resnet"
+    c.model.resnet = common.resnet_fields(depth=50)
+    c.model.vit = dict(variant="", patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072)
+    c.model.recipe = "hierarchical"
+    c.model.text = dict(width=128, depth=2, num_heads=4, mlp_dim=256, dropout=0.1)
+    c.model.ssl_head = "linear"
+    c.model.embed_dim = 128
+    c.loss.triplet = 1.0
+    c.loss.margin = 0.3
+    c.loss.reduction = "violating"
+    c.loss.recipe_ssl = 1.0
+    return common.apply_arg(c, arg, PRESETS)

@@ -1,0 +1,85 @@
+"""im2recipe joint embedding (Salvador et al., CVPR 2017) as reproduced in the seed report
+(papers/000): frozen ResNet-50 + linear layer; bi-LSTM over ingredients and an LSTM over
+instructions (hierarchical here: word LSTM per sentence in place of skip-thought vectors),
+concatenated into a linear layer; cosine embedding loss on pairs of which a share `mismatch_rate`
+(0.8) is non-matching; a class head shared by both embeddings, weighted alpha
+(similarity / image CE / recipe CE = 0.98 / 0.01 / 0.01, im2recipe's lambda = 0.02).
+
+Argument: 'preset[,variant...]'. Presets: default (CPU first run), tiny (tests), paper.
+Variants: transformer (flat transformer text encoder instead of the LSTMs), nocls (no heads).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+PRESETS: dict[str, dict] = {
+    "default": {
+        "model.resnet.depth": 18,
+        "model.resnet.width": 32,
+    },
+    "tiny": {
+        **common.TINY_DATA_AND_TRAIN,
+        **common.TINY_RESNET,
+        "model.lstm.word_dim": 16,
+        "model.lstm.ingredient_hidden": 16,
+        "model.lstm.sentence_hidden": 24,
+        "model.lstm.instruction_hidden": 24,
+        "model.text.width": 32,
+        "model.text.depth": 1,
+        "model.text.num_heads": 2,
+        "model.text.mlp_dim": 64,
+        "model.embed_dim": 32,
+    },
+    "paper": {
+        **common.PAPER_TEXT,
+        "data.image_size": 224,
+        "model.dtype": "bfloat16",
+        "data.num_classes": common.RECIPE1M_CLASSES,
+        "train.batch_size": 160,
+        "train.num_steps": 200_000,
+        "train.eval_every": 2_000,
+        "train.checkpoint_every": 2_000,
+        "eval.batch_size": 1000,
+    },
+}
+
+VARIANTS: dict[str, dict] = {
+    "transformer": {"model.recipe": "transformer"},
+    "nocls": {"model.num_classes": 0, "loss.image_cls": 0.0, "loss.recipe_cls": 0.0},
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = common.base_config("je")
+    c.model.image = "resnet"
+    c.model.resnet = common.resnet_fields(depth=50)
+    c.model.freeze_image = True
+    c.model.recipe = "lstm"
+    c.model.lstm = common.lstm_fields()
+    # The transformer variant: one flat transformer per component (max_len = 20 x 15 tokens).
+    c.model.text = dict(
+        width=256,
+        depth=2,
+        num_heads=4,
+        mlp_dim=1024,
+        dropout=0.1,
+        max_len=300,
+        components=("ingredients", "instructions"),
+    )
+    c.model.embed_dim = 1024
+    c.loss.pairwise = 0.98
+    c.loss.pos_margin = 0.0  # im2recipe: 1 - cos for matching pairs
+    c.loss.neg_margin = 0.9  # [cos - 0.1]_+ for non-matching ones
+    c.loss.mismatch_rate = 0.8
+    c.loss.image_cls = 0.01
+    c.loss.recipe_cls = 0.01
+    c.train.lr = 1e-4
+    c.train.weight_decay = 0.0
+    c.model.num_classes = -1  # resolved below: data.num_classes unless the heads are off
+    common.apply_arg(c, arg, PRESETS, VARIANTS)
+    if c.model.num_classes < 0:
+        c.model.num_classes = c.data.num_classes
+    return c

@@ -1,0 +1,238 @@
+"""CCA baseline (Hotelling 1936; on Recipe1M: im2recipe's and AdaMine's CCA rows, and the seed
+CCA study papers/001): fixed image and text features, a linear map of each into a shared space
+fitted in closed form on the training pairs, then the standard retrieval protocol.
+
+Features come from a dual encoder's branches in eval mode: the image encoder's pooled feature and
+the recipe encoder's component features (title / ingredients / instructions, and 'all' = their
+concatenation). The encoder is either freshly initialised from this config (`config.model`) or
+restored from another run (`config.cca.features_from` = its WORKDIR; its config.json picks the
+architecture). CCA maximises the correlation of the projections; with whitening,
+
+    Cxx^-1/2 Cxy Cyy^-1/2 = U S V^T,   Wx = Cxx^-1/2 U_k,   Wy = Cyy^-1/2 V_k,
+
+the canonical correlations are S_k and each side's projections have identity covariance. Ridge
+regularisation C + r * mean(diag C) * I keeps the inverse square roots stable when features are
+correlated or outnumber the pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from xmodal import checkpointing, evaluate, sharding
+from xmodal import state as state_lib
+from xmodal.data import info as data_info
+from xmodal.data import pipeline
+from xmodal.models.recipe_encoder import COMPONENTS
+
+TEXTS = (*COMPONENTS, "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class CCA:
+    """A fitted CCA: centre with the means, project with the weights, (k,) correlations."""
+
+    mean_x: np.ndarray
+    mean_y: np.ndarray
+    w_x: np.ndarray  # [dx, k]
+    w_y: np.ndarray  # [dy, k]
+    correlations: np.ndarray  # [k], descending
+
+    def project_x(self, x: np.ndarray, power: float = 0.0) -> np.ndarray:
+        """Centre and project; `power` > 0 scales dimension i by correlation_i ** power
+        (Gong et al., IJCV 2014), weighting well-aligned directions more in retrieval."""
+        return ((x - self.mean_x) @ self.w_x) * self.correlations**power
+
+    def project_y(self, y: np.ndarray, power: float = 0.0) -> np.ndarray:
+        return ((y - self.mean_y) @ self.w_y) * self.correlations**power
+
+
+def _inv_sqrt(c: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(c)
+    return (vecs / np.sqrt(np.maximum(vals, 1e-12))) @ vecs.T
+
+
+def fit_cca(x: np.ndarray, y: np.ndarray, dim: int, reg: float = 1e-3) -> CCA:
+    """Closed-form regularised CCA of paired rows x [n, dx], y [n, dy] into `dim` dimensions."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"CCA needs >= 2 paired rows, got {len(x)} and {len(y)}")
+    if not 0 < dim <= min(x.shape[1], y.shape[1]):
+        raise ValueError(f"CCA dim must be in [1, {min(x.shape[1], y.shape[1])}], got {dim}")
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    n = len(x) - 1
+    cxx, cyy, cxy = xc.T @ xc / n, yc.T @ yc / n, xc.T @ yc / n
+    cxx += reg * np.mean(np.diag(cxx)) * np.eye(len(cxx)) + 1e-12 * np.eye(len(cxx))
+    cyy += reg * np.mean(np.diag(cyy)) * np.eye(len(cyy)) + 1e-12 * np.eye(len(cyy))
+    kx, ky = _inv_sqrt(cxx), _inv_sqrt(cyy)
+    u, s, vt = np.linalg.svd(kx @ cxy @ ky, full_matrices=False)
+    return CCA(mx, my, kx @ u[:, :dim], ky @ vt[:dim].T, s[:dim])
+
+
+def text_features(feats: dict[str, np.ndarray], text: str) -> np.ndarray:
+    if text == "all":
+        return np.concatenate([feats[c] for c in COMPONENTS], axis=-1)
+    if text not in COMPONENTS:
+        raise ValueError(f"cca text must be one of {TEXTS}, got {text!r}")
+    return feats[text]
+
+
+class FeatureExtractor:
+    """Pooled image features and per-component recipe features of a split, in record order."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir_from: str, mesh: Any):
+        self.mesh = mesh
+        self.config = config
+        data_dir = data_info.resolve_data_dir(config.data)
+        self.data_dir = data_dir
+        info = data_info.load_info(data_dir)
+        graphdef, abstract, _ = state_lib.abstract_train_state(config, info["vocab_size"])
+        shardings = state_lib.state_shardings(abstract, mesh)
+        if workdir_from:
+            manager = checkpointing.make_manager(workdir_from, read_only=True)
+            step = checkpointing.select_step(manager, config.eval.checkpoint)
+            self.state = checkpointing.restore(
+                manager, step, state_lib.with_shardings(abstract, shardings)
+            )
+            manager.close()
+        else:
+            init = lambda: state_lib.init_train_state(config, info["vocab_size"])[1]
+            self.state = jax.jit(init, out_shardings=shardings)()
+
+        def extract(params, model_state, batch):
+            model = nnx.merge(graphdef, params, model_state)
+            model.eval()
+            _, pooled = model.encode_image(batch["image"])
+            feats = model.encode_recipe(batch["title"], batch["ingredients"], batch["instructions"])
+            out = {c: feats[c].astype(np.float32) for c in COMPONENTS if c in feats}
+            out["image"] = pooled.astype(np.float32)
+            return out
+
+        rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+        self._extract = jax.jit(extract, in_shardings=(rep, rep, data), out_shardings=data)
+
+    def split(self, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
+        local = sharding.check_batch_size(self.config.eval.batch_size, self.mesh)
+        ds, n = pipeline.eval_dataset(
+            self.data_dir,
+            split,
+            self.config.data,
+            batch_size=local,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            limit=limit,
+        )
+        parts: dict[str, list[np.ndarray]] = {}
+        for batch in sharding.DevicePrefetcher(iter(ds), self.mesh, self.config.data.prefetch):
+            out = self._extract(self.state.params, self.state.model_state, batch)
+            out["index"], out["valid"] = batch["index"], batch["valid"]
+            out = {k: multihost_utils.process_allgather(v, tiled=True) for k, v in out.items()}
+            for k, v in out.items():
+                if k != "valid":
+                    parts.setdefault(k, []).append(np.asarray(v)[np.asarray(out["valid"])])
+        order = np.argsort(np.concatenate(parts.pop("index")), kind="stable")
+        feats = {k: np.concatenate(v)[order] for k, v in parts.items()}
+        if len(feats["image"]) != n:
+            raise RuntimeError(f"extracted {len(feats['image'])} pairs of {split!r}, expected {n}")
+        return feats
+
+
+def feature_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config whose model extracts the features: this one, or the run in cca.features_from
+    (its architecture and text/image sizes, this config's data location and eval settings)."""
+    source = config.cca.features_from
+    if not source:
+        return config
+    path = os.path.join(source, checkpointing.CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"cca.features_from={source!r} has no {checkpointing.CONFIG_FILE}")
+    with open(path) as f:
+        record = json.load(f)
+    record["data"].pop("resolved_dir", None)
+    other = ml_collections.ConfigDict(record)
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.model = other.model
+    for key in ("image_size", "max_title_tokens", "max_ingredients", "max_instructions"):
+        out.data[key] = other.data[key]
+    out.data.max_tokens = other.data.max_tokens
+    return out
+
+
+def evaluate_cca(
+    train: dict[str, np.ndarray],
+    test: dict[str, np.ndarray],
+    *,
+    text: str,
+    dim: int,
+    reg: float,
+    power: float,
+    eval_config: Any,
+) -> dict[str, Any]:
+    """Fit on the training pairs with `text` features, score the test pairs (bag protocol)."""
+    cca = fit_cca(train["image"], text_features(train, text), dim, reg)
+    image = cca.project_x(test["image"], power)
+    recipe = cca.project_y(text_features(test, text), power)
+    return {
+        "dim": int(dim),
+        "train_correlations": [float(c) for c in cca.correlations[: min(dim, 10)]],
+        **evaluate.bag_metrics(
+            image,
+            recipe,
+            bag_sizes=tuple(eval_config.bag_sizes),
+            num_bags=tuple(eval_config.num_bags),
+            seed=eval_config.seed,
+        ),
+    }
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """`python -m xmodal.main --config=configs/cca.py`: extract, fit per text choice, evaluate;
+    writes WORKDIR/cca_<split>.json (every text) and eval_<split>.json (`cca.text`)."""
+    mesh = sharding.make_mesh()
+    fconfig = feature_config(config)
+    extractor = FeatureExtractor(fconfig, config.cca.features_from, mesh)
+    train = extractor.split("train", limit=config.cca.max_train_pairs or None)
+    split = config.eval.split
+    test = extractor.split(split)
+    texts = tuple(config.cca.texts)
+    if config.cca.text not in texts:
+        texts = (*texts, config.cca.text)
+    ablation = {
+        text: evaluate_cca(
+            train,
+            test,
+            text=text,
+            dim=min(config.cca.dim, train["image"].shape[1], text_features(train, text).shape[1]),
+            reg=config.cca.reg,
+            power=config.cca.power,
+            eval_config=config.eval,
+        )
+        for text in texts
+    }
+    step = int(extractor.state.step)
+    results = {"step": step, "split": split, "n_pairs": len(test["image"])}
+    results.update({k: ablation[config.cca.text][k] for k in evaluate.DIRECTIONS})
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, checkpointing.CONFIG_FILE), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, default=str)
+        with open(os.path.join(workdir, f"cca_{split}.json"), "w") as f:
+            json.dump(
+                {**results, "train_pairs": len(train["image"]), "texts": ablation}, f, indent=2
+            )
+        with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        for text, r in ablation.items():
+            print(f"CCA text={text} dim={r['dim']}")
+            print(evaluate.format_table({**results, **r}))
+    return {"test": results, "texts": ablation}
