@@ -104,7 +104,12 @@ def _rngs():
 def _flax_vit(image_size):
     return nnx.jit(
         lambda: ViT(
-            image_size=image_size, patch_size=8, width=32, depth=2, num_heads=4, mlp_dim=64,
+            image_size=image_size,
+            patch_size=8,
+            width=32,
+            depth=2,
+            num_heads=4,
+            mlp_dim=64,
             rngs=_rngs(),
         )
     )()
@@ -158,7 +163,12 @@ def test_real_timm_vit_matches(tmp_path):
     import timm
 
     ref = timm.models.vision_transformer.VisionTransformer(
-        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
         num_classes=0,
     ).eval()
     _randomise(ref)

@@ -23,10 +23,28 @@ from PIL import Image
 from xmodal import evaluate
 from xmodal.data import pipeline, records
 
-PALETTE = (
-    "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
-    "#393b79 #637939 #8c6d31 #843c39 #7b4173 #3182bd #e6550d #31a354 #756bb1 #636363"
-).split()
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+    "#7b4173",
+    "#3182bd",
+    "#e6550d",
+    "#31a354",
+    "#756bb1",
+    "#636363",
+]
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1300px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
@@ -55,7 +73,9 @@ def first_photos(data_dir: str, split: str, indices: Sequence[int]) -> dict[int,
     """JPEG bytes of the first photo of the given records (only those are read)."""
     source = pipeline.open_split(data_dir, split)
     got = source.__getitems__([int(i) for i in indices])
-    return {int(i): records.decode_record(d)["images"][0] for i, d in zip(indices, got, strict=True)}
+    return {
+        int(i): records.decode_record(d)["images"][0] for i, d in zip(indices, got, strict=True)
+    }
 
 
 def metric_table(results: dict[str, Any]) -> str:
@@ -123,8 +143,10 @@ def tsne_map_svg(
     lo, hi = xy.min(0), xy.max(0)
     xy = 20 + (size - 40) * (xy - lo) / np.maximum(hi - lo, 1e-9)
     colour = lambda c: PALETTE[int(c) % len(PALETTE)] if int(c) > 0 else "#aaaaaa"
-    parts = [f"<svg id='tsne-map' xmlns='http://www.w3.org/2000/svg' width='{size}' "
-             f"height='{size}'><rect width='{size}' height='{size}' fill='white' stroke='#ccc'/>"]
+    parts = [
+        f"<svg id='tsne-map' xmlns='http://www.w3.org/2000/svg' width='{size}' "
+        f"height='{size}'><rect width='{size}' height='{size}' fill='white' stroke='#ccc'/>"
+    ]
     for i in range(n):
         (x1, y1), (x2, y2) = xy[i], xy[n + i]
         parts.append(
@@ -205,8 +227,10 @@ def build_report(
     config = model.config
     image, recipe = model.embed_split(split, limit=limit)
     items = evaluate.split_metadata(
-        model.data_dir, split, limit=limit, fields=("id", "title", "clean_ingredients",
-                                                    "ingredients", "class_id")
+        model.data_dir,
+        split,
+        limit=limit,
+        fields=("id", "title", "clean_ingredients", "ingredients", "class_id"),
     )
     n = len(image)
     results = {
@@ -214,8 +238,11 @@ def build_report(
         "split": split,
         "n_pairs": n,
         **evaluate.bag_metrics(
-            image, recipe, bag_sizes=tuple(config.eval.bag_sizes),
-            num_bags=tuple(config.eval.num_bags), seed=config.eval.seed,
+            image,
+            recipe,
+            bag_sizes=tuple(config.eval.bag_sizes),
+            num_bags=tuple(config.eval.num_bags),
+            seed=config.eval.seed,
         ),
     }
     ranks = {
@@ -279,7 +306,6 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = p.parse_args(argv)
     config = None
     if args.config:
-        from ml_collections import config_flags  # noqa: F401  (same syntax as xmodal.main)
         import importlib.util
 
         file, _, preset = args.config.partition(":")
@@ -294,7 +320,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     model = RetrievalModel(config, args.workdir, which=args.checkpoint)
     split = args.split or config.eval.split
     path = write_report(
-        model, args.workdir, split, limit=args.limit, num_queries=args.queries,
+        model,
+        args.workdir,
+        split,
+        limit=args.limit,
+        num_queries=args.queries,
         map_points=args.map_points,
     )
     print(f"wrote {path}")
