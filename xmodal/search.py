@@ -302,6 +302,9 @@ def _fields(values: list[str]) -> list[str]:
     return [x.strip() for v in values for x in v.split(";") if x.strip()]
 
 
+_MODELS: dict[tuple[str, Any], Any] = {}
+
+
 class _Session:
     """The model and the galleries a command needs, built lazily."""
 
@@ -310,7 +313,11 @@ class _Session:
 
         self.args = args
         config = load_run_config(args.workdir)
-        self.model = RetrievalModel(config, args.workdir, which=args.checkpoint)
+        key = (os.path.abspath(args.workdir), args.checkpoint)
+        if key not in _MODELS:  # repeated run() calls in one process restore and compile once
+            _MODELS.clear()
+            _MODELS[key] = RetrievalModel(config, args.workdir, which=args.checkpoint)
+        self.model = _MODELS[key]
         self.split = getattr(args, "split", None) or config.eval.split
         self._galleries: dict[str, Gallery] = {}
 
