@@ -140,7 +140,10 @@ def test_search_cli_and_qualitative_queries(trained, galleries, tmp_path, capsys
 
 
 def test_eval_named_step_embed_and_clear_errors(trained, tmp_path):
-    config, workdir, _ = trained
+    config, trained_dir, _ = trained
+    workdir = tmp_path / "copy"  # a copy: the session's eval_test.json stays as training wrote it
+    shutil.copytree(trained_dir, workdir)
+    workdir = str(workdir)
     manager = checkpointing.make_manager(workdir, read_only=True)
     first = min(manager.all_steps())
     manager.close()
@@ -154,12 +157,14 @@ def test_eval_named_step_embed_and_clear_errors(trained, tmp_path):
         assert list(f["ids"]) == ids and f["image"].shape == f["recipe"].shape
         np.testing.assert_allclose(np.linalg.norm(f["image"], axis=1), 1, rtol=1e-5)
     # A checkpoint of another model in a workdir without config.json: a clear error.
-    copy = tmp_path / "copy"
-    shutil.copytree(workdir, copy)
-    os.remove(copy / checkpointing.CONFIG_FILE)
+    os.remove(os.path.join(workdir, checkpointing.CONFIG_FILE))
     other = tiny_config(config.data.dir, **{"model.embed_dim": 32})
-    with pytest.raises(ValueError, match=r"image_proj.*checkpoint has \(64, 64\)|embed"):
-        evaluate.evaluate_checkpoint(other, str(copy))
+    pattern = (
+        r"(?s)does not fit this model.*"
+        r"image_proj\.kernel: checkpoint has \(64, 64\), this model has \(64, 32\)"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        evaluate.evaluate_checkpoint(other, workdir)
 
 
 class _Sections(html.parser.HTMLParser):

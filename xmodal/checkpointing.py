@@ -141,19 +141,19 @@ def shape_mismatches(manager: ocp.CheckpointManager, step: int, abstract_state: 
         _path_name(p): tuple(getattr(m, "shape", ()) or ())
         for p, m in jax.tree_util.tree_flatten_with_path(stored_tree)[0]
     }
-    wanted = {
-        _path_name(p): tuple(a.shape)
-        for p, a in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
-        if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)  # stored as raw key data
-    }
-    stored = {k: v for k, v in stored.items() if k in wanted or not k.startswith("rng")}
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    # PRNG keys are stored as raw key data (another shape): not a model difference.
+    keys = {_path_name(p) for p, a in leaves if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)}
+    wanted = {_path_name(p): tuple(a.shape) for p, a in leaves if _path_name(p) not in keys}
+    stored = {k: v for k, v in stored.items() if k not in keys}
     diffs = []
     for name in sorted(set(stored) | set(wanted)):
         a, b = stored.get(name), wanted.get(name)
         if a != b:
             fmt = lambda s: "nothing" if s is None else str(s)
             diffs.append(f"{name}: checkpoint has {fmt(a)}, this model has {fmt(b)}")
-    return diffs
+    model_diffs = [d for d in diffs if not d.startswith("opt_state.")]
+    return model_diffs or diffs  # the optimizer moments repeat the parameters' differences
 
 
 def model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
