@@ -90,6 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.attention = "auto"  # auto: cuDNN fused attention on GPU, XLA elsewhere
     c.model.remat = "none"  # none | full | dots | dots_no_batch (xmodal.models.layers)
+    c.model.image_init = ""  # timm ViT .safetensors/.pth to start the image encoder from
 
     c.loss = ml_collections.ConfigDict()
     c.loss.triplet = 1.0

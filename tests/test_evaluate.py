@@ -80,3 +80,29 @@ def test_bag_label_names_thousands():
     assert evaluate.bag_label(1000) == "1k"
     assert evaluate.bag_label(10000) == "10k"
     assert evaluate.bag_label(250) == "250"
+
+
+def test_bag_metrics_full_split_matches_brute_force():
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(60, 5))
+    recipe = image + rng.normal(size=(60, 5))
+    got = evaluate.bag_metrics(image, recipe, bag_sizes=(1000,), num_bags=(2,), seed=0)
+    for direction, (a, b) in {
+        "image_to_recipe": (image, recipe),
+        "recipe_to_image": (recipe, image),
+    }.items():
+        r = _brute_ranks(a, b)
+        assert list(got[direction]) == ["full"]  # the 1k bag is larger than the split
+        full = got[direction]["full"]
+        assert full["medR"] == {"mean": pytest.approx(np.median(r)), "std": 0.0}
+        for k in (1, 5, 10):
+            assert full[f"R@{k}"]["mean"] == pytest.approx(100 * np.mean(r <= k))
+
+
+def test_retrieval_ranks_10k_bag_is_one_device_call(monkeypatch):
+    calls = []
+    real = evaluate._chunk_ranks
+    monkeypatch.setattr(evaluate, "_chunk_ranks", lambda *a: calls.append(a[0].shape) or real(*a))
+    x = np.random.default_rng(4).normal(size=(10_000, 4)).astype(np.float32)
+    evaluate.retrieval_ranks(x, x)
+    assert calls == [(10_000, 4)]

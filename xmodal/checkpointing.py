@@ -19,6 +19,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 CONFIG_FILE = "config.json"  # WORKDIR/config.json: everything a run did
 BEST_METRIC = "val_recall@1"
 STATE = "state"
+INIT_ONLY_FIELDS = ("image_init",)  # model fields that only matter at init, not for shapes
 DATA = "data"
 
 
@@ -105,13 +106,63 @@ def restore(
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
         items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
+    except ValueError as e:
+        diffs = shape_mismatches(manager, step, abstract_state)
+        if not diffs:
+            raise
+        raise ValueError(
+            f"the checkpoint at step {step} in {manager.directory} does not fit this model "
+            "configuration (made by another model or config?); parameters that differ:\n  "
+            + "\n  ".join(diffs[:20])
+            + (f"\n  ... and {len(diffs) - 20} more" if len(diffs) > 20 else "")
+        ) from e
     return restored[STATE]
+
+
+def _path_name(path: tuple) -> str:
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+    return ".".join(parts)
+
+
+def shape_mismatches(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> list[str]:
+    """'name: checkpoint has (a, b), this model has (c, d)' for every leaf whose shape differs
+    (or that exists on one side only), read from the checkpoint's metadata."""
+    import jax
+
+    stored_tree = manager.item_metadata(step)[STATE]
+    stored = {
+        _path_name(p): tuple(getattr(m, "shape", ()) or ())
+        for p, m in jax.tree_util.tree_flatten_with_path(stored_tree)[0]
+    }
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    # PRNG keys are stored as raw key data (another shape): not a model difference.
+    keys = {_path_name(p) for p, a in leaves if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)}
+    wanted = {_path_name(p): tuple(a.shape) for p, a in leaves if _path_name(p) not in keys}
+    stored = {k: v for k, v in stored.items() if k not in keys}
+    diffs = []
+    for name in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(name), wanted.get(name)
+        if a != b:
+            fmt = lambda s: "nothing" if s is None else str(s)
+            diffs.append(f"{name}: checkpoint has {fmt(a)}, this model has {fmt(b)}")
+    model_diffs = [d for d in diffs if not d.startswith("opt_state.")]
+    return model_diffs or diffs  # the optimizer moments repeat the parameters' differences
 
 
 def model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The config fields that fix the shapes of a checkpoint."""
-    flat = {f"model.{k}": v for k, v in _flatten(config.model.to_dict()).items()}
+    flat = {
+        f"model.{k}": v
+        for k, v in _flatten(config.model.to_dict()).items()
+        if k not in INIT_ONLY_FIELDS
+    }
     flat["data.image_size"] = config.data.image_size
     return flat
 

@@ -4,6 +4,7 @@ Bag protocol (Salvador et al. 2017; Carvalho et al. 2018, Sec. 4.2): draw bags o
 (10 x 1k, 5 x 10k) with a fixed seed; inside a bag every image queries all N recipes and every
 recipe all N images by cosine similarity; report medR (median 1-based rank of the true match) and
 R@1/5/10 (% of queries ranked <= K), mean and std over bags. Ties count against the model.
+Next to the bags, the whole split is ranked at once under the label "full" (std 0: one draw).
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ from jax.sharding import Mesh
 from xmodal import checkpointing, sharding
 from xmodal import state as state_lib
 from xmodal.data import info as data_info
-from xmodal.data import pipeline
+from xmodal.data import pipeline, records
 
 RECALL_AT = (1, 5, 10)
 DIRECTIONS = ("image_to_recipe", "recipe_to_image")
-RANK_CHUNK = 4096  # queries ranked per device call; bounds the similarity block in memory
+RANK_CHUNK = 16384  # most queries ranked per device call
+# Most similarities held on the device at once (f32 + a bool mask: ~5 bytes each, 640 MB): a
+# 10k x 10k bag is ranked in one call; larger galleries are ranked in row blocks of this size.
+RANK_MAX_SIMILARITIES = 2**27
+FULL_SPLIT = "full"  # label of the whole-split numbers next to "1k" / "10k"
 
 
 @jax.jit
@@ -41,15 +46,16 @@ def retrieval_ranks(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """1-based rank of candidate i for query i under cosine similarity, ties counted against.
 
     Inputs need not be normalised. Rank = number of candidates at least as similar as the true
-    match (the match itself included), so an all-equal row ranks last. Runs on the default device
-    in fixed-size query chunks (one compilation per candidate count).
+    match (the match itself included), so an all-equal row ranks last. Runs on the default device:
+    the whole similarity matrix in one call when it fits `RANK_MAX_SIMILARITIES` (a 10k bag
+    does), else in equal query blocks (one compilation per candidate count).
     """
     q = _unit(np.asarray(queries, np.float32))
     c = _unit(np.asarray(candidates, np.float32))
     if q.shape != c.shape:
         raise ValueError(f"queries {q.shape} and candidates {c.shape} must be paired row by row")
     n = q.shape[0]
-    chunk = min(RANK_CHUNK, max(n, 1))
+    chunk = max(1, min(RANK_CHUNK, n, RANK_MAX_SIMILARITIES // max(n, 1)))
     padded = -(-n // chunk) * chunk
     q_pad = np.zeros((padded, q.shape[1]), np.float32)
     q_pad[:n] = q
@@ -85,10 +91,12 @@ def bag_metrics(
     bag_sizes: Sequence[int] = (1000, 10000),
     num_bags: Sequence[int] = (10, 5),
     seed: int = 0,
+    full: bool = True,
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """{direction: {bag label: {metric: {mean, std}}}}; bags larger than the split are left out.
 
-    Each bag is drawn once (without replacement) and used for both directions.
+    Each bag is drawn once (without replacement) and used for both directions. With `full`, the
+    whole split is also ranked as one bag under the label "full" (std 0).
     """
     n = len(image)
     if len(bag_sizes) != len(num_bags):
@@ -112,6 +120,13 @@ def bag_metrics(
                 }
                 for m in per_bag[d][0]
             }
+    if full and n > 0:
+        for d, (a, b) in (
+            ("image_to_recipe", (image, recipe)),
+            ("recipe_to_image", (recipe, image)),
+        ):
+            whole = rank_metrics(retrieval_ranks(a, b))
+            out[d][FULL_SPLIT] = {m: {"mean": v, "std": 0.0} for m, v in whole.items()}
     return out
 
 
@@ -178,6 +193,42 @@ class Embedder:
         return image_emb, recipe_emb
 
 
+def restore_for_inference(
+    config: Any, workdir: str, *, which: str | int | None = None, mesh: Mesh | None = None
+) -> tuple[Any, Any, str, dict[str, Any]]:
+    """(graphdef, state, data_dir, dataset info) of a checkpoint of WORKDIR (best | latest |
+    step), restored onto the devices of `mesh` (any count); clear errors for a missing step or
+    a checkpoint of another model."""
+    mesh = mesh or sharding.make_mesh()
+    data_dir = data_info.resolve_data_dir(config.data)
+    info = data_info.load_info(data_dir)
+    checkpointing.check_compatible(workdir, config)
+    graphdef, abstract, _ = state_lib.abstract_train_state(config, info["vocab_size"])
+    manager = checkpointing.make_manager(workdir, read_only=True)
+    try:
+        step = checkpointing.select_step(manager, which or config.eval.checkpoint)
+        target = state_lib.with_shardings(abstract, state_lib.state_shardings(abstract, mesh))
+        state = checkpointing.restore(manager, step, target)
+    finally:
+        manager.close()
+    return graphdef, state, data_dir, info
+
+
+def split_metadata(
+    data_dir: str, split: str, *, limit: int | None = None, fields: Sequence[str] = ("id",)
+) -> list[dict[str, Any]]:
+    """`fields` of the first `limit` records of `split`, in record order (the order of
+    `Embedder.embed_split`). Reads the records without decoding any photo."""
+    source = pipeline.open_split(data_dir, split)
+    n = len(source) if limit is None else min(limit, len(source))
+    out = []
+    for start in range(0, n, 1024):
+        for data in source.__getitems__(list(range(start, min(n, start + 1024)))):
+            rec = records.decode_record(data)
+            out.append({f: rec[f] for f in fields})
+    return out
+
+
 def evaluate_checkpoint(
     config: Any,
     workdir: str,
@@ -191,16 +242,14 @@ def evaluate_checkpoint(
     the bag protocol, write WORKDIR/eval_<split>.json and print a table."""
     split = split or config.eval.split
     mesh = mesh or sharding.make_mesh()
-    data_dir = data_info.resolve_data_dir(config.data)
-    info = data_info.load_info(data_dir)
-    checkpointing.check_compatible(workdir, config)
-    graphdef, abstract, _ = state_lib.abstract_train_state(config, info["vocab_size"])
     if state is None:
-        manager = checkpointing.make_manager(workdir, read_only=True)
-        step = checkpointing.select_step(manager, which or config.eval.checkpoint)
-        target = state_lib.with_shardings(abstract, state_lib.state_shardings(abstract, mesh))
-        state = checkpointing.restore(manager, step, target)
-        manager.close()
+        graphdef, state, data_dir, _ = restore_for_inference(
+            config, workdir, which=which, mesh=mesh
+        )
+    else:
+        data_dir = data_info.resolve_data_dir(config.data)
+        info = data_info.load_info(data_dir)
+        graphdef, _, _ = state_lib.abstract_train_state(config, info["vocab_size"])
     image, recipe = Embedder(graphdef, mesh).embed_split(state, data_dir, split, config)
     results = {
         "step": int(state.step),
@@ -212,6 +261,7 @@ def evaluate_checkpoint(
             bag_sizes=tuple(config.eval.bag_sizes),
             num_bags=tuple(config.eval.num_bags),
             seed=config.eval.seed,
+            full=config.eval.get("full_split", True),
         ),
     }
     if jax.process_index() == 0:
@@ -220,3 +270,34 @@ def evaluate_checkpoint(
             json.dump(results, f, indent=2)
         print(format_table(results))
     return results
+
+
+def embed_checkpoint(
+    config: Any,
+    workdir: str,
+    *,
+    split: str | None = None,
+    which: str | int | None = None,
+    mesh: Mesh | None = None,
+) -> str:
+    """Write WORKDIR/embeddings_<split>.npz: `image` and `recipe` [N, D] float32 (unit norm, row
+    i of both is pair i), `ids` [N] recipe ids (str), `step`, `split`. Plain NumPy: load with
+    `np.load(path)` anywhere, no project code needed."""
+    split = split or config.eval.split
+    mesh = mesh or sharding.make_mesh()
+    graphdef, state, data_dir, _ = restore_for_inference(config, workdir, which=which, mesh=mesh)
+    image, recipe = Embedder(graphdef, mesh).embed_split(state, data_dir, split, config)
+    ids = np.array([m["id"] for m in split_metadata(data_dir, split)], dtype=np.str_)
+    path = os.path.join(workdir, f"embeddings_{split}.npz")
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        np.savez(
+            path,
+            image=image.astype(np.float32),
+            recipe=recipe.astype(np.float32),
+            ids=ids,
+            step=np.int64(state.step),
+            split=np.str_(split),
+        )
+        print(f"wrote {len(ids)} {split} pairs (step {int(state.step)}) to {path}")
+    return path

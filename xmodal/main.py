@@ -1,5 +1,5 @@
 """Command line: `python -m xmodal.main --config=configs/tnlbt.py[:preset] [--workdir=DIR]
-[--mode=train|eval] [--config.a.b=v ...]`.
+[--mode=train|eval|embed] [--checkpoint=best|latest|STEP] [--split=test] [--config.a.b=v ...]`.
 
 Thin on purpose: flags, multi-host start-up, then one call into train or evaluate.
 """
@@ -16,7 +16,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics and results go (default: runs/<method>-<preset>)."
 )
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "embed"],
+    "train | eval (bag protocol -> WORKDIR/eval_<split>.json) | embed (embeddings and recipe ids "
+    "of a split -> WORKDIR/embeddings_<split>.npz).",
+)
 _SPLIT = flags.DEFINE_string("split", None, "Eval split (default: config.eval.split).")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Eval checkpoint: best | latest | <step> (default: config.eval.checkpoint)."
@@ -59,10 +65,14 @@ def main(argv: list[str]) -> None:
         from xmodal.train import train_and_evaluate
 
         train_and_evaluate(config, workdir)
-    else:
+    elif _MODE.value == "eval":
         from xmodal.evaluate import evaluate_checkpoint
 
         evaluate_checkpoint(config, workdir, split=_SPLIT.value, which=_CHECKPOINT.value)
+    else:
+        from xmodal.evaluate import embed_checkpoint
+
+        embed_checkpoint(config, workdir, split=_SPLIT.value, which=_CHECKPOINT.value)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         init = lambda: state_lib.init_train_state(config, info["vocab_size"])[1]
         state = jax.jit(init, out_shardings=shardings)()
+        if config.model.get("image_init"):  # pretrained image encoder (timm / torchvision file)
+            from xmodal.models.import_weights import init_image_encoder
+
+            state = init_image_encoder(state, graphdef, config.model.image_init, shardings)
 
     batches = sharding.DevicePrefetcher(host_iter, mesh, config.data.prefetch)
     step_fn = compile_train_step(graphdef, tx, config, shardings, mesh)

@@ -1,0 +1,335 @@
+"""A self-contained HTML report of a checkpoint: `python -m xmodal.report --workdir=DIR
+[--config=configs/tnlbt.py:preset] [--split=test]` -> WORKDIR/report_<split>.html.
+
+Sections: the metric table of both directions (bag protocol + whole split), recall@K curves
+(inline SVG), a gallery of queries with their top-5 results (true match marked; photos embedded as
+base64 JPEG thumbnails) and a 2-D t-SNE map of image and recipe embeddings coloured by class with
+matching pairs linked (as in the papers' figures; needs scikit-learn: `pip install
+'xmodal[report]'`). No scripts and no external resources: it opens from a file, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from xmodal import evaluate
+from xmodal.data import pipeline, records
+
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+    "#7b4173",
+    "#3182bd",
+    "#e6550d",
+    "#31a354",
+    "#756bb1",
+    "#636363",
+]
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1300px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
+table.m{border-collapse:collapse}table.m td,table.m th{border:1px solid #ccc;padding:4px 10px;
+text-align:right}table.m th{background:#f4f4f4}.q{display:flex;gap:10px;margin:10px 0;
+align-items:flex-start;border-bottom:1px solid #eee;padding-bottom:8px}.card{width:130px;
+font-size:11px}.card img{width:120px;height:120px;object-fit:cover;border:3px solid transparent}
+.hit img,.hit .txt{border:3px solid #2ca02c}.txt{border:3px solid transparent;padding:3px;
+min-height:60px;background:#fafafa}.qcard{width:170px;font-size:12px;font-weight:600}
+.rank{color:#777}.muted{color:#777;font-size:12px}
+"""
+
+
+def thumbnail(jpeg: bytes, size: int = 120) -> str:
+    """A data: URI of a small JPEG (EXIF orientation honoured)."""
+    from PIL import ImageOps
+
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(jpeg))).convert("RGB")
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def first_photos(data_dir: str, split: str, indices: Sequence[int]) -> dict[int, bytes]:
+    """JPEG bytes of the first photo of the given records (only those are read)."""
+    source = pipeline.open_split(data_dir, split)
+    got = source.__getitems__([int(i) for i in indices])
+    return {
+        int(i): records.decode_record(d)["images"][0] for i, d in zip(indices, got, strict=True)
+    }
+
+
+def metric_table(results: dict[str, Any]) -> str:
+    rows = []
+    for d in evaluate.DIRECTIONS:
+        for label, m in results.get(d, {}).items():
+            cells = "".join(
+                f"<td>{m[k]['mean']:.2f} ± {m[k]['std']:.2f}</td>"
+                for k in ("medR", *[f"R@{r}" for r in evaluate.RECALL_AT])
+            )
+            rows.append(f"<tr><td style='text-align:left'>{d}</td><td>{label}</td>{cells}</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("direction", "bag", "medR", "R@1", "R@5", "R@10"))
+    return f"<table class='m' id='metrics'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def recall_curve_svg(ranks: dict[str, np.ndarray], max_k: int, w: int = 560, h: int = 320) -> str:
+    """Recall@K (%) for K = 1..max_k, one polyline per direction, log-scaled K axis."""
+    pad = 48
+    ks = np.unique(np.round(np.geomspace(1, max_k, 60)).astype(int))
+    x = lambda k: pad + (w - 2 * pad) * np.log(k) / np.log(max(max_k, 2))
+    y = lambda r: h - pad - (h - 2 * pad) * r / 100.0
+    parts = [f"<svg id='recall-curve' xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>"]
+    parts.append(f"<rect width='{w}' height='{h}' fill='white' stroke='#ccc'/>")
+    for r in (0, 25, 50, 75, 100):
+        parts.append(
+            f"<line x1='{pad}' x2='{w - pad}' y1='{y(r):.1f}' y2='{y(r):.1f}' stroke='#eee'/>"
+            f"<text x='{pad - 6}' y='{y(r) + 4:.1f}' font-size='11' text-anchor='end'>{r}</text>"
+        )
+    for k in sorted({1, 5, 10, 50, 100, 500, 1000, max_k}):
+        if k <= max_k:
+            parts.append(
+                f"<text x='{x(k):.1f}' y='{h - pad + 16}' font-size='11' "
+                f"text-anchor='middle'>{k}</text>"
+            )
+    parts.append(
+        f"<text x='{w / 2}' y='{h - 8}' font-size='12' text-anchor='middle'>K (log scale)</text>"
+        f"<text x='14' y='{h / 2}' font-size='12' transform='rotate(-90 14 {h / 2})' "
+        "text-anchor='middle'>recall@K (%)</text>"
+    )
+    for (name, r), colour in zip(ranks.items(), ("#1f77b4", "#d62728"), strict=False):
+        pts = " ".join(f"{x(k):.1f},{y(100.0 * np.mean(r <= k)):.1f}" for k in ks)
+        parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{pts}'/>")
+        ly = 20 + 16 * list(ranks).index(name)
+        parts.append(
+            f"<line x1='{w - 190}' x2='{w - 170}' y1='{ly}' y2='{ly}' stroke='{colour}' "
+            f"stroke-width='2'/><text x='{w - 165}' y='{ly + 4}' font-size='12'>{name}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def tsne_map_svg(
+    image: np.ndarray, recipe: np.ndarray, classes: Sequence[int], *, seed: int = 0, size: int = 640
+) -> str:
+    """t-SNE of image and recipe embeddings together; circles = photos, squares = recipes,
+    colour = class, a grey line joins each matching pair."""
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError as e:
+        raise ImportError("the 2-D map needs scikit-learn: pip install 'xmodal[report]'") from e
+    n = len(image)
+    both = np.concatenate([image, recipe]).astype(np.float32)
+    perplexity = float(min(30, max(2, (2 * n - 1) // 3)))
+    xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(both)
+    lo, hi = xy.min(0), xy.max(0)
+    xy = 20 + (size - 40) * (xy - lo) / np.maximum(hi - lo, 1e-9)
+    colour = lambda c: PALETTE[int(c) % len(PALETTE)] if int(c) > 0 else "#aaaaaa"
+    parts = [
+        f"<svg id='tsne-map' xmlns='http://www.w3.org/2000/svg' width='{size}' "
+        f"height='{size}'><rect width='{size}' height='{size}' fill='white' stroke='#ccc'/>"
+    ]
+    for i in range(n):
+        (x1, y1), (x2, y2) = xy[i], xy[n + i]
+        parts.append(
+            f"<line x1='{x1:.1f}' y1='{y1:.1f}' x2='{x2:.1f}' y2='{y2:.1f}' "
+            "stroke='#999' stroke-opacity='0.5'/>"
+        )
+    for i in range(n):
+        (x1, y1), (x2, y2), c = xy[i], xy[n + i], colour(classes[i])
+        parts.append(f"<circle class='img' cx='{x1:.1f}' cy='{y1:.1f}' r='4' fill='{c}'/>")
+        parts.append(
+            f"<rect class='rec' x='{x2 - 3.5:.1f}' y='{y2 - 3.5:.1f}' width='7' height='7' "
+            f"fill='{c}' stroke='#333' stroke-width='0.6'/>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _recipe_card(item: dict[str, Any], rank: int, hit: bool) -> str:
+    ingr = ", ".join((item.get("clean_ingredients") or item.get("ingredients") or [])[:6])
+    return (
+        f"<div class='card{' hit' if hit else ''}'><div class='txt'><span class='rank'>#{rank}"
+        f"{' ✓' if hit else ''}</span> <b>{html.escape(item.get('title', ''))}</b><br>"
+        f"<span class='muted'>{html.escape(ingr)}</span></div></div>"
+    )
+
+
+def _photo_card(uri: str, rank: int, hit: bool, caption: str) -> str:
+    return (
+        f"<div class='card{' hit' if hit else ''}'><img src='{uri}'><br><span class='rank'>"
+        f"#{rank}{' ✓' if hit else ''}</span> {html.escape(caption)}</div>"
+    )
+
+
+def query_gallery(
+    image: np.ndarray,
+    recipe: np.ndarray,
+    items: list[dict[str, Any]],
+    photos: dict[int, bytes],
+    queries: Sequence[int],
+    k: int = 5,
+) -> str:
+    """Image -> recipe and recipe -> image queries with their top-k, the true match marked."""
+    from xmodal.search import ExactSearch
+
+    thumbs = {i: thumbnail(b) for i, b in photos.items()}
+    _, i2r = ExactSearch(recipe).search(image[list(queries)], k)
+    _, r2i = ExactSearch(image).search(recipe[list(queries)], k)
+    out = ["<h3>image → recipe</h3>"]
+    for q, hits in zip(queries, i2r, strict=True):
+        cards = "".join(_recipe_card(items[h], r + 1, h == q) for r, h in enumerate(hits))
+        out.append(
+            f"<div class='q i2r'><div class='qcard'><img src='{thumbs[q]}' width='150'><br>"
+            f"true: {html.escape(items[q].get('title', ''))}</div>{cards}</div>"
+        )
+    out.append("<h3>recipe → image</h3>")
+    for q, hits in zip(queries, r2i, strict=True):
+        cards = "".join(
+            _photo_card(thumbs[h], r + 1, h == q, items[h].get("title", "")[:40])
+            for r, h in enumerate(hits)
+        )
+        out.append(
+            f"<div class='q r2i'>{_recipe_card(items[q], 0, False).replace('#0', 'query')}"
+            f"{cards}</div>"
+        )
+    return "\n".join(out)
+
+
+def build_report(
+    model: Any,
+    split: str,
+    *,
+    limit: int | None = None,
+    num_queries: int = 6,
+    map_points: int = 300,
+    seed: int = 0,
+) -> str:
+    """The report's HTML for `split` embedded with `model` (an `inference.RetrievalModel`)."""
+    config = model.config
+    image, recipe = model.embed_split(split, limit=limit)
+    items = evaluate.split_metadata(
+        model.data_dir,
+        split,
+        limit=limit,
+        fields=("id", "title", "clean_ingredients", "ingredients", "class_id"),
+    )
+    n = len(image)
+    results = {
+        "step": model.step,
+        "split": split,
+        "n_pairs": n,
+        **evaluate.bag_metrics(
+            image,
+            recipe,
+            bag_sizes=tuple(config.eval.bag_sizes),
+            num_bags=tuple(config.eval.num_bags),
+            seed=config.eval.seed,
+        ),
+    }
+    ranks = {
+        "image → recipe": evaluate.retrieval_ranks(image, recipe),
+        "recipe → image": evaluate.retrieval_ranks(recipe, image),
+    }
+    rng = np.random.default_rng(seed)
+    queries = sorted(rng.choice(n, size=min(num_queries, n), replace=False).tolist())
+    from xmodal.search import ExactSearch
+
+    shown = set(queries)
+    shown.update(ExactSearch(image).search(recipe[queries], 5)[1].ravel().tolist())
+    photos = first_photos(model.data_dir, split, sorted(shown))
+    m = min(map_points, n)
+    idx = np.sort(rng.choice(n, size=m, replace=False))
+    classes = [items[i]["class_id"] for i in idx]
+    tsne = tsne_map_svg(image[idx], recipe[idx], classes, seed=seed)
+    title = f"xmodal report — {config.get('method', '')}:{config.get('preset', '')}, {split}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{CSS}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="muted">checkpoint step {model.step} · {n} pairs · data {html.escape(model.data_dir)}</p>
+<h2 id="metrics-section">Retrieval metrics</h2>
+<p class="muted">medR (1-based, lower is better) and R@K (%), mean ± std over bags; "full" ranks
+the whole split at once. Ties count against the model.</p>
+{metric_table(results)}
+<h2 id="recall-section">Recall@K on the whole split</h2>
+{recall_curve_svg(ranks, max_k=n)}
+<h2 id="gallery-section">Queries and their top-5</h2>
+<p class="muted">Green border and ✓: the true match.</p>
+{query_gallery(image, recipe, items, photos, queries)}
+<h2 id="map-section">Embedding map (t-SNE)</h2>
+<p class="muted">{m} pairs: circles are photos, squares recipes; colour = class (grey:
+unlabelled); lines join each photo to its recipe.</p>
+{tsne}
+</body></html>
+"""
+
+
+def write_report(model: Any, workdir: str, split: str, **kwargs: Any) -> str:
+    path = os.path.join(workdir, f"report_{split}.html")
+    with open(path, "w") as f:
+        f.write(build_report(model, split, **kwargs))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    import argparse
+
+    from xmodal.inference import RetrievalModel, load_run_config
+
+    p = argparse.ArgumentParser(prog="python -m xmodal.report", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--config", help="configs/<method>.py[:preset] (default: WORKDIR/config.json)")
+    p.add_argument("--split", default=None)
+    p.add_argument("--checkpoint", default=None, help="best | latest | STEP")
+    p.add_argument("--limit", type=int, default=None, help="first N pairs of the split")
+    p.add_argument("--queries", type=int, default=6)
+    p.add_argument("--map_points", type=int, default=300)
+    args = p.parse_args(argv)
+    config = None
+    if args.config:
+        import importlib.util
+
+        file, _, preset = args.config.partition(":")
+        spec = importlib.util.spec_from_file_location("xmodal_report_config", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(preset or None)
+        run_config = load_run_config(args.workdir)
+        if not config.data.dir:
+            config.data.dir = run_config.data.dir
+    config = load_run_config(args.workdir, config)
+    model = RetrievalModel(config, args.workdir, which=args.checkpoint)
+    split = args.split or config.eval.split
+    path = write_report(
+        model,
+        args.workdir,
+        split,
+        limit=args.limit,
+        num_queries=args.queries,
+        map_points=args.map_points,
+    )
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
