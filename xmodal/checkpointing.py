@@ -128,6 +128,8 @@ def _path_name(path: tuple) -> str:
             if hasattr(k, attr):
                 parts.append(str(getattr(k, attr)))
                 break
+    if parts and parts[-1] == "value":  # nnx Variable's payload: noise in a parameter name
+        parts.pop()
     return ".".join(parts)
 
 
