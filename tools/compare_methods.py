@@ -7,6 +7,7 @@ Runs each `config[:preset]` for the same number of steps (and, optionally, a wal
     python tools/compare_methods.py --out=runs/compare --steps=600 \
         --run=tnlbt=configs/tnlbt.py \
         --run=tnlbt-base=configs/tnlbt.py:base \
+        --run="tnlbt-linear=configs/tnlbt.py loss.margin.kind=linear" \
         --run=ht=configs/ht.py --run=adamine=configs/adamine.py --run=je=configs/je.py
 
 A run whose workdir already holds eval_test.json is not repeated (delete it to rerun); extra
@@ -24,7 +25,9 @@ import time
 
 from absl import app, flags
 
-_RUN = flags.DEFINE_multi_string("run", [], "name=config_path[:preset]; repeat per method.")
+_RUN = flags.DEFINE_multi_string(
+    "run", [], "'name=config_path[:preset] [a.b=v ...]' (overrides for this run only); repeat."
+)
 _OUT = flags.DEFINE_string("out", "runs/compare", "Folder for the runs and the table.")
 _STEPS = flags.DEFINE_integer("steps", 600, "Training steps per run (config.train.num_steps).")
 _MAX_SECONDS = flags.DEFINE_integer(
@@ -49,10 +52,10 @@ def run_command(config: str, workdir: str, steps: int, overrides: list[str]) -> 
     ]
 
 
-def run_one(name: str, config: str, out: str) -> dict:
+def run_one(name: str, config: str, out: str, overrides: list[str]) -> dict:
     workdir = os.path.join(out, name)
     result_path = os.path.join(workdir, "eval_test.json")
-    cmd = run_command(config, workdir, _STEPS.value, list(_OVERRIDE.value))
+    cmd = run_command(config, workdir, _STEPS.value, [*_OVERRIDE.value, *overrides])
     record: dict = {"name": name, "config": config, "command": " ".join(cmd)}
     if not os.path.exists(result_path):
         start = time.perf_counter()
@@ -103,10 +106,11 @@ def main(argv: list[str]) -> None:
     os.makedirs(_OUT.value, exist_ok=True)
     records = []
     for spec in _RUN.value:
-        name, sep, config = spec.partition("=")
-        if not sep:
+        name, sep, rest = spec.partition("=")
+        if not sep or not rest.split():
             raise app.UsageError(f"--run must be name=config_path[:preset], got {spec!r}")
-        records.append(run_one(name, config, _OUT.value))
+        config, *overrides = rest.split()
+        records.append(run_one(name, config, _OUT.value, overrides))
     table = markdown_table(records)
     print(table)
     with open(os.path.join(_OUT.value, "compare.md"), "w") as f:

@@ -17,8 +17,8 @@ from xmodal import accumulate, checkpointing, evaluate, losses, sharding
 from xmodal import state as state_lib
 from xmodal.data import info as data_info
 from xmodal.data import pipeline, records
-from xmodal.models.dual_encoder import TEXT_ONLY_PREFIX
 from xmodal.metrics import MetricWriter
+from xmodal.models.dual_encoder import TEXT_ONLY_PREFIX
 
 
 def make_train_step(
@@ -217,7 +217,9 @@ def train_iterator(
     if not text_batch:
         return paired
     if not config.loss.recipe_ssl:
-        raise ValueError("train.text_only_batch_size > 0 needs the recipe SSL loss (loss.recipe_ssl)")
+        raise ValueError(
+            "train.text_only_batch_size > 0 needs the recipe SSL loss (loss.recipe_ssl)"
+        )
     split = "train" + records.TEXT_ONLY_SUFFIX
     if not data_info.split_size(info, split):
         raise ValueError(

@@ -56,7 +56,7 @@ def encode_target(
         ids.extend(words)
     ids.append(title_sep(vocab_size))
     ids.extend(encoded[-1])
-    ids = ids[: length - 1] + [records.EOS_ID]
+    ids = [*ids[: length - 1], records.EOS_ID]
     out = np.full((length,), records.PAD_ID, np.int32)
     out[: len(ids)] = ids
     return out

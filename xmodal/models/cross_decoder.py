@@ -197,9 +197,7 @@ class CrossDecoder(nnx.Module):
         rec_valid = jnp.broadcast_to(keep[:, None], (b, self.recipe_tokens))
         return jnp.concatenate([img, rec], 1), jnp.concatenate([img_valid, rec_valid], 1)
 
-    def __call__(
-        self, tokens: jax.Array, memory: jax.Array, memory_valid: jax.Array
-    ) -> jax.Array:
+    def __call__(self, tokens: jax.Array, memory: jax.Array, memory_valid: jax.Array) -> jax.Array:
         """tokens [B, L] int (L <= max_len) -> next-token logits [B, L, vocab] float32."""
         length = tokens.shape[1]
         if length > self.max_len:
