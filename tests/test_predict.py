@@ -91,19 +91,20 @@ def test_predictor_python_api_and_bad_images(decoder_run, tmp_path):
     p = predict.Predictor.from_workdir(workdir, config, which="latest")
     image = p.load_image(photo)
     assert image.shape == (config.data.image_size, config.data.image_size, 3)
-    out = p.predict(np.stack([image, image[::-1]]))
+    pair = np.stack([image, image[::-1]])  # one batch shape: one compiled decoder
+    out = p.predict(pair)
     assert len(out) == 2
     for o in out:
         assert set(o) == {"ingredients", "title"}
         assert isinstance(o["title"], str) and all(isinstance(x, str) for x in o["ingredients"])
-    ids = p.predict_ids(image[None])
-    assert ids.shape == (1, config.data.max_decoder_tokens) and ids[0, 0] == records.BOS_ID
+    ids = p.predict_ids(pair)
+    assert ids.shape == (2, config.data.max_decoder_tokens) and (ids[:, 0] == records.BOS_ID).all()
     bad = tmp_path / "not_a_photo.jpg"
     bad.write_bytes(b"hello")
     with pytest.raises(ValueError, match=r"cannot read .* as an image"):
         p.load_image(str(bad))
     with pytest.raises(ValueError, match="images must be uint8"):
-        p.predict(image[None].astype(np.float32))
+        p.predict(pair.astype(np.float32))
 
 
 def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
@@ -119,7 +120,7 @@ def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
         f"--workdir={workdir}",
         f"--image={photo}",
         "--split=test",
-        "--limit=20",
+        "--limit=8",
         "--beam=2",
     ]
     env = {**os.environ, "PYTHONPATH": REPO}
@@ -129,7 +130,7 @@ def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
     assert first["image"] == photo and isinstance(first["ingredients"], list)
     with open(os.path.join(workdir, "ingredients_test.json")) as f:
         scores = json.load(f)
-    assert scores["split"] == "test" and scores["n_recipes"] == 20 and scores["beam"] == 2
+    assert scores["split"] == "test" and scores["n_recipes"] == 8 and scores["beam"] == 2
     for k in ("micro_precision", "micro_recall", "micro_f1", "macro_f1", "title_exact_match"):
         assert 0.0 <= scores[k] <= 1.0
 

@@ -215,6 +215,7 @@ def evaluate_ingredients(
     predicted: list[list[str]] = []
     truth: list[list[str]] = []
     titles_right = 0
+    batch_size = max(1, min(batch_size, n))
     for start in range(0, n, batch_size):
         recs = [records.decode_record(source[i]) for i in range(start, min(start + batch_size, n))]
         images = np.stack([predictor.load_image(r["images"][0]) for r in recs])
