@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
@@ -260,6 +260,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--workdir is required")
     if not _IMAGE.value and not _SPLIT.value:
         raise app.UsageError("give --image=PHOTO (repeatable) or --split=SPLIT")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     predictor = Predictor.from_workdir(_WORKDIR.value, _CONFIG.value, which=_CHECKPOINT.value)
     if _IMAGE.value:
         images = np.stack([predictor.load_image(p) for p in _IMAGE.value])
