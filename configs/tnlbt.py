@@ -4,14 +4,25 @@ Presets (the part after ':' on the command line):
   (none)  first run on a 2-core CPU: small ViT at 64 px on the built-in dataset, ~5 min of training.
   tiny    the smallest model that still learns; used by the tests.
   b16     paper size: ViT-B/16 at 224, H-T 2 layers x 4 heads x 512, embedding 1024, batch 768.
+  base    TNLBT without the extensions (constant margin 0.3, no cross decoder), default size.
+
+Extensions (the slides' extended TNLBT): dynamic margins (`loss.margin.kind`) and the cross
+decoder (`model.cross_decoder.enabled`, weight `loss.cross_decoder`); both switchable by field.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+NO_EXTENSIONS = {
+    "loss.margin.kind": "constant",
+    "model.cross_decoder.enabled": False,
+    "loss.cross_decoder": 0.0,
+}
+
 PRESETS: dict[str, dict] = {
     "default": {},
+    "base": NO_EXTENSIONS,
     "tiny": {
         "data.image_size": 32,
         "data.synthetic.num_recipes": 600,
@@ -26,6 +37,11 @@ PRESETS: dict[str, dict] = {
         "model.text.num_heads": 2,
         "model.text.mlp_dim": 128,
         "model.embed_dim": 64,
+        "model.cross_decoder.width": 64,
+        "model.cross_decoder.depth": 1,
+        "model.cross_decoder.num_heads": 2,
+        "model.cross_decoder.mlp_dim": 128,
+        "data.max_decoder_tokens": 32,
         "train.batch_size": 16,
         "train.num_steps": 30,
         "train.warmup_steps": 5,
@@ -51,6 +67,11 @@ PRESETS: dict[str, dict] = {
         "model.text.num_heads": 4,
         "model.text.mlp_dim": 2048,
         "model.embed_dim": 1024,
+        "model.cross_decoder.width": 512,
+        "model.cross_decoder.depth": 4,
+        "model.cross_decoder.num_heads": 8,
+        "model.cross_decoder.mlp_dim": 2048,
+        "data.max_decoder_tokens": 64,
         "model.dtype": "bfloat16",
         "train.batch_size": 768,
         "train.num_steps": 100_000,
@@ -78,6 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.max_ingredients = 10
     c.data.max_instructions = 10
     c.data.max_tokens = 15
+    c.data.max_decoder_tokens = 48  # cross decoder target: BOS ingredients <title> title EOS
     c.data.num_workers = 0  # Grain worker processes; 0 decodes in the main process
     c.data.prefetch = 2  # batches prefetched to device
 
@@ -91,12 +113,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.attention = "auto"  # auto: cuDNN fused attention on GPU, XLA elsewhere
     c.model.remat = "none"  # none | full | dots | dots_no_batch (xmodal.models.layers)
     c.model.image_init = ""  # timm ViT .safetensors/.pth to start the image encoder from
+    # Cross decoder (TNLBT extension, "fuse before generating"; xmodal.models.cross_decoder):
+    # generates "ingredient <sep> ... <title> title words" from image tokens + recipe embedding.
+    c.model.cross_decoder = dict(
+        enabled=True,
+        width=128,
+        depth=2,
+        num_heads=4,
+        mlp_dim=256,
+        dropout=0.1,
+        recipe_tokens=1,  # memory tokens the recipe embedding is projected to
+        recipe_drop=0.5,  # per-example probability of dropping the recipe from the memory
+    )
 
     c.loss = ml_collections.ConfigDict()
     c.loss.triplet = 1.0
-    c.loss.margin = 0.3
+    # Dynamic margins (TNLBT extension; xmodal.losses.retrieval_margins): kind constant uses
+    # `start`; linear ramps start -> end over `steps` (0: the whole run); adaptive sets each
+    # direction's margin in [min, max] from the share of triplets active at `start`.
+    c.loss.margin = dict(kind="adaptive", start=0.3, end=0.5, steps=0, min=0.2, max=0.5)
     c.loss.reduction = "violating"  # violating | hardest | mean
     c.loss.recipe_ssl = 1.0
+    c.loss.cross_decoder = 1.0  # weight of the cross decoder's cross-entropy (needs the decoder)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64  # global, over all devices and hosts
@@ -117,6 +155,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.val_pairs = 500  # val pairs embedded for the periodic retrieval check
     c.train.eval_at_end = True  # score the test split when training finishes (eval_test.json)
+    # H-T: a second batch per step from recipes without photos (train_text split) for the recipe
+    # SSL loss; 0 = off.
+    c.train.text_only_batch_size = 0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"

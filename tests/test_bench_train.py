@@ -74,6 +74,7 @@ def test_torch_reference_has_the_jax_models_parameter_count():
     from tools import torch_reference
 
     c = tnlbt.get_config("tiny")
+    c.model.cross_decoder.enabled = False  # the reference is TNLBT without the extensions
     torch.manual_seed(0)
     jax_model = abstract_model(c.model, vocab_size=100, image_size=c.data.image_size)
     torch_model = torch_reference.DualEncoder(c, 100)

@@ -238,4 +238,5 @@ def test_count_params_counts_ssl_heads():
     width = config.model.text.width
     assert count_params(model.ssl_heads) == 6 * (width * width + width)  # six linear heads g_ab
     parts = ("image_encoder", "recipe_encoder", "image_proj", "recipe_proj", "ssl_heads")
+    parts += ("cross_decoder",)  # tiny has the cross decoder on
     assert count_params(model) == sum(count_params(getattr(model, p)) for p in parts)

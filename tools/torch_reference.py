@@ -178,7 +178,8 @@ def triplet_loss(q: torch.Tensor, c: torch.Tensor, margin: float) -> torch.Tenso
 
 
 def tnlbt_loss(outputs: dict[str, Any], loss_config: Any) -> torch.Tensor:
-    m = loss_config.margin
+    m = loss_config.margin  # a constant margin (dynamic margins are not in the reference)
+    m = m if isinstance(m, (int, float)) else m.start
     loss = loss_config.triplet * (
         triplet_loss(outputs["image"], outputs["recipe"], m)
         + triplet_loss(outputs["recipe"], outputs["image"], m)

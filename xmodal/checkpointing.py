@@ -166,6 +166,10 @@ def model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
         if k not in INIT_ONLY_FIELDS
     }
     flat["data.image_size"] = config.data.image_size
+    if flat.get("model.cross_decoder.enabled"):
+        flat["data.max_decoder_tokens"] = config.data.get("max_decoder_tokens")
+    else:  # a switched-off decoder adds no weights (and runs before it existed have no fields)
+        flat = {k: v for k, v in flat.items() if not k.startswith("model.cross_decoder.")}
     return flat
 
 

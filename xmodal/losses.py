@@ -15,9 +15,12 @@ import jax.numpy as jnp
 import optax
 
 REDUCTIONS = ("violating", "hardest", "mean")
+MARGIN_KINDS = ("constant", "linear", "adaptive")
 
 
-def triplet_costs(queries: jax.Array, candidates: jax.Array, margin: float) -> jax.Array:
+def triplet_costs(
+    queries: jax.Array, candidates: jax.Array, margin: float | jax.Array
+) -> jax.Array:
     """[B, B] hinge costs [m + d(q_i, c_i) - d(q_i, c_j)]_+ with the diagonal (positives) zeroed.
 
     Row i holds query i against every negative j != i; with unit-norm inputs the cosine distance
@@ -56,20 +59,95 @@ def active_fraction(costs: jax.Array) -> jax.Array:
 
 
 def bidirectional_triplet_loss(
-    image: jax.Array, recipe: jax.Array, *, margin: float, reduction: str = "violating"
+    image: jax.Array,
+    recipe: jax.Array,
+    *,
+    margin: float | jax.Array,
+    reduction: str = "violating",
+    margin_r2i: float | jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Image->recipe plus recipe->image in-batch triplet loss (H-T / TNLBT retrieval loss).
 
-    Returns the summed loss and the per-direction share of active triplets.
+    `margin` is the image->recipe margin and, unless `margin_r2i` is given, the recipe->image one
+    too (dynamic margins set each direction separately). Returns the summed loss and the
+    per-direction share of active triplets.
     """
     i2r = triplet_costs(image, recipe, margin)
-    r2i = triplet_costs(recipe, image, margin)
+    r2i = triplet_costs(recipe, image, margin if margin_r2i is None else margin_r2i)
     loss = reduce_costs(i2r, reduction) + reduce_costs(r2i, reduction)
     return loss, {"active_i2r": active_fraction(i2r), "active_r2i": active_fraction(r2i)}
 
 
+def margin_settings(loss_config: Any) -> dict[str, Any]:
+    """`config.loss.margin` as a dict; a bare number (configs and runs before dynamic margins)
+    reads as a constant margin."""
+    margin = loss_config.margin
+    if isinstance(margin, (int, float)):
+        return {"kind": "constant", "start": float(margin)}
+    settings = margin.to_dict() if hasattr(margin, "to_dict") else dict(margin)
+    kind = settings.get("kind", "constant")
+    if kind not in MARGIN_KINDS:
+        raise ValueError(f"unknown margin kind {kind!r}; choose from {MARGIN_KINDS}")
+    if kind == "adaptive" and not settings["min"] <= settings["max"]:
+        raise ValueError(
+            f"adaptive margin needs min <= max, got {settings['min']}, {settings['max']}"
+        )
+    return settings
+
+
+def linear_margin(step: jax.Array, start: float, end: float, ramp_steps: int) -> jax.Array:
+    """m(t) = start + (end - start) * min(t / ramp_steps, 1): TNLBT's margin raised over training
+    so the retrieval task gets harder as the embeddings improve. `step` may be traced."""
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(ramp_steps, 1), 0.0, 1.0)
+    return start + (end - start) * frac
+
+
+def adaptive_margin(
+    queries: jax.Array, candidates: jax.Array, *, reference: float, low: float, high: float
+) -> jax.Array:
+    """m = low + (high - low) * (1 - a), a = share of in-batch triplets active at `reference`.
+
+    A pure function of the current batch: `a` is measured with the reference margin on
+    stop-gradient similarities, so the margin is a constant of the loss (no gradient flows through
+    it). Early on nearly every triplet violates the reference margin (a ~ 1) and the margin sits at
+    `low`; as the model separates pairs (a -> 0) it grows towards `high` — harder as the model
+    improves. Always inside [low, high].
+    """
+    costs = triplet_costs(
+        jax.lax.stop_gradient(queries), jax.lax.stop_gradient(candidates), reference
+    )
+    return low + (high - low) * (1.0 - active_fraction(costs))
+
+
+def retrieval_margins(
+    settings: dict[str, Any],
+    image: jax.Array,
+    recipe: jax.Array,
+    *,
+    step: jax.Array | int,
+    total_steps: int,
+) -> tuple[jax.Array, jax.Array]:
+    """The (image->recipe, recipe->image) margins in use at `step` (the dynamic margins).
+
+    constant: `start`. linear: `start` -> `end` over `steps` (0: the whole run, `total_steps`).
+    adaptive: `adaptive_margin` per direction with reference `start`, bounds [`min`, `max`].
+    """
+    kind = settings.get("kind", "constant")
+    if kind == "constant":
+        m = jnp.asarray(settings["start"], jnp.float32)
+        return m, m
+    if kind == "linear":
+        ramp = settings.get("steps", 0) or total_steps
+        m = linear_margin(step, settings["start"], settings["end"], ramp)
+        return m, m
+    if kind == "adaptive":
+        bounds = dict(reference=settings["start"], low=settings["min"], high=settings["max"])
+        return adaptive_margin(image, recipe, **bounds), adaptive_margin(recipe, image, **bounds)
+    raise ValueError(f"unknown margin kind {kind!r}; choose from {MARGIN_KINDS}")
+
+
 def recipe_ssl_loss(
-    pairs: Mapping[str, tuple[jax.Array, jax.Array]], *, margin: float, reduction: str
+    pairs: Mapping[str, tuple[jax.Array, jax.Array]], *, margin: float | jax.Array, reduction: str
 ) -> jax.Array:
     """H-T's self-supervised recipe loss (Salvador et al., CVPR 2021, Sec. 3.3).
 
@@ -172,29 +250,67 @@ def classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     )
 
 
+def cross_decoder_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Teacher-forced token cross-entropy of the cross decoder, averaged over non-pad targets.
+
+    logits [B, L, V] predict targets [B, L] (the decoder input shifted by one); PAD (0) positions
+    are ignored. Computed in float32 whatever the compute dtype.
+    """
+    valid = (targets != 0).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
 def compute_losses(
-    outputs: Mapping[str, Any], loss_config: Any
+    outputs: Mapping[str, Any],
+    loss_config: Any,
+    *,
+    step: jax.Array | int = 0,
+    total_steps: int = 1,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The weighted sum of the loss terms that `loss_config` switches on, and their values."""
+    """The weighted sum of the loss terms that `loss_config` switches on, and their values.
+
+    `step` (traced inside jit) and `total_steps` drive the margin schedule; the margins in use are
+    reported as 'margin_i2r' / 'margin_r2i'. The recipe SSL loss keeps the schedule's base margin
+    (`margin.start`): the schedule tunes the cross-modal task only.
+    """
     metrics: dict[str, jax.Array] = {}
     total = jnp.zeros((), jnp.float32)
+    margin = margin_settings(loss_config)
     if loss_config.triplet:
+        m_i2r, m_r2i = retrieval_margins(
+            margin, outputs["image"], outputs["recipe"], step=step, total_steps=total_steps
+        )
         triplet, stats = bidirectional_triplet_loss(
             outputs["image"],
             outputs["recipe"],
-            margin=loss_config.margin,
+            margin=m_i2r,
+            margin_r2i=m_r2i,
             reduction=loss_config.reduction,
         )
         total += loss_config.triplet * triplet
         metrics["loss_triplet"] = triplet
+        metrics["margin_i2r"], metrics["margin_r2i"] = m_i2r, m_r2i
         metrics.update(stats)
     if loss_config.recipe_ssl and outputs.get("ssl"):
         ssl = recipe_ssl_loss(
-            outputs["ssl"], margin=loss_config.margin, reduction=loss_config.reduction
+            outputs["ssl"], margin=margin["start"], reduction=loss_config.reduction
         )
         total += loss_config.recipe_ssl * ssl
         metrics["loss_recipe_ssl"] = ssl
     total += _class_aware_losses(outputs, loss_config, metrics)
+    if loss_config.recipe_ssl and outputs.get("ssl_text_only"):
+        # H-T also trains the recipe-only loss on recipes without photos (one extra batch).
+        text_ssl = recipe_ssl_loss(
+            outputs["ssl_text_only"], margin=margin["start"], reduction=loss_config.reduction
+        )
+        total += loss_config.recipe_ssl * text_ssl
+        metrics["loss_recipe_ssl_text_only"] = text_ssl
+    weight = loss_config.get("cross_decoder", 0.0)
+    if weight and "decoder_logits" in outputs:
+        dec = cross_decoder_loss(outputs["decoder_logits"], outputs["decoder_targets"])
+        total += weight * dec
+        metrics["loss_cross_decoder"] = dec
     metrics["loss"] = total
     return total, metrics
 

@@ -114,6 +114,7 @@ def make_model(config: Any, vocab_size: int, seed: int) -> nnx.Module:
         vocab_size=vocab_size,
         image_size=config.data.image_size,
         rngs=nnx.Rngs(params=seed, dropout=jax.random.key(seed + 1, impl=RNG_IMPL)),
+        decoder_max_len=config.data.get("max_decoder_tokens", 64),
     )
 
 

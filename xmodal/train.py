@@ -16,8 +16,9 @@ from tqdm import tqdm
 from xmodal import accumulate, checkpointing, evaluate, losses, sharding
 from xmodal import state as state_lib
 from xmodal.data import info as data_info
-from xmodal.data import pipeline
+from xmodal.data import pipeline, records
 from xmodal.metrics import MetricWriter
+from xmodal.models.dual_encoder import TEXT_ONLY_PREFIX
 
 
 def make_train_step(
@@ -27,6 +28,7 @@ def make_train_step(
 ):
     """Pure step: (state, global batch) -> (new state, scalar metrics)."""
     loss_config = config.loss
+    total_steps = config.train.num_steps
     schedule = state_lib.learning_rate_schedule(config.train)
 
     num_micro = config.train.get("grad_accum_steps", 1)
@@ -37,7 +39,9 @@ def make_train_step(
             model = nnx.merge(graphdef, params, state.model_state, copy=True)
             model.train()
             nnx.reseed(model, dropout=jax.random.fold_in(state.rng, state.step))
-            loss, metrics = losses.compute_losses(model(batch), loss_config)
+            loss, metrics = losses.compute_losses(
+                model(batch), loss_config, step=state.step, total_steps=total_steps
+            )
             _, _, model_state = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, model_state)
 
@@ -114,16 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     graphdef, abstract, tx = state_lib.abstract_train_state(config, info["vocab_size"])
     shardings = state_lib.state_shardings(abstract, mesh, **state_lib.fsdp_options(config))
     manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints)
-    host_iter = iter(
-        pipeline.train_dataset(
-            data_dir,
-            config.data,
-            batch_size=local_batch,
-            seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-    )
+    host_iter = train_iterator(data_dir, config, info, local_batch, mesh)
     latest = manager.latest_step()
     if latest is not None:
         state = checkpointing.restore(
@@ -183,6 +178,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.train.eval_at_end:
         result["test"] = evaluate.evaluate_checkpoint(config, workdir, state=state, mesh=mesh)
     return result
+
+
+def decoder_enabled(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run trains the cross decoder; refuses a loss weight without a decoder."""
+    enabled = bool(config.model.get("cross_decoder", {}).get("enabled", False))
+    weight = config.loss.get("cross_decoder", 0.0)
+    if weight and not enabled:
+        raise ValueError(
+            f"loss.cross_decoder={weight} but model.cross_decoder.enabled is False; enable the "
+            "decoder or set the weight to 0"
+        )
+    return enabled and bool(weight)
+
+
+def train_iterator(
+    data_dir: str, config: ml_collections.ConfigDict, info: dict, local_batch: int, mesh: Any
+) -> Any:
+    """This process's training batches: pairs (with the decoder targets when the decoder
+    trains), zipped with a batch of recipes without photos when `train.text_only_batch_size`."""
+    targets = None
+    if decoder_enabled(config):
+        targets = pipeline.DecoderTargets(
+            data_dir, info["vocab_size"], config.data.max_decoder_tokens
+        )
+    paired = iter(
+        pipeline.train_dataset(
+            data_dir,
+            config.data,
+            batch_size=local_batch,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            decoder_targets=targets,
+        )
+    )
+    text_batch = config.train.get("text_only_batch_size", 0)
+    if not text_batch:
+        return paired
+    if not config.loss.recipe_ssl:
+        raise ValueError(
+            "train.text_only_batch_size > 0 needs the recipe SSL loss (loss.recipe_ssl)"
+        )
+    split = "train" + records.TEXT_ONLY_SUFFIX
+    if not data_info.split_size(info, split):
+        raise ValueError(
+            f"train.text_only_batch_size={text_batch} but {data_dir!r} has no {split!r} split "
+            "(recipes without photos); set --config.train.text_only_batch_size=0"
+        )
+    text_only = iter(
+        pipeline.text_only_dataset(
+            data_dir,
+            config.data,
+            batch_size=sharding.check_batch_size(text_batch, mesh),
+            seed=config.seed,
+            prefix=TEXT_ONLY_PREFIX,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    )
+    return pipeline.ZipIterator(paired, text_only)
 
 
 def validate(

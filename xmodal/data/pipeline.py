@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 from typing import Any
 
@@ -19,7 +20,8 @@ import grain
 import numpy as np
 from PIL import Image
 
-from xmodal.data import class_aware, records
+from xmodal.data import class_aware, decoder_targets, records
+from xmodal.data import tokenizer as tokenizer_lib
 
 CROP_SCALE = (0.5, 1.0)  # area share of the photo kept by the random crop
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -110,19 +112,64 @@ def center_crop(img: Image.Image, size: int) -> np.ndarray:
     )
 
 
-class TrainExample(grain.transforms.RandomMap):
-    """Record bytes -> one training pair with a random photo of the recipe."""
+class DecoderTargets:
+    """Tokenises the cross decoder's target ("ingredients <title> title") of a record.
 
-    def __init__(self, limits: TextLimits, image_size: int):
+    Holds only the data folder: the tokenizer is loaded on first use inside each Grain worker.
+    """
+
+    def __init__(self, data_dir: str, vocab_size: int, length: int):
+        self.data_dir = data_dir
+        self.vocab_size = vocab_size
+        self.length = length
+        self._tok: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tok": None}
+
+    def __call__(self, recipe: records.Recipe) -> np.ndarray:
+        if self._tok is None:
+            self._tok = tokenizer_lib.load_tokenizer(self.data_dir)
+        return decoder_targets.encode_target(
+            self._tok,
+            recipe["clean_ingredients"],
+            recipe["title"],
+            vocab_size=self.vocab_size,
+            length=self.length,
+        )
+
+
+class TrainExample(grain.transforms.RandomMap):
+    """Record bytes -> one training pair with a random photo of the recipe (and, with `targets`,
+    the cross decoder's target tokens as 'decoder_tokens')."""
+
+    def __init__(self, limits: TextLimits, image_size: int, targets: DecoderTargets | None = None):
         self.limits = limits
         self.image_size = image_size
+        self.targets = targets
         self._draft = math.ceil(image_size / math.sqrt(CROP_SCALE[0]))
 
     def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
         recipe = records.decode_record(element)
         jpeg = recipe["images"][int(rng.integers(len(recipe["images"])))]
         image = random_resized_crop(open_image(jpeg, self._draft), self.image_size, rng)
-        return {"image": image, **text_features(recipe, self.limits)}
+        out = {"image": image, **text_features(recipe, self.limits)}
+        if self.targets is not None:
+            out["decoder_tokens"] = self.targets(recipe)
+        return out
+
+
+class TextOnlyExample(grain.transforms.Map):
+    """Record bytes of a recipe without photos -> its text, keys prefixed 'text_only/'."""
+
+    def __init__(self, limits: TextLimits, prefix: str):
+        self.limits = limits
+        self.prefix = prefix
+
+    def map(self, element: bytes) -> dict[str, np.ndarray]:
+        recipe = records.decode_record(element)
+        feats = text_features(recipe, self.limits)
+        return {self.prefix + k: feats[k] for k in ("title", "ingredients", "instructions")}
 
 
 class EvalExample(grain.transforms.Map):
@@ -188,6 +235,7 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     split: str = "train",
+    decoder_targets: DecoderTargets | None = None,
 ) -> grain.IterDataset:
     """Endless shuffled batches of `batch_size` (this process's share of the global batch)."""
     source = open_split(data_dir, split)
@@ -201,7 +249,9 @@ def train_dataset(
     else:
         ds = grain.MapDataset.source(source).seed(seed)
         ds = ds[process_index::process_count].shuffle().repeat()
-    ds = ds.random_map(TrainExample(TextLimits.from_config(data_config), data_config.image_size))
+    ds = ds.random_map(
+        TrainExample(TextLimits.from_config(data_config), data_config.image_size, decoder_targets)
+    )
     ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
     return _maybe_workers(ds, data_config.num_workers)
 
@@ -228,6 +278,64 @@ def _class_aware(
         seed=seed + process_index,
     )
     return grain.MapDataset.source(class_aware.OrderedRecords(source, mine, order)).seed(seed)
+
+
+def text_only_dataset(
+    data_dir: str,
+    data_config: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    prefix: str,
+    process_index: int = 0,
+    process_count: int = 1,
+    split: str = "train" + records.TEXT_ONLY_SUFFIX,
+) -> grain.IterDataset:
+    """Endless shuffled batches of recipes without photos (H-T's text-only SSL batches).
+
+    Raises FileNotFoundError when the dataset has no such split (see `records.shard_paths`).
+    """
+    source = open_split(data_dir, split)
+    if len(source) < process_count:
+        raise ValueError(f"split {split!r} has {len(source)} recipes, fewer than processes")
+    ds = grain.MapDataset.source(source).seed(seed + 1)
+    ds = ds[process_index::process_count].shuffle().repeat()
+    ds = ds.map(TextOnlyExample(TextLimits.from_config(data_config), prefix))
+    ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+    return _maybe_workers(ds, data_config.num_workers)
+
+
+class ZipIterator:
+    """Draws one batch from each iterator and merges them into one dict (their keys differ).
+
+    Its state is both positions, {'paired': ..., 'text_only': ...}; it is checkpointed in the
+    same Composite item as a lone Grain iterator would be (as JSON bytes, see
+    `xmodal.checkpointing.save`), so a resume continues both streams where they were.
+    """
+
+    def __init__(self, paired: Any, text_only: Any):
+        self.paired = paired
+        self.text_only = text_only
+
+    def __iter__(self) -> ZipIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return {**next(self.paired), **next(self.text_only)}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"paired": self.paired.get_state(), "text_only": self.text_only.get_state()}
+
+    def set_state(self, state: dict[str, Any] | bytes | str) -> None:
+        if isinstance(state, (bytes, str)):  # Grain's checkpoint handler hands back JSON bytes
+            state = json.loads(state)
+        self.paired.set_state(state["paired"])
+        self.text_only.set_state(state["text_only"])
+
+    def start_prefetch(self) -> None:
+        for it in (self.paired, self.text_only):
+            if hasattr(it, "start_prefetch"):
+                it.start_prefetch()
 
 
 def eval_dataset(

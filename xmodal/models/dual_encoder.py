@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from xmodal.data import decoder_targets
+from xmodal.models.cross_decoder import CrossDecoder, teacher_forcing
 from xmodal.models.layers import (
     DENSE_INIT,
     Dtype,
@@ -50,6 +52,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 IMAGE_ENCODERS = ("vit", "resnet")
 RECIPE_ENCODERS = ("hierarchical", "lstm", "transformer")
+TEXT_ONLY_PREFIX = "text_only/"  # batch keys of the extra batch of recipes without photos
 
 # Ordered component pairs (a, b), a != b, and the key each gets in the model's 'ssl' output.
 SSL_PAIRS: tuple[tuple[str, str], ...] = tuple(itertools.permutations(COMPONENTS, 2))
@@ -96,11 +99,13 @@ class DualEncoder(nnx.Module):
         ssl_head: str | None = "linear",
         num_classes: int = 0,
         freeze_image: bool = False,
+        cross_decoder: CrossDecoder | None = None,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.dtype = dtype
         self.freeze_image = freeze_image
+        self.cross_decoder = cross_decoder
         self.image_encoder = image_encoder
         self.recipe_encoder = recipe_encoder
         # float32 projections: cheap, and keep the embeddings the losses see in full precision.
@@ -167,11 +172,18 @@ class DualEncoder(nnx.Module):
         {'image': [B, D], 'recipe': [B, D], 'ssl': {'title->ingredients': (pred, target), ...}},
         plus 'image_logits' / 'recipe_logits' [B, classes] with a class head, and the batch's
         'class_id' passed through when present (for the semantic and classification losses).
+
+        With a cross decoder and 'decoder_tokens' [B, L] in the batch, also 'decoder_logits'
+        [B, L-1, V] and 'decoder_targets' [B, L-1] (teacher forcing). With the text-only batch
+        ('text_only/title', ...: recipes without photos), also 'ssl_text_only'.
         """
         feats = self.encode_recipe(batch["title"], batch["ingredients"], batch["instructions"])
         recipe = l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
-        outputs = {
-            "image": self.embed_image(batch["image"]),
+        tokens, pooled = self.encode_image(batch["image"])
+        if self.freeze_image:  # a fixed feature extractor (JE): no backbone gradients computed
+            tokens, pooled = jax.lax.stop_gradient((tokens, pooled))
+        outputs: dict[str, Any] = {
+            "image": l2_normalize(self.image_proj(pooled.astype(jnp.float32))),
             "recipe": recipe,
             "ssl": self.recipe_ssl(feats),
         }
@@ -180,6 +192,16 @@ class DualEncoder(nnx.Module):
             outputs["recipe_logits"] = self.class_head(recipe)
         if "class_id" in batch:
             outputs["class_id"] = batch["class_id"]
+        if self.cross_decoder is not None and "decoder_tokens" in batch:
+            inputs, labels = teacher_forcing(batch["decoder_tokens"])
+            memory, valid = self.cross_decoder.memory(tokens, recipe)
+            outputs["decoder_logits"] = self.cross_decoder(inputs, memory, valid)
+            outputs["decoder_targets"] = labels
+        if TEXT_ONLY_PREFIX + "title" in batch:
+            text = self.encode_recipe(
+                *(batch[TEXT_ONLY_PREFIX + c] for c in ("title", "ingredients", "instructions"))
+            )
+            outputs["ssl_text_only"] = self.recipe_ssl(text)
         return outputs
 
 
@@ -262,7 +284,12 @@ def build_recipe_encoder(
 
 
 def build_model(
-    model_config: ml_collections.ConfigDict, *, vocab_size: int, image_size: int, rngs: nnx.Rngs
+    model_config: ml_collections.ConfigDict,
+    *,
+    vocab_size: int,
+    image_size: int,
+    rngs: nnx.Rngs,
+    decoder_max_len: int = 64,
 ) -> DualEncoder:
     """The dual encoder described by `config.model` (see configs/*.py).
 
@@ -272,6 +299,9 @@ def build_model(
     for the hierarchical encoder when `model.ssl_head` is set; `model.num_classes` > 0 adds the
     shared class head; `model.freeze_image` stops gradients into the image backbone for the whole
     run. The model starts in train mode (dropout on, BatchNorm on batch statistics).
+
+    With `model.cross_decoder.enabled`, it carries a `CrossDecoder` over the tokenizer's vocabulary
+    plus the target separators, reading up to `decoder_max_len` tokens (`data.max_decoder_tokens`).
     """
     dtype = resolve_dtype(model_config.get("dtype", "float32"))
     attention = model_config.get("attention", "auto")
@@ -284,6 +314,25 @@ def build_model(
     ssl_head = model_config.get("ssl_head", "linear")
     if model_config.recipe != "hierarchical":
         ssl_head = None  # H-T's component SSL needs equal-width component features
+    dec = _as_dict(model_config.get("cross_decoder", {"enabled": False}))
+    cross_decoder = None
+    if dec.get("enabled", False):
+        cross_decoder = CrossDecoder(
+            decoder_targets.decoder_vocab_size(vocab_size),
+            image_width=image_width,
+            embed_dim=model_config.embed_dim,
+            width=dec["width"],
+            depth=dec["depth"],
+            num_heads=dec["num_heads"],
+            mlp_dim=dec["mlp_dim"],
+            max_len=decoder_max_len,
+            recipe_tokens=dec.get("recipe_tokens", 1),
+            recipe_drop=dec.get("recipe_drop", 0.5),
+            dropout=dec.get("dropout", 0.1),
+            dtype=dtype,
+            attention=attention,
+            rngs=rngs,
+        )
     model = DualEncoder(
         image_encoder,
         recipe_encoder,
@@ -293,6 +342,7 @@ def build_model(
         ssl_head=ssl_head,
         num_classes=model_config.get("num_classes", 0),
         freeze_image=model_config.get("freeze_image", False),
+        cross_decoder=cross_decoder,
         dtype=dtype,
         rngs=rngs,
     )
@@ -301,12 +351,21 @@ def build_model(
 
 
 def abstract_model(
-    model_config: ml_collections.ConfigDict, *, vocab_size: int, image_size: int, seed: int = 0
+    model_config: ml_collections.ConfigDict,
+    *,
+    vocab_size: int,
+    image_size: int,
+    seed: int = 0,
+    decoder_max_len: int = 64,
 ) -> DualEncoder:
     """The model with `jax.ShapeDtypeStruct` leaves (nothing allocated): for parameter counts and
     for building restore targets."""
     return nnx.eval_shape(
         lambda: build_model(
-            model_config, vocab_size=vocab_size, image_size=image_size, rngs=nnx.Rngs(seed)
+            model_config,
+            vocab_size=vocab_size,
+            image_size=image_size,
+            rngs=nnx.Rngs(seed),
+            decoder_max_len=decoder_max_len,
         )
     )

@@ -1,0 +1,173 @@
+"""Photo -> ingredients (xmodal.predict) on a trained tiny checkpoint, ingredient P/R/F1, and the
+extra text-only training batches (xmodal.data.pipeline / xmodal.train)."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from xmodal import predict, train
+from xmodal.data import pipeline, records
+from xmodal.models.dual_encoder import TEXT_ONLY_PREFIX
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def decoder_run(trained, tiny_data, tmp_path_factory):
+    """A tiny run with the cross decoder: the shared `trained` run when the tiny preset has the
+    decoder on (the default), else a run of its own."""
+    config, workdir, _ = trained
+    if config.model.cross_decoder.enabled and config.loss.cross_decoder:
+        return config, workdir
+    from xmodal.train import train_and_evaluate
+
+    workdir = str(tmp_path_factory.mktemp("decoder_run"))
+    config = tiny_config(
+        tiny_data,
+        **{"model.cross_decoder.enabled": True, "loss.cross_decoder": 1.0},
+        **{"train.eval_at_end": False},
+    )
+    train_and_evaluate(config, workdir)
+    return config, workdir
+
+
+def _brute_prf(pred, ref):
+    """Per-recipe and pooled precision / recall / F1 by counting names one by one."""
+    tp = fp = fn = 0
+    per = []
+    for p, r in zip(pred, ref, strict=True):
+        p, r = sorted(set(p)), sorted(set(r))
+        t = sum(1 for x in p if x in r)
+        tp, fp, fn = tp + t, fp + len(p) - t, fn + len(r) - t
+        pr = t / len(p) if p else 0.0
+        rc = t / len(r) if r else 0.0
+        per.append((pr, rc, 0.0 if pr + rc == 0 else 2 * pr * rc / (pr + rc)))
+    mp = tp / (tp + fp) if tp + fp else 0.0
+    mr = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "micro_precision": mp,
+        "micro_recall": mr,
+        "micro_f1": 0.0 if mp + mr == 0 else 2 * mp * mr / (mp + mr),
+        "macro_precision": sum(x[0] for x in per) / len(per),
+        "macro_recall": sum(x[1] for x in per) / len(per),
+        "macro_f1": sum(x[2] for x in per) / len(per),
+    }
+
+
+def test_ingredient_scores_match_brute_force():
+    rng = np.random.default_rng(0)
+    names = [f"ing{i}" for i in range(8)]
+    for _ in range(20):
+        n = int(rng.integers(1, 6))
+        pred = [list(rng.choice(names, int(rng.integers(0, 5)))) for _ in range(n)]
+        ref = [list(rng.choice(names, int(rng.integers(0, 5)))) for _ in range(n)]
+        got = predict.ingredient_scores(pred, ref)
+        for k, v in _brute_prf(pred, ref).items():
+            assert got[k] == pytest.approx(v), k
+    perfect = predict.ingredient_scores([["a", "b"]], [["b", "a"]])
+    assert perfect["micro_f1"] == perfect["macro_f1"] == 1.0
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        predict.ingredient_scores([["a"], ["b"]], [["a"]])
+
+
+def _test_photo(data_dir, path):
+    source = pipeline.open_split(data_dir, "test")
+    recipe = records.decode_record(source[0])
+    with open(path, "wb") as f:
+        f.write(recipe["images"][0])
+    return recipe
+
+
+def test_predictor_python_api_and_bad_images(decoder_run, tmp_path):
+    config, workdir = decoder_run
+    photo = str(tmp_path / "photo.jpg")
+    _test_photo(config.data.dir, photo)
+    p = predict.Predictor.from_workdir(workdir, config, which="latest")
+    image = p.load_image(photo)
+    assert image.shape == (config.data.image_size, config.data.image_size, 3)
+    pair = np.stack([image, image[::-1]])  # one batch shape: one compiled decoder
+    out = p.predict(pair)
+    assert len(out) == 2
+    for o in out:
+        assert set(o) == {"ingredients", "title"}
+        assert isinstance(o["title"], str) and all(isinstance(x, str) for x in o["ingredients"])
+    ids = p.predict_ids(pair)
+    assert ids.shape == (2, config.data.max_decoder_tokens) and (ids[:, 0] == records.BOS_ID).all()
+    bad = tmp_path / "not_a_photo.jpg"
+    bad.write_bytes(b"hello")
+    with pytest.raises(ValueError, match=r"cannot read .* as an image"):
+        p.load_image(str(bad))
+    with pytest.raises(ValueError, match="images must be uint8"):
+        p.predict(pair.astype(np.float32))
+
+
+def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
+    config, workdir = decoder_run
+    photo = str(tmp_path / "photo.jpg")
+    _test_photo(config.data.dir, photo)
+    cmd = [
+        sys.executable,
+        "-m",
+        "xmodal.predict",
+        "--config=configs/tnlbt.py:tiny",
+        f"--config.data.dir={config.data.dir}",
+        f"--workdir={workdir}",
+        f"--image={photo}",
+        "--split=test",
+        "--limit=8",
+        "--beam=2",
+    ]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads(proc.stdout.splitlines()[0])
+    assert first["image"] == photo and isinstance(first["ingredients"], list)
+    with open(os.path.join(workdir, "ingredients_test.json")) as f:
+        scores = json.load(f)
+    assert scores["split"] == "test" and scores["n_recipes"] == 8 and scores["beam"] == 2
+    for k in ("micro_precision", "micro_recall", "micro_f1", "macro_f1", "title_exact_match"):
+        assert 0.0 <= scores[k] <= 1.0
+
+
+def test_text_only_batches_resume_where_they_were(tiny_data):
+    config = tiny_config(tiny_data, **{"train.text_only_batch_size": 8})
+    with open(os.path.join(tiny_data, records.DATASET_INFO)) as f:
+        info = json.load(f)
+    from xmodal import sharding
+
+    mesh = sharding.make_mesh()
+    make = lambda: train.train_iterator(tiny_data, config, info, 16, mesh)
+    it = make()
+    assert isinstance(it, pipeline.ZipIterator)
+    first = next(it)
+    assert first["image"].shape[0] == 16 and first[TEXT_ONLY_PREFIX + "title"].shape[0] == 8
+    assert first["decoder_tokens"].shape == (16, config.data.max_decoder_tokens)
+    next(it)
+    saved = json.dumps(it.get_state()).encode()  # what the checkpoint handler stores
+    expected = [next(it) for _ in range(2)]
+    resumed = make()
+    resumed.set_state(saved)
+    for want, got in zip(expected, itertools.islice(resumed, 2), strict=True):
+        assert set(want) == set(got)
+        for k in want:
+            np.testing.assert_array_equal(want[k], got[k])
+
+
+def test_text_only_batches_need_the_split(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, **{"train.text_only_batch_size": 8})
+    info = {"splits": {"train": {"recipes": 10}}, "vocab_size": 10}
+    from xmodal import sharding
+
+    with pytest.raises(ValueError, match="has no 'train_text' split"):
+        train.train_iterator(tiny_data, config, info, 16, sharding.make_mesh())
+    off = tiny_config(
+        tiny_data, **{"loss.cross_decoder": 1.0, "model.cross_decoder.enabled": False}
+    )
+    with pytest.raises(ValueError, match=r"model\.cross_decoder\.enabled is False"):
+        train.decoder_enabled(off)

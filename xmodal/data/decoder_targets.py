@@ -1,0 +1,91 @@
+"""The cross decoder's target sequence: a recipe's clean ingredient list, then its title.
+
+    [BOS] olive oil <ing> garlic <ing> tomato <title> garlic tomato pasta [EOS] [PAD] ...
+
+Words are the dataset tokenizer's ids (`xmodal.data.tokenizer`); two separators are appended to
+its vocabulary: <ing> = vocab_size between ingredients and <title> = vocab_size + 1 before the
+title, so a generated sequence splits back into ingredients and title unambiguously (a comma token
+would collide with commas inside names). The decoder's output vocabulary is `vocab_size + 2`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from xmodal.data import records
+from xmodal.data import tokenizer as tokenizer_lib
+
+EXTRA_TOKENS = 2  # <ing>, <title>
+
+
+def ingredient_sep(vocab_size: int) -> int:
+    return vocab_size
+
+
+def title_sep(vocab_size: int) -> int:
+    return vocab_size + 1
+
+
+def decoder_vocab_size(vocab_size: int) -> int:
+    return vocab_size + EXTRA_TOKENS
+
+
+def encode_target(
+    tok: Any,
+    clean_ingredients: Sequence[str],
+    title: str,
+    *,
+    vocab_size: int,
+    length: int,
+) -> np.ndarray:
+    """[length] int32: BOS, ingredients separated by <ing>, <title>, title words, EOS, PAD.
+
+    Too long a sequence is cut to `length` and keeps its EOS last, so every target ends.
+    """
+    if length < 3:
+        raise ValueError(f"decoder target length must be >= 3 (BOS, EOS, a token), got {length}")
+    texts = [t for t in clean_ingredients if t.strip()]
+    encoded = tokenizer_lib.encode_batch(tok, [*texts, title], length)
+    ids: list[int] = [records.BOS_ID]
+    for i, words in enumerate(encoded[:-1]):
+        if i:
+            ids.append(ingredient_sep(vocab_size))
+        ids.extend(words)
+    ids.append(title_sep(vocab_size))
+    ids.extend(encoded[-1])
+    ids = [*ids[: length - 1], records.EOS_ID]
+    out = np.full((length,), records.PAD_ID, np.int32)
+    out[: len(ids)] = ids
+    return out
+
+
+def decode_target(tok: Any, ids: Sequence[int], *, vocab_size: int) -> dict[str, Any]:
+    """Generated ids -> {'ingredients': [str, ...], 'title': str}; stops at the first EOS."""
+    ingredients: list[list[int]] = [[]]
+    title: list[int] = []
+    in_title = False
+    for i in (int(x) for x in ids):
+        if i == records.EOS_ID:
+            break
+        if i in (records.PAD_ID, records.BOS_ID):
+            continue
+        if i == title_sep(vocab_size):
+            in_title = True
+        elif i == ingredient_sep(vocab_size):
+            if not in_title:
+                ingredients.append([])
+        elif in_title:
+            title.append(i)
+        else:
+            ingredients[-1].append(i)
+    names = [tokenizer_lib.decode(tok, words) for words in ingredients if words]
+    return {"ingredients": names, "title": tokenizer_lib.decode(tok, title)}
+
+
+def normalize_ingredient(tok: Any, name: str) -> str:
+    """An ingredient name as the decoder can write it: tokenised and joined ("Olive Oil" -> "olive
+    oil"), so predictions and references compare word for word."""
+    return tokenizer_lib.decode(tok, tokenizer_lib.encode(tok, name, 10_000))
