@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 METHODS = ("gradcache", "naive")
@@ -96,19 +97,36 @@ def gradcache_grads(
         return None, outputs
 
     _, micro_outputs = jax.lax.scan(forward, None, (index, micro))
-    outputs = merge_micro_batches(micro_outputs)
-    (_, metrics), d_outputs = jax.value_and_grad(loss_of_outputs, has_aux=True)(outputs)
-    d_micro = split_micro_batches(d_outputs, num_micro)
+    # Outputs may carry integer leaves (class ids, decoder targets): differentiate the float ones
+    # and give the integer ones float0 cotangents in the re-run.
+    micro_leaves, treedef = jax.tree.flatten(micro_outputs)
+    floats = [i for i, x in enumerate(micro_leaves) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    leaves = jax.tree.leaves(merge_micro_batches(micro_leaves))
+
+    def loss_of_floats(float_leaves):
+        full = list(leaves)
+        for i, x in zip(floats, float_leaves, strict=True):
+            full[i] = x
+        return loss_of_outputs(jax.tree.unflatten(treedef, full))
+
+    (_, metrics), d_floats = jax.value_and_grad(loss_of_floats, has_aux=True)(
+        [leaves[i] for i in floats]
+    )
+    d_micro = split_micro_batches(d_floats, num_micro)
+    zero_cotangents = [np.zeros(x.shape[1:], jax.dtypes.float0) for x in micro_leaves]
 
     def backward(carry, xs):
         grads, _ = carry
-        j, mb, d_out = xs
+        j, mb, d_fl = xs
 
         def f(p):
             return apply_model(graphdef, p, model_state, jax.random.fold_in(dropout_key, j), mb)
 
         _, pullback, new_model_state = jax.vjp(f, params, has_aux=True)
-        (g,) = pullback(d_out)
+        cotangents = list(zero_cotangents)
+        for i, d in zip(floats, d_fl, strict=True):
+            cotangents[i] = d
+        (g,) = pullback(jax.tree.unflatten(treedef, cotangents))
         return (jax.tree.map(jnp.add, grads, g), new_model_state), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
