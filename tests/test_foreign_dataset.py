@@ -82,5 +82,5 @@ def test_prepare_train_and_eval_on_a_foreign_raw_dataset(tmp_path):
     printed = _run(*common, "--mode=eval")
     results = json.loads((workdir / "eval_test.json").read_text())
     assert results["n_pairs"] == 12 and results["step"] == 4
-    assert set(results["image_to_recipe"]) == {"10"}
+    assert set(results["image_to_recipe"]) == {"10", "full"}
     assert "image_to_recipe" in printed and "medR" in printed

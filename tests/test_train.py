@@ -72,7 +72,7 @@ def _main(workdir, data_dir, *extra):
         "--config=configs/tnlbt.py:tiny",
         f"--workdir={workdir}",
         f"--config.data.dir={data_dir}",
-        "--config.train.num_steps=60",
+        "--config.train.num_steps=40",
         "--config.train.checkpoint_every=10",
         "--config.train.eval_every=1000",
         "--config.train.eval_at_end=False",
@@ -83,7 +83,7 @@ def _main(workdir, data_dir, *extra):
 def _final_params(workdir, config):
     from xmodal import state as state_lib
 
-    config.train.num_steps = 60
+    config.train.num_steps = 40
     _, abstract, _ = state_lib.abstract_train_state(config, _vocab(config.data.dir))
     mesh = sharding.make_mesh(1)
     target = state_lib.with_shardings(abstract, state_lib.state_shardings(abstract, mesh))
@@ -116,7 +116,7 @@ def test_killed_run_resumes_at_the_right_step_and_data_position(tiny_data, tmp_p
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         steps = os.listdir(killed / "checkpoints") if (killed / "checkpoints").exists() else []
-        if any(s.isdigit() and int(s) >= 20 for s in steps):
+        if any(s.isdigit() and int(s) >= 10 for s in steps):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
@@ -124,7 +124,7 @@ def test_killed_run_resumes_at_the_right_step_and_data_position(tiny_data, tmp_p
     proc.wait()
     manager = checkpointing.make_manager(str(killed), read_only=True)
     killed_at = manager.latest_step()
-    assert killed_at is not None and 20 <= killed_at < 60
+    assert killed_at is not None and 10 <= killed_at < 40
 
     out = subprocess.run(
         _main(killed, tiny_data), cwd=REPO, env=env, capture_output=True, text=True
@@ -133,7 +133,7 @@ def test_killed_run_resumes_at_the_right_step_and_data_position(tiny_data, tmp_p
     assert f"resumed from {killed / 'checkpoints'} at step {killed_at}" in out.stdout + out.stderr
 
     steps = [r["step"] for r in read_metrics(str(killed)) if "loss" in r]
-    assert steps[-1] == 60 and max(steps) == 60
+    assert steps[-1] == 40 and max(steps) == 40
     config = tiny_config(tiny_data)
     for a, b in zip(_final_params(straight, config), _final_params(killed, config), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
