@@ -29,7 +29,8 @@ from xmodal.models.layers import (
     AttentionImpl,
     Dtype,
     Mlp,
-    dot_product_attention,
+    attention_layer,
+    layer_norm,
 )
 
 
@@ -75,24 +76,9 @@ class DecoderBlock(nnx.Module):
         attention: AttentionImpl = "auto",
         rngs: nnx.Rngs,
     ):
-        if width % num_heads:
-            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
-        norm = functools.partial(
-            nnx.LayerNorm, width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-        )
-        attn = functools.partial(
-            nnx.MultiHeadAttention,
-            num_heads=num_heads,
-            in_features=width,
-            qkv_features=width,
-            out_features=width,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            kernel_init=DENSE_INIT,
-            bias_init=nnx.initializers.zeros_init(),
-            attention_fn=functools.partial(dot_product_attention, implementation=attention),
-            decode=False,
-            rngs=rngs,
+        norm = lambda: layer_norm(width, dtype=dtype, rngs=rngs)
+        attn = lambda: attention_layer(
+            width, num_heads, dtype=dtype, attention=attention, rngs=rngs
         )
         self.norm1, self.self_attn = norm(), attn()
         self.norm2, self.cross_attn = norm(), attn()
@@ -172,9 +158,7 @@ class CrossDecoder(nnx.Module):
                 for _ in range(depth)
             ]
         )
-        self.norm = nnx.LayerNorm(
-            width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-        )
+        self.norm = layer_norm(width, dtype=dtype, rngs=rngs)
         self.head = linear(width, vocab_size)
 
     def memory(

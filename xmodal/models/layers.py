@@ -107,6 +107,33 @@ def masked_mean(x: jax.Array, valid: jax.Array | None, axis: int = -2) -> jax.Ar
     return (total / count).astype(x.dtype)
 
 
+def layer_norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """The LayerNorm of every transformer here (eps 1e-6 as in ViT; f32 parameters)."""
+    return nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def attention_layer(
+    width: int, num_heads: int, *, dtype: Dtype, attention: AttentionImpl, rngs: nnx.Rngs
+) -> nnx.MultiHeadAttention:
+    """Multi-head attention routed through `jax.nn.dot_product_attention` (cuDNN-capable), shared
+    by encoder self-attention and decoder self-/cross-attention."""
+    if width % num_heads:
+        raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+    return nnx.MultiHeadAttention(
+        num_heads=num_heads,
+        in_features=width,
+        qkv_features=width,
+        out_features=width,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=DENSE_INIT,
+        bias_init=nnx.initializers.zeros_init(),
+        attention_fn=functools.partial(dot_product_attention, implementation=attention),
+        decode=False,
+        rngs=rngs,
+    )
+
+
 class Mlp(nnx.Module):
     """Transformer feed-forward: Linear -> GELU -> Linear (timm names: fc1, fc2)."""
 
@@ -154,27 +181,10 @@ class EncoderBlock(nnx.Module):
         attention: AttentionImpl = "auto",
         rngs: nnx.Rngs,
     ):
-        if width % num_heads:
-            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
-        norm = functools.partial(
-            nnx.LayerNorm, width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-        )
-        self.norm1 = norm()
-        self.attn = nnx.MultiHeadAttention(
-            num_heads=num_heads,
-            in_features=width,
-            qkv_features=width,
-            out_features=width,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            kernel_init=DENSE_INIT,
-            bias_init=nnx.initializers.zeros_init(),
-            attention_fn=functools.partial(dot_product_attention, implementation=attention),
-            decode=False,
-            rngs=rngs,
-        )
+        self.norm1 = layer_norm(width, dtype=dtype, rngs=rngs)
+        self.attn = attention_layer(width, num_heads, dtype=dtype, attention=attention, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
-        self.norm2 = norm()
+        self.norm2 = layer_norm(width, dtype=dtype, rngs=rngs)
         self.mlp = Mlp(width, mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs)
         self.remat = "none"  # a key of REMAT_POLICIES; set for a whole model with `set_remat`
 
@@ -229,11 +239,7 @@ class TransformerEncoder(nnx.Module):
                 for _ in range(depth)
             ]
         )
-        self.norm = (
-            nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-            if final_norm
-            else None
-        )
+        self.norm = layer_norm(width, dtype=dtype, rngs=rngs) if final_norm else None
 
     def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         """x: [B, T, width]; valid: [B, T] boolean (False = padding) or None."""

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal.models.layers import AttentionImpl, Dtype, EncoderBlock, masked_mean
+from xmodal.models.layers import AttentionImpl, Dtype, EncoderBlock, layer_norm, masked_mean
 
 # Standard sizes (ViT paper Table 1; Ti and S from DeiT, Touvron et al. 2021).
 VIT_VARIANTS: dict[str, dict[str, int]] = {
@@ -99,9 +99,7 @@ class ViT(nnx.Module):
                 for _ in range(depth)
             ]
         )
-        self.norm = nnx.LayerNorm(
-            width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-        )
+        self.norm = layer_norm(width, dtype=dtype, rngs=rngs)
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """images: normalised float [B, H, W, 3] -> (tokens [B, 1+N, width], pooled [B, width]).
