@@ -244,10 +244,9 @@ def build_recipe_encoder(
     AdaMine, config.model.lstm) | 'transformer' (JE's flat variant, config.model.text).
     Returns (encoder, recipe feature width)."""
     kind = model_config.recipe
-    if kind == "hierarchical":
+    if kind in ("hierarchical", "transformer"):
         text = _as_dict(model_config.text)
-        encoder = HierarchicalRecipeEncoder(
-            vocab_size,
+        transformer = dict(
             width=text["width"],
             depth=text["depth"],
             num_heads=text["num_heads"],
@@ -258,27 +257,16 @@ def build_recipe_encoder(
             attention=attention,
             rngs=rngs,
         )
-        return encoder, text["width"]
+    if kind == "hierarchical":
+        return HierarchicalRecipeEncoder(vocab_size, **transformer), text["width"]
     if kind == "lstm":
         encoder = LSTMRecipeEncoder(
             vocab_size, dtype=dtype, rngs=rngs, **_as_dict(model_config.lstm)
         )
         return encoder, encoder.width
     if kind == "transformer":
-        text = _as_dict(model_config.text)
-        encoder = TransformerRecipeEncoder(
-            vocab_size,
-            width=text["width"],
-            depth=text["depth"],
-            num_heads=text["num_heads"],
-            mlp_dim=text["mlp_dim"],
-            dropout=text.get("dropout", 0.1),
-            max_len=text.get("max_len", 64),
-            components=tuple(text.get("components", ("ingredients", "instructions"))),
-            dtype=dtype,
-            attention=attention,
-            rngs=rngs,
-        )
+        components = tuple(text.get("components", ("ingredients", "instructions")))
+        encoder = TransformerRecipeEncoder(vocab_size, components=components, **transformer)
         return encoder, encoder.width
     raise ValueError(f"model.recipe must be one of {RECIPE_ENCODERS}, got {kind!r}")
 
