@@ -65,7 +65,7 @@ def make_train_step(
             opt_state=opt_state,
         )
         metrics["learning_rate"] = schedule(state.step)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return new_state, metrics
 
     return train_step
