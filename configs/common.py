@@ -35,7 +35,8 @@ PAPER_TEXT = {
     "data.max_title_tokens": 15,
     "data.max_ingredients": 20,
     "data.max_instructions": 20,
-    "data.max_tokens": 15,
+    "data.max_ingredient_tokens": 15,
+    "data.max_instruction_tokens": 15,
 }
 TINY_RESNET = {
     "model.resnet.depth": 18,
@@ -59,7 +60,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.data.max_title_tokens = 10
     c.data.max_ingredients = 10
     c.data.max_instructions = 10
-    c.data.max_tokens = 15
+    c.data.max_ingredient_tokens = 8  # tokens per ingredient line (built-in: <= 8 words)
+    c.data.max_instruction_tokens = 15  # tokens per instruction line
     c.data.num_workers = 0
     c.data.prefetch = 2
     c.data.num_classes = BUILTIN_CLASSES  # the dataset's classes incl. 0; Recipe1M: 1048

@@ -62,6 +62,8 @@ PRESETS: dict[str, dict] = {
         "data.max_title_tokens": 15,
         "data.max_ingredients": 20,
         "data.max_instructions": 20,
+        "data.max_ingredient_tokens": 15,
+        "data.max_instruction_tokens": 15,
         "model.vit.patch_size": 16,
         "model.vit.width": 768,
         "model.vit.depth": 12,
@@ -103,7 +105,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.max_title_tokens = 10
     c.data.max_ingredients = 10
     c.data.max_instructions = 10
-    c.data.max_tokens = 15
+    c.data.max_ingredient_tokens = 8  # tokens per ingredient line (built-in: <= 8 words)
+    c.data.max_instruction_tokens = 15  # tokens per instruction line
     c.data.max_decoder_tokens = 48  # cross decoder target: BOS ingredients <title> title EOS
     c.data.num_workers = 0  # Grain worker processes; 0 decodes in the main process
     c.data.prefetch = 2  # batches prefetched to device

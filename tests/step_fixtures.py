@@ -4,6 +4,7 @@ accumulation, remat): smaller than the tiny preset so each compile costs seconds
 import numpy as np
 
 from configs import tnlbt
+from xmodal.data import pipeline
 
 VOCAB = 40
 
@@ -18,7 +19,8 @@ def micro_config(**overrides):
             "data.max_title_tokens": 5,
             "data.max_ingredients": 3,
             "data.max_instructions": 3,
-            "data.max_tokens": 5,
+            "data.max_ingredient_tokens": 4,
+            "data.max_instruction_tokens": 5,
             "model.vit.depth": 1,
             "model.vit.width": 32,
             "model.vit.mlp_dim": 64,
@@ -47,12 +49,13 @@ def random_batch(config, seed=0, batch_size=None):
         keep[..., 0] = True  # every sentence has a first word; later words may be padding
         return np.where(keep, ids, 0).astype(np.int32)
 
-    ingredients = tokens(b, d.max_ingredients, d.max_tokens)
+    shapes = pipeline.TextLimits.from_config(d).shapes(b)
+    ingredients = tokens(*shapes["ingredients"])
     ingredients[::3, -1] = 0  # some recipes have fewer ingredients than the maximum
     return {
         "image": rng.integers(0, 256, size=(b, d.image_size, d.image_size, 3), dtype=np.uint8),
-        "title": tokens(b, d.max_title_tokens),
+        "title": tokens(*shapes["title"]),
         "ingredients": ingredients,
-        "instructions": tokens(b, d.max_instructions, d.max_tokens),
+        "instructions": tokens(*shapes["instructions"]),
         "class_id": rng.integers(0, 5, size=(b,)).astype(np.int32),
     }

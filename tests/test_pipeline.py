@@ -51,7 +51,8 @@ def _config(**overrides):
             max_title_tokens=4,
             max_ingredients=3,
             max_instructions=2,
-            max_tokens=2,
+            max_ingredient_tokens=2,
+            max_instruction_tokens=3,
             num_workers=0,
         )
     )

@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 from tools import torch_reference as ref
 from xmodal import perf
+from xmodal.data.pipeline import TextLimits
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _AMP = flags.DEFINE_enum("amp", "bf16", ["bf16", "none"], "Autocast dtype.")
@@ -46,14 +47,10 @@ def synthetic_batch(config, vocab: int, device: torch.device) -> dict[str, torch
     def ids(*shape):
         return torch.randint(1, vocab, shape, generator=g)
 
-    batch = {
-        "image": torch.randint(0, 256, (b, d.image_size, d.image_size, 3), generator=g).to(
-            torch.uint8
-        ),
-        "title": ids(b, d.max_title_tokens),
-        "ingredients": ids(b, d.max_ingredients, d.max_tokens),
-        "instructions": ids(b, d.max_instructions, d.max_tokens),
-    }
+    batch = {name: ids(*shape) for name, shape in TextLimits.from_config(d).shapes(b).items()}
+    batch["image"] = torch.randint(0, 256, (b, d.image_size, d.image_size, 3), generator=g).to(
+        torch.uint8
+    )
     return {k: v.to(device) for k, v in batch.items()}
 
 

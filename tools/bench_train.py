@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 from xmodal import perf, sharding
 from xmodal import state as state_lib
+from xmodal.data import pipeline
 from xmodal.train import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
@@ -48,18 +49,18 @@ def synthetic_batch(config: Any, vocab_size: int, mesh: jax.sharding.Mesh) -> di
     """A random global batch made on the devices, batch-sharded like the real one."""
     d, b = config.data, config.train.batch_size
 
+    text_shapes = pipeline.TextLimits.from_config(d).shapes(b)
+
     def make(key):
-        k = jax.random.split(key, 4)
+        k = jax.random.split(key, 1 + len(text_shapes))
         size = (b, d.image_size, d.image_size, 3)
-        text = (b, d.max_ingredients, d.max_tokens)
-        steps = (b, d.max_instructions, d.max_tokens)
-        return {
-            "image": jax.random.randint(k[0], size, 0, 256, jnp.int32).astype(jnp.uint8),
-            "title": jax.random.randint(k[1], (b, d.max_title_tokens), 1, vocab_size),
-            "ingredients": jax.random.randint(k[2], text, 1, vocab_size),
-            "instructions": jax.random.randint(k[3], steps, 1, vocab_size),
-            "class_id": jnp.zeros((b,), jnp.int32),
+        batch = {
+            name: jax.random.randint(kk, shape, 1, vocab_size)
+            for kk, (name, shape) in zip(k[1:], text_shapes.items(), strict=True)
         }
+        batch["image"] = jax.random.randint(k[0], size, 0, 256, jnp.int32).astype(jnp.uint8)
+        batch["class_id"] = jnp.zeros((b,), jnp.int32)
+        return batch
 
     return jax.jit(make, out_shardings=sharding.batch_sharding(mesh))(jax.random.key(0))
 
@@ -76,8 +77,6 @@ def peak_memory(devices: list[jax.Device]) -> int | None:
 
 def host_pipeline_rate(config: Any, data_dir: str, batches: int) -> float:
     """Examples/s of the Grain pipeline alone on this host (decode + augment + batch)."""
-    from xmodal.data import pipeline
-
     it = iter(pipeline.train_dataset(data_dir, config.data, batch_size=config.train.batch_size))
     next(it)  # start-up (worker spawn) is not throughput
     start = time.perf_counter()
@@ -92,7 +91,6 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
     result: dict[str, Any] = {"devices": num_devices}
     if mode == "pipeline":
         from xmodal.data import info as data_info
-        from xmodal.data import pipeline
 
         data_dir = data_info.resolve_data_dir(config.data)
         vocab = data_info.load_info(data_dir)["vocab_size"]

@@ -35,6 +35,15 @@ from xmodal.data import pipeline
 from xmodal.models.recipe_encoder import COMPONENTS
 
 TEXTS = (*COMPONENTS, "all")
+# Data fields that fix the input shapes the feature encoders were trained on.
+TEXT_AND_IMAGE_SHAPE_FIELDS = (
+    "image_size",
+    "max_title_tokens",
+    "max_ingredients",
+    "max_instructions",
+    "max_ingredient_tokens",
+    "max_instruction_tokens",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +171,8 @@ def feature_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     other = ml_collections.ConfigDict(record)
     out = ml_collections.ConfigDict(config.to_dict())
     out.model = other.model
-    for key in ("image_size", "max_title_tokens", "max_ingredients", "max_instructions"):
+    for key in TEXT_AND_IMAGE_SHAPE_FIELDS:
         out.data[key] = other.data[key]
-    out.data.max_tokens = other.data.max_tokens
     return out
 
 

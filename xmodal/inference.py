@@ -148,14 +148,16 @@ class RetrievalModel:
         for field in ("ingredients", "instructions"):
             if isinstance(recipe.get(field), str):
                 raise TypeError(f"recipe {field!r} must be a list of strings, one per line")
-        n = self.limits.tokens
+        lim = self.limits
         rec = records.empty_recipe(
-            title_ids=tokenizer.encode(self.tokenizer, recipe.get("title", "") or "", n),
+            title_ids=tokenizer.encode(
+                self.tokenizer, recipe.get("title", "") or "", lim.title_tokens
+            ),
             ingredient_ids=tokenizer.encode_batch(
-                self.tokenizer, list(recipe.get("ingredients") or []), n
+                self.tokenizer, list(recipe.get("ingredients") or []), lim.ingredient_tokens
             ),
             instruction_ids=tokenizer.encode_batch(
-                self.tokenizer, list(recipe.get("instructions") or []), n
+                self.tokenizer, list(recipe.get("instructions") or []), lim.instruction_tokens
             ),
         )
         feats = pipeline.text_features(rec, self.limits)

@@ -63,8 +63,9 @@ def train_flops_per_example(config: Any, batch_size: int | None = None) -> dict[
         return count * _transformer_forward_flops(tokens, text.width, text.mlp_dim, text.depth)
 
     recipe_fwd = pooled(d.max_title_tokens)
-    recipe_fwd += pooled(d.max_tokens, d.max_ingredients) + pooled(d.max_ingredients)
-    recipe_fwd += pooled(d.max_tokens, d.max_instructions) + pooled(d.max_instructions)
+    recipe_fwd += pooled(d.max_ingredient_tokens, d.max_ingredients) + pooled(d.max_ingredients)
+    recipe_fwd += pooled(d.max_instruction_tokens, d.max_instructions)
+    recipe_fwd += pooled(d.max_instructions)
     recipe_fwd += 2.0 * 3 * text.width * text.width  # merge of the three components
 
     ssl_heads = 6 * (2 if m.get("ssl_head", "linear") == "mlp" else 1)

@@ -30,12 +30,17 @@ EVAL_CROP_FRACTION = 0.875  # center crop of the short side, as in the ImageNet 
 
 @dataclasses.dataclass(frozen=True)
 class TextLimits:
-    """Padded text shapes of a batch (H-T: title 15 tokens, 20 x 15 ingredients/instructions)."""
+    """Padded text shapes of a batch (H-T: title 15 tokens, 20 x 15 ingredients/instructions).
+
+    Ingredient and instruction lines have their own token limits: ingredient lines are short
+    ("2 cups diced onion"), so padding them to the instruction length wastes encoder work.
+    """
 
     title_tokens: int = 15
     ingredients: int = 20
     instructions: int = 20
-    tokens: int = 15
+    ingredient_tokens: int = 15
+    instruction_tokens: int = 15
 
     @classmethod
     def from_config(cls, data_config: Any) -> TextLimits:
@@ -43,8 +48,17 @@ class TextLimits:
             title_tokens=data_config.max_title_tokens,
             ingredients=data_config.max_ingredients,
             instructions=data_config.max_instructions,
-            tokens=data_config.max_tokens,
+            ingredient_tokens=data_config.max_ingredient_tokens,
+            instruction_tokens=data_config.max_instruction_tokens,
         )
+
+    def shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        """Shape of each text field of a batch of `batch` recipes."""
+        return {
+            "title": (batch, self.title_tokens),
+            "ingredients": (batch, self.ingredients, self.ingredient_tokens),
+            "instructions": (batch, self.instructions, self.instruction_tokens),
+        }
 
 
 def pad_tokens(ids: list[int], length: int) -> np.ndarray:
@@ -65,9 +79,11 @@ def pad_sentences(sentences: list[list[int]], count: int, length: int) -> np.nda
 def text_features(recipe: records.Recipe, limits: TextLimits) -> dict[str, np.ndarray]:
     return {
         "title": pad_tokens(recipe["title_ids"], limits.title_tokens),
-        "ingredients": pad_sentences(recipe["ingredient_ids"], limits.ingredients, limits.tokens),
+        "ingredients": pad_sentences(
+            recipe["ingredient_ids"], limits.ingredients, limits.ingredient_tokens
+        ),
         "instructions": pad_sentences(
-            recipe["instruction_ids"], limits.instructions, limits.tokens
+            recipe["instruction_ids"], limits.instructions, limits.instruction_tokens
         ),
         "class_id": np.int32(recipe["class_id"]),
     }
