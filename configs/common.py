@@ -56,6 +56,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.data.cache_dir = ""  # where the built-in dataset is cached; empty: ~/.cache/xmodal
     c.data.synthetic = dict(num_recipes=9000, image_size=96, seed=0)
     c.data.image_size = 64
+    # Training crop: random = the papers' (resize, random fixed-size crop, flip); random_resized =
+    # Inception-style scale and aspect jitter (xmodal.data.pipeline.TRAIN_CROPS).
+    c.data.train_crop = "random"
     # Text limits sized to the built-in dataset (<= 10 lines per recipe); PAPER_TEXT restores H-T's.
     c.data.max_title_tokens = 10
     c.data.max_ingredients = 10

@@ -101,6 +101,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.cache_dir = ""  # where the built-in dataset is cached; empty: ~/.cache/xmodal
     c.data.synthetic = dict(num_recipes=9000, image_size=96, seed=0)
     c.data.image_size = 64
+    # Training crop: random = the papers' (resize, random fixed-size crop, flip); random_resized =
+    # Inception-style scale and aspect jitter (xmodal.data.pipeline.TRAIN_CROPS).
+    c.data.train_crop = "random"
     # Text limits sized to the built-in dataset (<= 10 lines per recipe); b16 restores H-T's.
     c.data.max_title_tokens = 10
     c.data.max_ingredients = 10
@@ -113,7 +116,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.image = "vit"
-    c.model.vit = dict(patch_size=8, width=96, depth=3, num_heads=3, mlp_dim=192, pool="cls")
+    c.model.vit = dict(
+        patch_size=8, width=96, depth=3, num_heads=3, mlp_dim=192, pool="cls", stem="patch"
+    )
     c.model.recipe = "hierarchical"
     c.model.text = dict(width=96, depth=1, num_heads=3, mlp_dim=192, dropout=0.1)
     c.model.embed_dim = 128

@@ -240,3 +240,28 @@ def test_count_params_counts_ssl_heads():
     parts = ("image_encoder", "recipe_encoder", "image_proj", "recipe_proj", "ssl_heads")
     parts += ("cross_decoder",)  # tiny has the cross decoder on
     assert count_params(model) == sum(count_params(getattr(model, p)) for p in parts)
+
+
+def test_conv_stem_gives_the_patch_grid_and_trains():
+    from xmodal.models.vit import ViT
+
+    kwargs = dict(image_size=32, width=16, depth=1, num_heads=2, mlp_dim=32)
+    images = jnp.asarray(make_batch()["image"], jnp.float32) / 255.0
+    shapes = {}
+    for stem in ("patch", "conv"):
+        vit = ViT(patch_size=8, stem=stem, rngs=nnx.Rngs(0), **kwargs)
+        tokens, pooled = vit(images)
+        shapes[stem] = (tokens.shape, pooled.shape)
+    assert shapes["conv"] == shapes["patch"] == ((B, 1 + 16, 16), (B, 16))
+
+    def loss(model):
+        return jnp.sum(model(images)[1] ** 2)
+
+    grads = nnx.grad(loss)(vit)  # the conv-stem model
+    stem_grads = jax.tree.leaves(nnx.state(grads, nnx.Param)["patch_embed"])
+    assert len(stem_grads) == 3 * 2 + 3 * 2 + 2  # 3 convs (kernel, bias), 3 norms, 1x1 proj
+    assert all(float(jnp.abs(g).max()) > 0 for g in stem_grads)
+    with pytest.raises(ValueError, match="power-of-two patch size, got 12"):
+        ViT(patch_size=12, stem="conv", rngs=nnx.Rngs(0), **{**kwargs, "image_size": 48})
+    with pytest.raises(ValueError, match="stem must be one of"):
+        ViT(patch_size=8, stem="convnext", rngs=nnx.Rngs(0), **kwargs)

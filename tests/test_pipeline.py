@@ -70,7 +70,7 @@ def test_train_batches_have_fixed_shapes_and_dtypes(data_dir):
     assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == np.uint8
     assert batch["title"].shape == (8, 4) and batch["title"].dtype == np.int32
     assert batch["ingredients"].shape == (8, 3, 2)
-    assert batch["instructions"].shape == (8, 2, 2)
+    assert batch["instructions"].shape == (8, 2, 3)  # own token limit for instruction lines
     # truncation to the run's limits: the recipe's last ingredient token survives only if it fits
     assert set(np.unique(batch["ingredients"])) <= {0, 7, 8, 9}
 
@@ -158,3 +158,31 @@ def test_random_resized_crop_output_and_flip():
     crops = [pipeline.random_resized_crop(img, 24, rng) for _ in range(20)]
     assert all(c.shape == (24, 24, 3) for c in crops)
     assert len({c.tobytes() for c in crops}) == 20  # crops differ
+
+
+def test_papers_random_crop_keeps_the_scale_and_moves():
+    """data.train_crop=random: a square of the eval crop's scale (so sizes look the same as at
+    eval), at random positions, flipped half of the time."""
+    h, w = 40, 60
+    pixels = np.random.default_rng(1).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    side = round(h * pipeline.EVAL_CROP_FRACTION)  # 35 px of the short side
+    rng = np.random.default_rng(0)
+    crops = [pipeline.random_crop(img, side, rng) for _ in range(40)]
+    # At the crop's own size no resampling happens: each crop is a window of the photo, as is
+    # or mirrored.
+    windows = {
+        pixels[y : y + side, x : x + side].tobytes(): (x, y)
+        for y in range(h - side + 1)
+        for x in range(w - side + 1)
+    }
+    found, flipped = set(), 0
+    for c in crops:
+        if c.tobytes() in windows:
+            found.add(windows[c.tobytes()])
+        else:
+            flipped += 1
+            found.add(windows[c[:, ::-1].tobytes()])
+    assert len(found) > 10 and 5 < flipped < 35
+    with pytest.raises(ValueError, match="train_crop must be one of"):
+        pipeline.TrainExample(pipeline.TextLimits(), 16, crop="zoom")

@@ -1,11 +1,11 @@
 """Grain input pipelines: prepared ArrayRecord shards -> fixed-shape numpy batches per process.
 
 Train: shuffle (reshuffled every epoch) -> repeat -> this process's slice -> decode a random photo
-of the recipe, random resized crop + flip -> batch. Eval: deterministic, the first photo of each
-recipe, center crop, padded with `valid=False` rows to a whole number of global batches so every
-process runs the same number of steps. Images leave the host as uint8; the model normalises them.
-Decoding runs in Grain worker processes when `num_workers > 0` (spawned: keep this module free of
-import-time work).
+of the recipe, random crop (the papers' fixed scale, or Inception-style) + flip -> batch. Eval:
+deterministic, the first photo of each recipe, center crop, padded with `valid=False` rows to a
+whole number of global batches so every process runs the same number of steps. Images leave the
+host as uint8; the model normalises them. Decoding runs in Grain worker processes when
+`num_workers > 0` (spawned: keep this module free of import-time work).
 """
 
 from __future__ import annotations
@@ -119,6 +119,20 @@ def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator) -
     return np.asarray(out, np.uint8)
 
 
+def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The Recipe1M papers' training crop (im2recipe, H-T: resize to 256, random 224 crop, flip):
+    a square of the eval crop's scale at a random position. Unlike `random_resized_crop` it keeps
+    the apparent size of things, a cue for how food is cut."""
+    w, h = img.size
+    side = max(1, round(min(w, h) * EVAL_CROP_FRACTION))
+    x = int(rng.integers(0, w - side + 1))
+    y = int(rng.integers(0, h - side + 1))
+    out = img.resize((size, size), Image.BILINEAR, box=(x, y, x + side, y + side))
+    if rng.random() < 0.5:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(out, np.uint8)
+
+
 def center_crop(img: Image.Image, size: int) -> np.ndarray:
     w, h = img.size
     side = max(1, round(min(w, h) * EVAL_CROP_FRACTION))
@@ -155,20 +169,34 @@ class DecoderTargets:
         )
 
 
+# data.train_crop: random = the papers' fixed-scale crop; random_resized = Inception-style.
+TRAIN_CROPS = {"random": random_crop, "random_resized": random_resized_crop}
+
+
 class TrainExample(grain.transforms.RandomMap):
     """Record bytes -> one training pair with a random photo of the recipe (and, with `targets`,
     the cross decoder's target tokens as 'decoder_tokens')."""
 
-    def __init__(self, limits: TextLimits, image_size: int, targets: DecoderTargets | None = None):
+    def __init__(
+        self,
+        limits: TextLimits,
+        image_size: int,
+        targets: DecoderTargets | None = None,
+        crop: str = "random",
+    ):
+        if crop not in TRAIN_CROPS:
+            raise ValueError(f"data.train_crop must be one of {sorted(TRAIN_CROPS)}, got {crop!r}")
         self.limits = limits
         self.image_size = image_size
         self.targets = targets
-        self._draft = math.ceil(image_size / math.sqrt(CROP_SCALE[0]))
+        self._crop = TRAIN_CROPS[crop]
+        smallest_crop = math.sqrt(CROP_SCALE[0]) if crop == "random_resized" else EVAL_CROP_FRACTION
+        self._draft = math.ceil(image_size / smallest_crop)
 
     def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
         recipe = records.decode_record(element)
         jpeg = recipe["images"][int(rng.integers(len(recipe["images"])))]
-        image = random_resized_crop(open_image(jpeg, self._draft), self.image_size, rng)
+        image = self._crop(open_image(jpeg, self._draft), self.image_size, rng)
         out = {"image": image, **text_features(recipe, self.limits)}
         if self.targets is not None:
             out["decoder_tokens"] = self.targets(recipe)
@@ -266,7 +294,12 @@ def train_dataset(
         ds = grain.MapDataset.source(source).seed(seed)
         ds = ds[process_index::process_count].shuffle().repeat()
     ds = ds.random_map(
-        TrainExample(TextLimits.from_config(data_config), data_config.image_size, decoder_targets)
+        TrainExample(
+            TextLimits.from_config(data_config),
+            data_config.image_size,
+            decoder_targets,
+            crop=data_config.get("train_crop", "random"),
+        )
     )
     ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
     return _maybe_workers(ds, data_config.num_workers)

@@ -8,6 +8,7 @@ the fused kernel in three) and timm's `attn.proj` is `attn.out`.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import jax
@@ -54,6 +55,51 @@ class PatchEmbed(nnx.Module):
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
+class ConvStem(nnx.Module):
+    """Stride-2 3x3 convs down to one token per patch, then a 1x1 projection (Xiao et al. 2021,
+    "Early Convolutions Help Transformers See Better"): trains much faster from scratch on small
+    data than one big patchify conv. Same token grid as `PatchEmbed` of the same patch size."""
+
+    def __init__(self, patch_size: int, width: int, *, dtype: Dtype, rngs: nnx.Rngs):
+        n = patch_size.bit_length() - 1
+        if patch_size < 2 or 2**n != patch_size:
+            raise ValueError(f"the conv stem needs a power-of-two patch size, got {patch_size}")
+        widths = [3] + [max(8, width // 2 ** (n - i)) for i in range(1, n + 1)]
+        self.convs = nnx.List(
+            [
+                nnx.Conv(
+                    c_in,
+                    c_out,
+                    kernel_size=(3, 3),
+                    strides=(2, 2),
+                    padding="SAME",
+                    dtype=dtype,
+                    param_dtype=jnp.float32,
+                    kernel_init=nnx.initializers.he_normal(),
+                    rngs=rngs,
+                )
+                for c_in, c_out in itertools.pairwise(widths)
+            ]
+        )
+        self.norms = nnx.List([layer_norm(c, dtype=dtype, rngs=rngs) for c in widths[1:]])
+        self.proj = nnx.Conv(
+            widths[-1],
+            width,
+            kernel_size=(1, 1),
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nnx.initializers.lecun_normal(),
+            rngs=rngs,
+        )
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = images
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = nnx.relu(norm(conv(x)))
+        x = self.proj(x)  # [B, H/p, W/p, width]
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
 class ViT(nnx.Module):
     """ViT backbone: returns all output tokens (for cross-attention) and a pooled feature."""
 
@@ -67,6 +113,7 @@ class ViT(nnx.Module):
         num_heads: int,
         mlp_dim: int,
         pool: str = "cls",
+        stem: str = "patch",
         dropout: float = 0.0,
         dtype: Dtype = jnp.float32,
         attention: AttentionImpl = "auto",
@@ -76,10 +123,12 @@ class ViT(nnx.Module):
             raise ValueError(f"image_size {image_size} is not a multiple of patch {patch_size}")
         if pool not in ("cls", "gap"):
             raise ValueError(f"pool must be 'cls' or 'gap', got {pool!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {sorted(STEMS)}, got {stem!r}")
         self.pool = pool
         self.dtype = dtype
         self.num_patches = (image_size // patch_size) ** 2
-        self.patch_embed = PatchEmbed(patch_size, width, dtype=dtype, rngs=rngs)
+        self.patch_embed = STEMS[stem](patch_size, width, dtype=dtype, rngs=rngs)
         self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
         self.pos_embed = nnx.Param(
             nnx.initializers.normal(0.02)(rngs.params(), (1, 1 + self.num_patches, width))
@@ -119,3 +168,7 @@ class ViT(nnx.Module):
         x = self.norm(x)
         pooled = x[:, 0] if self.pool == "cls" else masked_mean(x[:, 1:], None, axis=1)
         return x, pooled
+
+
+# patch: one patchify conv (ViT, timm-compatible); conv: ConvStem (small data, from scratch).
+STEMS = {"patch": PatchEmbed, "conv": ConvStem}
