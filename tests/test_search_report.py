@@ -1,8 +1,11 @@
 """Search, qualitative queries, embeddings export, checkpoint selection and the HTML report on
 the session's trained tiny checkpoint (and on real-looking photo files)."""
 
+import base64
 import html.parser
+import io
 import os
+import re
 import shutil
 import subprocess
 
@@ -220,3 +223,33 @@ def test_report_is_self_contained_html_with_every_section(trained, model):
     )
     shot = np.asarray(Image.open(png).convert("RGB"))
     assert shot.shape[:2] == (2400, 1200) and shot.std() > 10  # rendered, not a blank page
+
+
+def test_tsne_map_one_pair_and_colours_by_class_or_modality():
+    rng = np.random.default_rng(0)
+    image, recipe = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+    # One pair (e.g. `--limit=1`): sklearn refuses perplexity >= the number of points.
+    svg = report.tsne_map_svg(image[:1], recipe[:1], [3])
+    assert svg.count("class='img'") == svg.count("class='rec'") == 1
+    labelled = report.tsne_map_svg(image, recipe, [1, 1, 2, 2, 0, 0])
+    assert labelled.count(f"fill='{report.PALETTE[1]}'") == 4  # a photo and a recipe per pair
+    assert labelled.count("fill='#aaaaaa'") == 4  # class 0: unlabelled
+    # No pair labelled (a dataset without classes1M.pkl): photos and recipes get their own colour.
+    unlabelled = report.tsne_map_svg(image, recipe, [0] * 6)
+    for kind, tag in (("photo", "circle class='img'"), ("recipe", "rect class='rec'")):
+        colour = report.MODALITY_COLOURS[kind]
+        assert len(re.findall(f"<{tag}[^>]*fill='{colour}'", unlabelled)) == 6
+
+
+def test_thumbnail_is_the_upright_centre_square(tmp_path):
+    tall = np.zeros((500, 200, 3), np.uint8)  # upright: red top half, blue bottom half
+    tall[:250, :, 0] = tall[250:, :, 2] = 255
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned left: a viewer turns it back to 200 wide x 500 tall
+    Image.fromarray(np.rot90(tall).copy()).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    uri = report.thumbnail(buf.getvalue())
+    thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))), float)
+    assert thumb.shape == (report.THUMB, report.THUMB, 3)
+    top, bottom = thumb[:50].mean((0, 1)), thumb[-50:].mean((0, 1))
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]

@@ -3,9 +3,10 @@
 
 Sections: the metric table of both directions (bag protocol + whole split), recall@K curves
 (inline SVG), a gallery of queries with their top-5 results (true match marked; photos embedded as
-base64 JPEG thumbnails) and a 2-D t-SNE map of image and recipe embeddings coloured by class with
-matching pairs linked (as in the papers' figures; needs scikit-learn: `pip install
-'xmodal[report]'`). No scripts and no external resources: it opens from a file, offline.
+base64 JPEG thumbnails) and a 2-D t-SNE map of image and recipe embeddings coloured by class (by
+modality for a dataset without class labels) with matching pairs linked (as in the papers'
+figures; needs scikit-learn: `pip install 'xmodal[report]'`). No scripts and no external
+resources: it opens from a file, offline.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from xmodal import evaluate
 from xmodal.data import pipeline, records
@@ -45,6 +46,12 @@ PALETTE = [
     "#756bb1",
     "#636363",
 ]
+THUMB = 150  # px, the side of the square photo thumbnails (query cards show them at full size)
+# Up to this many points the t-SNE runs on one OpenMP thread: its 1000 Barnes-Hut iterations each
+# end in a thread barrier, which on a busy CPU costs more than the work (24 points: 43 s with the
+# default threads vs 0.15 s with one, on a loaded 2-core machine; 600 points: 4 s with one).
+SERIAL_TSNE_POINTS = 4000
+MODALITY_COLOURS = {"photo": "#1f77b4", "recipe": "#ff7f0e"}  # map colours without class labels
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1300px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
@@ -54,16 +61,17 @@ align-items:flex-start;border-bottom:1px solid #eee;padding-bottom:8px}.card{wid
 font-size:11px}.card img{width:120px;height:120px;object-fit:cover;border:3px solid transparent}
 .hit img,.hit .txt{border:3px solid #2ca02c}.txt{border:3px solid transparent;padding:3px;
 min-height:60px;background:#fafafa}.qcard{width:170px;font-size:12px;font-weight:600}
+.qcard img{width:150px;height:150px;object-fit:cover}
 .rank{color:#777}.muted{color:#777;font-size:12px}
 """
 
 
-def thumbnail(jpeg: bytes, size: int = 120) -> str:
-    """A data: URI of a small JPEG (EXIF orientation honoured)."""
-    from PIL import ImageOps
-
+def thumbnail(jpeg: bytes, size: int = THUMB) -> str:
+    """A data: URI of a `size` x `size` JPEG: the photo's centre square (what evaluation embeds,
+    and what a square card shows of a wide or tall photo without upscaling it), EXIF
+    orientation honoured."""
     img = ImageOps.exif_transpose(Image.open(io.BytesIO(jpeg))).convert("RGB")
-    img.thumbnail((size, size))
+    img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -127,22 +135,39 @@ def recall_curve_svg(ranks: dict[str, np.ndarray], max_k: int, w: int = 560, h: 
     return "".join(parts)
 
 
+def is_labelled(classes: Sequence[int]) -> bool:
+    """Whether any pair has a class (0 is Recipe1M's background / unlabelled)."""
+    return any(int(c) > 0 for c in classes)
+
+
 def tsne_map_svg(
     image: np.ndarray, recipe: np.ndarray, classes: Sequence[int], *, seed: int = 0, size: int = 640
 ) -> str:
     """t-SNE of image and recipe embeddings together; circles = photos, squares = recipes,
-    colour = class, a grey line joins each matching pair."""
+    colour = class (or, when no pair has a class label, modality: a dataset without
+    classes1M.pkl), a grey line joins each matching pair."""
     try:
         from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
     except ImportError as e:
         raise ImportError("the 2-D map needs scikit-learn: pip install 'xmodal[report]'") from e
     n = len(image)
     both = np.concatenate([image, recipe]).astype(np.float32)
-    perplexity = float(min(30, max(2, (2 * n - 1) // 3)))
-    xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(both)
+    # sklearn needs perplexity < number of points (2n); a 1-pair map still gets drawn.
+    perplexity = float(min(30, max(2, (2 * n - 1) // 3), 2 * n - 1))
+    tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
+    with threadpool_limits(1 if len(both) <= SERIAL_TSNE_POINTS else None, user_api="openmp"):
+        xy = tsne.fit_transform(both)
     lo, hi = xy.min(0), xy.max(0)
     xy = 20 + (size - 40) * (xy - lo) / np.maximum(hi - lo, 1e-9)
-    colour = lambda c: PALETTE[int(c) % len(PALETTE)] if int(c) > 0 else "#aaaaaa"
+    labelled = is_labelled(classes)
+
+    def fills(c: int) -> tuple[str, str]:  # (photo, recipe) colours of a pair of class c
+        if not labelled:
+            return MODALITY_COLOURS["photo"], MODALITY_COLOURS["recipe"]
+        fill = PALETTE[int(c) % len(PALETTE)] if int(c) > 0 else "#aaaaaa"
+        return fill, fill
+
     parts = [
         f"<svg id='tsne-map' xmlns='http://www.w3.org/2000/svg' width='{size}' "
         f"height='{size}'><rect width='{size}' height='{size}' fill='white' stroke='#ccc'/>"
@@ -154,11 +179,12 @@ def tsne_map_svg(
             "stroke='#999' stroke-opacity='0.5'/>"
         )
     for i in range(n):
-        (x1, y1), (x2, y2), c = xy[i], xy[n + i], colour(classes[i])
-        parts.append(f"<circle class='img' cx='{x1:.1f}' cy='{y1:.1f}' r='4' fill='{c}'/>")
+        (x1, y1), (x2, y2) = xy[i], xy[n + i]
+        c1, c2 = fills(classes[i])
+        parts.append(f"<circle class='img' cx='{x1:.1f}' cy='{y1:.1f}' r='4' fill='{c1}'/>")
         parts.append(
             f"<rect class='rec' x='{x2 - 3.5:.1f}' y='{y2 - 3.5:.1f}' width='7' height='7' "
-            f"fill='{c}' stroke='#333' stroke-width='0.6'/>"
+            f"fill='{c2}' stroke='#333' stroke-width='0.6'/>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -198,7 +224,7 @@ def query_gallery(
     for q, hits in zip(queries, i2r, strict=True):
         cards = "".join(_recipe_card(items[h], r + 1, h == q) for r, h in enumerate(hits))
         out.append(
-            f"<div class='q i2r'><div class='qcard'><img src='{thumbs[q]}' width='150'><br>"
+            f"<div class='q i2r'><div class='qcard'><img src='{thumbs[q]}'><br>"
             f"true: {html.escape(items[q].get('title', ''))}</div>{cards}</div>"
         )
     out.append("<h3>recipe → image</h3>")
@@ -260,6 +286,14 @@ def build_report(
     idx = np.sort(rng.choice(n, size=m, replace=False))
     classes = [items[i]["class_id"] for i in idx]
     tsne = tsne_map_svg(image[idx], recipe[idx], classes, seed=seed)
+    colour_key = (
+        "colour = class (grey: unlabelled)"
+        if is_labelled(classes)
+        else "colour = modality (<span style='color:{photo}'>photos</span>, <span "
+        "style='color:{recipe}'>recipes</span>): these pairs have no class labels".format(
+            **MODALITY_COLOURS
+        )
+    )
     title = f"xmodal report — {config.get('method', '')}:{config.get('preset', '')}, {split}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -276,8 +310,8 @@ the whole split at once. Ties count against the model.</p>
 <p class="muted">Green border and ✓: the true match.</p>
 {query_gallery(image, recipe, items, photos, queries)}
 <h2 id="map-section">Embedding map (t-SNE)</h2>
-<p class="muted">{m} pairs: circles are photos, squares recipes; colour = class (grey:
-unlabelled); lines join each photo to its recipe.</p>
+<p class="muted">{m} pairs: circles are photos, squares recipes; {colour_key}; lines join each
+photo to its recipe.</p>
 {tsne}
 </body></html>
 """

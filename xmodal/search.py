@@ -308,17 +308,19 @@ _MODELS: dict[tuple[str, Any], Any] = {}
 class _Session:
     """The model and the galleries a command needs, built lazily."""
 
-    def __init__(self, args: Any):
+    def __init__(self, args: Any, model: Any = None):
         from xmodal.inference import RetrievalModel, load_run_config
 
         self.args = args
-        config = load_run_config(args.workdir)
-        key = (os.path.abspath(args.workdir), args.checkpoint)
-        if key not in _MODELS:  # repeated run() calls in one process restore and compile once
-            _MODELS.clear()
-            _MODELS[key] = RetrievalModel(config, args.workdir, which=args.checkpoint)
-        self.model = _MODELS[key]
-        self.split = getattr(args, "split", None) or config.eval.split
+        if model is None:
+            config = load_run_config(args.workdir)
+            key = (os.path.abspath(args.workdir), args.checkpoint)
+            if key not in _MODELS:  # repeated run() calls in one process restore and compile once
+                _MODELS.clear()
+                _MODELS[key] = RetrievalModel(config, args.workdir, which=args.checkpoint)
+            model = _MODELS[key]
+        self.model = model
+        self.split = getattr(args, "split", None) or model.config.eval.split
         self._galleries: dict[str, Gallery] = {}
 
     def gallery(self, kind: str) -> Gallery:
@@ -383,12 +385,14 @@ class _Session:
         return results
 
 
-def run(argv: Sequence[str] | None = None) -> Any:
-    """Entry point of `python -m xmodal.search`; returns what it printed, as data."""
+def run(argv: Sequence[str] | None = None, *, model: Any = None) -> Any:
+    """Entry point of `python -m xmodal.search`; returns what it printed, as data. `model`: an
+    already restored `inference.RetrievalModel` (a notebook's, a test's) to query instead of
+    restoring the checkpoint of --workdir."""
     from xmodal import qualitative
 
     args = _parser().parse_args(argv)
-    s = _Session(args)
+    s = _Session(args, model)
     m = s.model
     if args.command == "index":
         if args.split:
