@@ -50,7 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = common.base_config("ht")
     c.model.image = "resnet"
     c.model.resnet = common.resnet_fields(depth=50)
-    c.model.vit = dict(variant="", patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072)
+    c.model.vit = dict(
+        variant="", patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072, stem="patch"
+    )
     c.model.recipe = "hierarchical"
     c.model.text = dict(width=128, depth=2, num_heads=4, mlp_dim=256, dropout=0.1)
     c.model.ssl_head = "linear"

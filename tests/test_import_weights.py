@@ -101,7 +101,7 @@ def _rngs():
     return nnx.Rngs(jax.random.key(0, impl="rbg"))
 
 
-def _flax_vit(image_size):
+def _flax_vit(image_size, stem="patch"):
     return nnx.jit(
         lambda: ViT(
             image_size=image_size,
@@ -110,6 +110,7 @@ def _flax_vit(image_size):
             depth=2,
             num_heads=4,
             mlp_dim=64,
+            stem=stem,
             rngs=_rngs(),
         )
     )()
@@ -154,6 +155,8 @@ def test_vit_import_names_what_does_not_fit(tmp_path):
         import_weights.load_image_encoder(_flax_vit(32), sd)
     with pytest.raises(FileNotFoundError):
         import_weights.load_state_dict(str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ValueError, match=r"patchify stem only.*ConvStem.*stem='patch'"):
+        import_weights.load_image_encoder(_flax_vit(32, stem="conv"), sd)
 
 
 @pytest.mark.skipif(

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmodal.models.vit import PatchEmbed
+
 StateDict = Mapping[str, np.ndarray]
 
 
@@ -95,6 +97,11 @@ def _layer_norm(layer: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
 def load_timm_vit(vit: Any, sd: StateDict) -> list[str]:
     """Copy a timm ViT state dict into `xmodal.models.vit.ViT` in place; returns the names of
     the state dict that were not used (the classifier head, ...)."""
+    if not isinstance(vit.patch_embed, PatchEmbed):
+        raise ValueError(
+            "timm ViT weights fit the patchify stem only; this ViT has a "
+            f"{type(vit.patch_embed).__name__}: set model.vit.stem='patch'"
+        )
     used: set[str] = set()
     proj = vit.patch_embed.proj
     w = _take(sd, "patch_embed.proj.weight", used)  # [O, I, H, W]
