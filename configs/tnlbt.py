@@ -128,7 +128,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         patch_size=16, width=96, depth=3, num_heads=3, mlp_dim=192, pool="cls", stem="conv"
     )
     c.model.recipe = "hierarchical"
-    c.model.text = dict(width=64, depth=1, num_heads=2, mlp_dim=128, dropout=0.1)
+    c.model.text = dict(width=96, depth=1, num_heads=3, mlp_dim=192, dropout=0.1)
     c.model.embed_dim = 128
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.attention = "auto"  # auto: cuDNN fused attention on GPU, XLA elsewhere

@@ -250,14 +250,14 @@ def test_conv_stem_gives_the_patch_grid_and_trains():
     shapes = {}
     for stem in ("patch", "conv"):
         vit = ViT(patch_size=8, stem=stem, rngs=nnx.Rngs(0), **kwargs)
-        tokens, pooled = vit(images)
+        tokens, pooled = nnx.eval_shape(lambda m: m(images), vit)
         shapes[stem] = (tokens.shape, pooled.shape)
     assert shapes["conv"] == shapes["patch"] == ((B, 1 + 16, 16), (B, 16))
 
     def loss(model):
         return jnp.sum(model(images)[1] ** 2)
 
-    grads = nnx.grad(loss)(vit)  # the conv-stem model
+    grads = nnx.jit(nnx.grad(loss))(vit)  # the conv-stem model, compiled like a train step
     stem_grads = jax.tree.leaves(nnx.state(grads, nnx.Param)["patch_embed"])
     assert len(stem_grads) == 3 * 2 + 3 * 2 + 2  # 3 convs (kernel, bias), 3 norms, 1x1 proj
     assert all(float(jnp.abs(g).max()) > 0 for g in stem_grads)
