@@ -3,8 +3,8 @@
 Presets (the part after ':' on the command line):
   (none)    first run on a 2-core CPU: small ViT (conv stem, 4 x 4 tokens) at 64 px on the built-in
             dataset, TNLBT without the extensions (they double the step time at this size and
-            gained nothing measurable at equal steps: docs/methods.md); finishes in about 10
-            minutes with data generation.
+            gained nothing measurable at equal steps: docs/methods.md); about 13 minutes on
+            2 cores with data generation (README, Results).
   extended  the same size with both extensions on (the slides' extended TNLBT).
   base      alias of the default: TNLBT without the extensions (constant margin 0.3, no decoder).
   tiny      the smallest model that still learns; used by the tests (patchify stem, extensions on).
