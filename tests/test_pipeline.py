@@ -186,3 +186,12 @@ def test_papers_random_crop_keeps_the_scale_and_moves():
     assert len(found) > 10 and 5 < flipped < 35
     with pytest.raises(ValueError, match="train_crop must be one of"):
         pipeline.TrainExample(pipeline.TextLimits(), 16, crop="zoom")
+
+
+def test_random_batch_matches_the_train_pipeline(data_dir):
+    real = next(iter(pipeline.train_dataset(str(data_dir), _config(), batch_size=8, seed=0)))
+    fake = pipeline.random_batch(_config(), 8, vocab_size=10, seed=0)
+    assert set(fake) <= set(real)
+    for k, v in fake.items():
+        assert (v.shape, v.dtype) == (real[k].shape, real[k].dtype), k
+    assert fake["title"].min() >= 1 and fake["title"].max() < 10  # never padding, in vocab

@@ -43,17 +43,6 @@ _BATCH = flags.DEFINE_integer("batch_size", 2, "Examples per step.")
 _OUT = flags.DEFINE_string("out", "paper_presets.json", "JSON output.")
 
 
-def random_batch(config, batch_size: int) -> dict[str, jax.Array]:
-    d = config.data
-    rng = np.random.default_rng(0)
-    shapes = pipeline.TextLimits.from_config(d).shapes(batch_size)
-    batch = {k: rng.integers(1, VOCAB, size=s).astype(np.int32) for k, s in shapes.items()}
-    image = (batch_size, d.image_size, d.image_size, 3)
-    batch["image"] = rng.integers(0, 256, size=image, dtype=np.uint8)
-    batch["class_id"] = rng.integers(1, 5, size=(batch_size,)).astype(np.int32)
-    return {k: jnp.asarray(v) for k, v in batch.items()}
-
-
 def run_one_step(config, batch_size: int) -> dict[str, float]:
     config.train.batch_size = batch_size
     config.train.warmup_steps = 0  # the warm-up starts at a learning rate of 0: nothing would move
@@ -63,7 +52,9 @@ def run_one_step(config, batch_size: int) -> dict[str, float]:
     model = nnx.merge(graphdef, state.params, state.model_state)
     image_params, total_params = count_params(model.image_encoder), count_params(model)
     before = jax.tree.map(np.asarray, state.params["recipe_encoder"])
-    batch = random_batch(config, batch_size)
+    batch = {
+        k: jnp.asarray(v) for k, v in pipeline.random_batch(config.data, batch_size, VOCAB).items()
+    }
     t1 = time.perf_counter()
     step = jax.jit(train.make_train_step(graphdef, tx, config), donate_argnums=0)
     compiled = step.lower(state, batch).compile()

@@ -61,6 +61,20 @@ class TextLimits:
         }
 
 
+def random_batch(
+    data_config: Any, batch_size: int, vocab_size: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A host batch with the train pipeline's keys, shapes and dtypes and random content: for
+    benchmarks and size checks that need no dataset."""
+    rng = np.random.default_rng(seed)
+    shapes = TextLimits.from_config(data_config).shapes(batch_size)
+    batch = {k: rng.integers(1, vocab_size, size=s).astype(np.int32) for k, s in shapes.items()}
+    side = data_config.image_size
+    batch["image"] = rng.integers(0, 256, size=(batch_size, side, side, 3), dtype=np.uint8)
+    batch["class_id"] = rng.integers(1, 5, size=(batch_size,)).astype(np.int32)
+    return batch
+
+
 def pad_tokens(ids: list[int], length: int) -> np.ndarray:
     out = np.full((length,), records.PAD_ID, np.int32)
     ids = ids[:length]
@@ -169,8 +183,12 @@ class DecoderTargets:
         )
 
 
-# data.train_crop: random = the papers' fixed-scale crop; random_resized = Inception-style.
-TRAIN_CROPS = {"random": random_crop, "random_resized": random_resized_crop}
+# data.train_crop: random = the papers' fixed-scale crop; random_resized = Inception-style. Each
+# with the smallest share of the photo's short side it crops (sets the JPEG draft size).
+TRAIN_CROPS = {
+    "random": (random_crop, EVAL_CROP_FRACTION),
+    "random_resized": (random_resized_crop, math.sqrt(CROP_SCALE[0])),
+}
 
 
 class TrainExample(grain.transforms.RandomMap):
@@ -189,9 +207,8 @@ class TrainExample(grain.transforms.RandomMap):
         self.limits = limits
         self.image_size = image_size
         self.targets = targets
-        self._crop = TRAIN_CROPS[crop]
-        smallest_crop = math.sqrt(CROP_SCALE[0]) if crop == "random_resized" else EVAL_CROP_FRACTION
-        self._draft = math.ceil(image_size / smallest_crop)
+        self._crop, smallest_side = TRAIN_CROPS[crop]
+        self._draft = math.ceil(image_size / smallest_side)  # JPEG draft: decode no smaller
 
     def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
         recipe = records.decode_record(element)
