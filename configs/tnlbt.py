@@ -2,8 +2,8 @@
 
 Presets (the part after ':' on the command line):
   (none)    first run on a 2-core CPU: small ViT (conv stem, 4 x 4 tokens) at 64 px on the built-in
-            dataset, TNLBT without the extensions (at the tiny size they doubled the wall-clock
-            and gained nothing measurable at equal steps: docs/methods.md); about 13 minutes on
+            dataset, TNLBT without the extensions (1.6x the step cost at this size, nothing
+            measurable gained at equal steps: docs/methods.md); about 13 minutes on
             2 cores with data generation (README, Results).
   extended  the same size with both extensions on (the slides' extended TNLBT).
   base      alias of the default: TNLBT without the extensions (constant margin 0.3, no decoder).
@@ -124,7 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.image = "vit"
     # 64 px through a conv stem to a 4 x 4 token grid: at the first run's CPU budget it scored
     # better than patchifying to 8 x 8 tokens (1k medR 10.15 vs 10.75) at a cheaper step
-    # (168 vs 141 examples/s; docs/methods.md, "Choosing the first-run model").
+    # (168 vs 119 examples/s; docs/methods.md, "Choosing the first-run model").
     c.model.vit = dict(
         patch_size=16, width=96, depth=3, num_heads=3, mlp_dim=192, pool="cls", stem="conv"
     )

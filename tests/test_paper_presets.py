@@ -33,7 +33,8 @@ PAPER_PRESETS = [
 
 
 def _abstract_batch(config, batch=2):
-    host = pipeline.random_batch(config.data, batch, VOCAB)
+    decoder = config.data.max_decoder_tokens if train.decoder_enabled(config) else 0
+    host = pipeline.random_batch(config.data, batch, VOCAB, decoder_tokens=decoder)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
 
 
@@ -50,5 +51,7 @@ def test_paper_preset_builds_and_traces_a_step(module, arg, image_params, trace)
     graphdef, abstract, tx = state_lib.abstract_train_state(config, VOCAB)
     step = train.make_train_step(graphdef, tx, config)
     new_state, metrics = jax.eval_shape(step, abstract, _abstract_batch(config))
+    if train.decoder_enabled(config):  # TNLBT b16: the cross decoder is in the traced step
+        assert "loss_cross_decoder" in metrics
     assert metrics["loss"].shape == () and new_state.step.dtype == abstract.step.dtype
     assert jax.tree.structure(new_state) == jax.tree.structure(abstract)

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from xmodal import perf, sharding
 from xmodal import state as state_lib
 from xmodal.data import pipeline
-from xmodal.train import make_train_step
+from xmodal.train import decoder_enabled, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _MODE = flags.DEFINE_enum("mode", "synthetic", ["synthetic", "pipeline"], "Input source.")
@@ -49,14 +49,16 @@ def synthetic_batch(config: Any, vocab_size: int, mesh: jax.sharding.Mesh) -> di
     """A random global batch made on the devices, batch-sharded like the real one."""
     d, b = config.data, config.train.batch_size
 
-    text_shapes = pipeline.TextLimits.from_config(d).shapes(b)
+    int_shapes = pipeline.TextLimits.from_config(d).shapes(b)
+    if decoder_enabled(config):  # without targets the model skips the cross decoder
+        int_shapes["decoder_tokens"] = (b, d.max_decoder_tokens)
 
     def make(key):
-        k = jax.random.split(key, 1 + len(text_shapes))
+        k = jax.random.split(key, 1 + len(int_shapes))
         size = (b, d.image_size, d.image_size, 3)
         batch = {
             name: jax.random.randint(kk, shape, 1, vocab_size)
-            for kk, (name, shape) in zip(k[1:], text_shapes.items(), strict=True)
+            for kk, (name, shape) in zip(k[1:], int_shapes.items(), strict=True)
         }
         batch["image"] = jax.random.randint(k[0], size, 0, 256, jnp.int32).astype(jnp.uint8)
         batch["class_id"] = jnp.zeros((b,), jnp.int32)

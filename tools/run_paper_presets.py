@@ -52,9 +52,9 @@ def run_one_step(config, batch_size: int) -> dict[str, float]:
     model = nnx.merge(graphdef, state.params, state.model_state)
     image_params, total_params = count_params(model.image_encoder), count_params(model)
     before = jax.tree.map(np.asarray, state.params["recipe_encoder"])
-    batch = {
-        k: jnp.asarray(v) for k, v in pipeline.random_batch(config.data, batch_size, VOCAB).items()
-    }
+    decoder = config.data.max_decoder_tokens if train.decoder_enabled(config) else 0
+    host = pipeline.random_batch(config.data, batch_size, VOCAB, decoder_tokens=decoder)
+    batch = {k: jnp.asarray(v) for k, v in host.items()}
     t1 = time.perf_counter()
     step = jax.jit(train.make_train_step(graphdef, tx, config), donate_argnums=0)
     compiled = step.lower(state, batch).compile()

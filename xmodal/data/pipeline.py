@@ -62,16 +62,20 @@ class TextLimits:
 
 
 def random_batch(
-    data_config: Any, batch_size: int, vocab_size: int, seed: int = 0
+    data_config: Any, batch_size: int, vocab_size: int, seed: int = 0, decoder_tokens: int = 0
 ) -> dict[str, np.ndarray]:
     """A host batch with the train pipeline's keys, shapes and dtypes and random content: for
-    benchmarks and size checks that need no dataset."""
+    benchmarks and size checks that need no dataset. `decoder_tokens` > 0 adds the cross
+    decoder's targets of that length (without them the model skips the decoder)."""
     rng = np.random.default_rng(seed)
     shapes = TextLimits.from_config(data_config).shapes(batch_size)
     batch = {k: rng.integers(1, vocab_size, size=s).astype(np.int32) for k, s in shapes.items()}
     side = data_config.image_size
     batch["image"] = rng.integers(0, 256, size=(batch_size, side, side, 3), dtype=np.uint8)
     batch["class_id"] = rng.integers(1, 5, size=(batch_size,)).astype(np.int32)
+    if decoder_tokens:
+        size = (batch_size, decoder_tokens)
+        batch["decoder_tokens"] = rng.integers(1, vocab_size, size=size).astype(np.int32)
     return batch
 
 
