@@ -11,6 +11,9 @@ from step_fixtures import VOCAB, micro_config, random_batch
 from xmodal import accumulate, losses
 from xmodal import state as state_lib
 
+# pytest-xdist: one worker builds the module's reference gradients.
+pytestmark = pytest.mark.xdist_group("accumulate")
+
 MICRO = 4
 
 

@@ -10,6 +10,9 @@ from xmodal import losses, perf, sharding
 from xmodal import state as state_lib
 from xmodal.train import compile_train_step
 
+# pytest-xdist: one worker builds the single-device reference.
+pytestmark = pytest.mark.xdist_group("sharding")
+
 STEPS = 2
 
 

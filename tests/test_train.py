@@ -114,8 +114,13 @@ def _vocab(data_dir):
 def test_killed_run_resumes_at_the_right_step_and_data_position(tiny_data, tmp_path):
     env = dict(os.environ)  # one CPU device: the kill and resume, not the sharding, is under test
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_main(straight, tiny_data), cwd=REPO, env=env, check=True, capture_output=True)
-
+    # The uninterrupted reference runs beside the killed run: each is mostly single-threaded
+    # start-up (imports, tracing), so the two overlap on two cores.
+    reference_log = tmp_path / "straight.log"
+    with open(reference_log, "w") as log:
+        reference = subprocess.Popen(
+            _main(straight, tiny_data), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     proc = subprocess.Popen(
         _main(killed, tiny_data),
         cwd=REPO,
@@ -141,6 +146,7 @@ def test_killed_run_resumes_at_the_right_step_and_data_position(tiny_data, tmp_p
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"resumed from {killed / 'checkpoints'} at step {killed_at}" in out.stdout + out.stderr
+    assert reference.wait(timeout=300) == 0, reference_log.read_text()
 
     steps = [r["step"] for r in read_metrics(str(killed)) if "loss" in r]
     assert steps[-1] == 40 and max(steps) == 40
