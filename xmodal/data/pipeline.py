@@ -131,10 +131,7 @@ def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator) -
     else:  # fall back to the largest centred square
         cw = ch = min(w, h)
         x, y = (w - cw) // 2, (h - ch) // 2
-    out = img.resize((size, size), Image.BILINEAR, box=(x, y, x + cw, y + ch))
-    if rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.asarray(out, np.uint8)
+    return _resize_box(img, size, (x, y, x + cw, y + ch), rng)
 
 
 def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -142,22 +139,35 @@ def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> np.nda
     a square of the eval crop's scale at a random position. Unlike `random_resized_crop` it keeps
     the apparent size of things, a cue for how food is cut."""
     w, h = img.size
-    side = max(1, round(min(w, h) * EVAL_CROP_FRACTION))
+    side = _eval_crop_side(img)
     x = int(rng.integers(0, w - side + 1))
     y = int(rng.integers(0, h - side + 1))
-    out = img.resize((size, size), Image.BILINEAR, box=(x, y, x + side, y + side))
-    if rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.asarray(out, np.uint8)
+    return _resize_box(img, size, (x, y, x + side, y + side), rng)
 
 
 def center_crop(img: Image.Image, size: int) -> np.ndarray:
     w, h = img.size
-    side = max(1, round(min(w, h) * EVAL_CROP_FRACTION))
+    side = _eval_crop_side(img)
     x, y = (w - side) // 2, (h - side) // 2
-    return np.asarray(
-        img.resize((size, size), Image.BILINEAR, box=(x, y, x + side, y + side)), np.uint8
-    )
+    return _resize_box(img, size, (x, y, x + side, y + side))
+
+
+def _eval_crop_side(img: Image.Image) -> int:
+    """Side of the square the eval crop (and the papers' train crop) takes from the photo."""
+    return max(1, round(min(img.size) * EVAL_CROP_FRACTION))
+
+
+def _resize_box(
+    img: Image.Image,
+    size: int,
+    box: tuple[int, int, int, int],
+    flip_rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """`box` of the photo resized to size x size; with `flip_rng`, mirrored with probability 1/2."""
+    out = img.resize((size, size), Image.BILINEAR, box=box)
+    if flip_rng is not None and flip_rng.random() < 0.5:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(out, np.uint8)
 
 
 class DecoderTargets:
