@@ -29,10 +29,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from xmodal import perf, sharding
+from xmodal import perf, sharding, train
 from xmodal import state as state_lib
+from xmodal.data import info as data_info
 from xmodal.data import pipeline
-from xmodal.train import decoder_enabled, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _MODE = flags.DEFINE_enum("mode", "synthetic", ["synthetic", "pipeline"], "Input source.")
@@ -50,7 +50,7 @@ def synthetic_batch(config: Any, vocab_size: int, mesh: jax.sharding.Mesh) -> di
     d, b = config.data, config.train.batch_size
 
     int_shapes = pipeline.TextLimits.from_config(d).shapes(b)
-    if decoder_enabled(config):  # without targets the model skips the cross decoder
+    if train.decoder_enabled(config):  # without targets the model skips the cross decoder
         int_shapes["decoder_tokens"] = (b, d.max_decoder_tokens)
 
     def make(key):
@@ -77,9 +77,16 @@ def peak_memory(devices: list[jax.Device]) -> int | None:
     return max(peaks) if peaks else None
 
 
-def host_pipeline_rate(config: Any, data_dir: str, batches: int) -> float:
+def training_batches(config: Any, data_dir: str, mesh: jax.sharding.Mesh) -> Any:
+    """The host batches training reads (`train.train_iterator`: decoder targets when the decoder
+    trains, text-only batches when configured), so the benchmark feeds the step it measures."""
+    info = data_info.load_info(data_dir)
+    return train.train_iterator(data_dir, config, info, config.train.batch_size, mesh)
+
+
+def host_pipeline_rate(config: Any, data_dir: str, mesh: jax.sharding.Mesh, batches: int) -> float:
     """Examples/s of the Grain pipeline alone on this host (decode + augment + batch)."""
-    it = iter(pipeline.train_dataset(data_dir, config.data, batch_size=config.train.batch_size))
+    it = training_batches(config, data_dir, mesh)
     next(it)  # start-up (worker spawn) is not throughput
     start = time.perf_counter()
     for _ in range(batches):
@@ -92,17 +99,13 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
     sharding.check_batch_size(config.train.batch_size, mesh)
     result: dict[str, Any] = {"devices": num_devices}
     if mode == "pipeline":
-        from xmodal.data import info as data_info
-
         data_dir = data_info.resolve_data_dir(config.data)
         vocab = data_info.load_info(data_dir)["vocab_size"]
-        host = iter(
-            pipeline.train_dataset(data_dir, config.data, batch_size=config.train.batch_size)
-        )
+        host = training_batches(config, data_dir, mesh)
         batches = sharding.DevicePrefetcher(host, mesh, config.data.prefetch)
         next_batch = lambda: next(batches)
         first = next_batch()
-        result["host_pipeline_examples_per_sec"] = host_pipeline_rate(config, data_dir, steps)
+        result["host_pipeline_examples_per_sec"] = host_pipeline_rate(config, data_dir, mesh, steps)
     else:
         vocab = _VOCAB.value
         first = synthetic_batch(config, vocab, mesh)
@@ -111,7 +114,7 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
     graphdef, state, tx = state_lib.sharded_init(config, vocab, mesh)
     shardings = state_lib.state_shardings(state, mesh, **state_lib.fsdp_options(config))
     jitted = jax.jit(
-        make_train_step(graphdef, tx, config),
+        train.make_train_step(graphdef, tx, config),
         in_shardings=(shardings, sharding.batch_sharding(mesh)),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,
