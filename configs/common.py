@@ -1,4 +1,4 @@
-"""What every method's config shares: data, train and eval defaults (as in configs/tnlbt.py), the
+"""What every method's config shares: data, train and eval fields (named as in configs/tnlbt.py), the
 `preset[,flag...]` argument, and the tiny-CPU overrides the tests train with.
 
 A method config (ht.py, adamine.py, je.py, cca.py) adds its `model` and `loss` fields and its
@@ -46,7 +46,8 @@ TINY_RESNET = {
 
 
 def base_config(method: str) -> ml_collections.ConfigDict:
-    """data / train / eval fields with the same names and defaults as configs/tnlbt.py."""
+    """data / train / eval fields with the names of configs/tnlbt.py. Defaults differ where TNLBT's
+    first-run preset was tuned for the 2-core CPU (its crop, instruction-line length and steps)."""
     c = ml_collections.ConfigDict()
     c.method = method
     c.seed = 0
