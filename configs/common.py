@@ -1,5 +1,5 @@
-"""What every method's config shares: data, train and eval fields (named as in configs/tnlbt.py), the
-`preset[,flag...]` argument, and the tiny-CPU overrides the tests train with.
+"""What every method's config shares: data, train and eval fields (named as in configs/tnlbt.py),
+the `preset[,flag...]` argument, and the tiny-CPU overrides the tests train with.
 
 A method config (ht.py, adamine.py, je.py, cca.py) adds its `model` and `loss` fields and its
 presets; every knob stays a plain field (`--config.a.b=v`).
