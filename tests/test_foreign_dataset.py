@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 import skimage.data
+from data_fixtures import save_camera_jpeg
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
@@ -27,7 +28,6 @@ from xmodal import evaluate, qualitative, report, search
 from xmodal.inference import RetrievalModel, load_run_config, read_photo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORIENTATION = 0x0112  # EXIF tag
 SOURCES = {  # real photographs, loaded from files inside the installed packages
     "coffee": skimage.data.coffee,  # a cup of espresso on a saucer
     "rocket": skimage.data.rocket,
@@ -161,19 +161,6 @@ def _crop(rng, source, *, long_side, aspect=None):
     return img.resize(size, Image.Resampling.LANCZOS)
 
 
-def _save_jpeg(img, path, orientation=None):
-    """JPEG as a camera writes it; with an EXIF orientation the pixels are stored turned so
-    that a viewer honouring the tag shows `img` upright (6: stored turned 90 degrees left)."""
-    exif = Image.Exif()
-    if orientation == 6:
-        img = img.transpose(Image.Transpose.ROTATE_90)
-    elif orientation == 8:
-        img = img.transpose(Image.Transpose.ROTATE_270)
-    if orientation:
-        exif[ORIENTATION] = orientation
-    img.save(path, "JPEG", quality=88, exif=exif.tobytes())
-
-
 def _write_raw_layout(root):
     """The raw layout: layer1/layer2/det_ingrs.json, photos under {partition}/a/b/c/d/, no
     classes1M.pkl, ids of another shape than ours. Returns what was written, for the checks."""
@@ -222,7 +209,7 @@ def _write_raw_layout(root):
             img = _crop(rng, sources[source], long_side=long_side, aspect=aspect)
             if orientation:
                 written["exif_upright_size"] = img.size
-            _save_jpeg(img, os.path.join(folder, image_id), orientation)
+            save_camera_jpeg(img, os.path.join(folder, image_id), orientation)
             written["photos"] += 1
             written["grayscale"] += img.mode == "L"
             written["sizes"].append(img.size)
@@ -335,8 +322,8 @@ def test_prepare_train_eval_search_and_report_on_real_photos(tmp_path):
     # pixels turned, EXIF orientation 8. read_photo shows it upright, like the upright copy.
     cat = _crop(np.random.default_rng(7), skimage.data.chelsea(), long_side=1400, aspect=1.5)
     photo, upright = tmp_path / "cat.jpg", tmp_path / "cat_upright.jpg"
-    _save_jpeg(cat, photo, orientation=8)
-    _save_jpeg(cat, upright)
+    save_camera_jpeg(cat, photo, orientation=8)
+    save_camera_jpeg(cat, upright)
     assert Image.open(photo).size == cat.size[::-1]
     seen = read_photo(str(photo), model.image_size).astype(float)
     want = read_photo(str(upright), model.image_size).astype(float)

@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 from conftest import tiny_config
+from data_fixtures import save_camera_jpeg
 from PIL import Image
 
 from xmodal import checkpointing, evaluate, qualitative, report, search
@@ -245,9 +246,7 @@ def test_thumbnail_is_the_upright_centre_square(tmp_path):
     tall = np.zeros((500, 200, 3), np.uint8)  # upright: red top half, blue bottom half
     tall[:250, :, 0] = tall[250:, :, 2] = 255
     buf = io.BytesIO()
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored turned left: a viewer turns it back to 200 wide x 500 tall
-    Image.fromarray(np.rot90(tall).copy()).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    save_camera_jpeg(Image.fromarray(tall), buf, orientation=6, quality=95)  # stored turned left
     uri = report.thumbnail(buf.getvalue())
     thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))), float)
     assert thumb.shape == (report.THUMB, report.THUMB, 3)
