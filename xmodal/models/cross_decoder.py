@@ -27,6 +27,7 @@ from xmodal.models.layers import (
     BIAS_INIT,
     DENSE_INIT,
     AttentionImpl,
+    Dropout,
     Dtype,
     Mlp,
     attention_layer,
@@ -84,7 +85,7 @@ class DecoderBlock(nnx.Module):
         self.norm2, self.cross_attn = norm(), attn()
         self.norm3 = norm()
         self.mlp = Mlp(width, mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs)
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.drop = Dropout(dropout, rngs=rngs)
 
     def __call__(
         self, x: jax.Array, memory: jax.Array, self_mask: jax.Array, memory_mask: jax.Array

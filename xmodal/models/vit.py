@@ -15,7 +15,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal.models.layers import AttentionImpl, Dtype, EncoderBlock, layer_norm, masked_mean
+from xmodal.models.layers import (
+    AttentionImpl,
+    Dropout,
+    Dtype,
+    EncoderBlock,
+    layer_norm,
+    masked_mean,
+)
 
 # Standard sizes (ViT paper Table 1; Ti and S from DeiT, Touvron et al. 2021).
 VIT_VARIANTS: dict[str, dict[str, int]] = {
@@ -134,7 +141,7 @@ class ViT(nnx.Module):
         self.pos_embed = nnx.Param(
             nnx.initializers.normal(0.02)(rngs.params(), (1, 1 + self.num_patches, width))
         )
-        self.pos_drop = nnx.Dropout(dropout, rngs=rngs)
+        self.pos_drop = Dropout(dropout, rngs=rngs)
         self.blocks = nnx.List(
             [
                 EncoderBlock(
