@@ -62,10 +62,18 @@ def train_flops_per_example(config: Any, batch_size: int | None = None) -> dict[
     def pooled(tokens: int, count: int = 1) -> float:
         return count * _transformer_forward_flops(tokens, text.width, text.mlp_dim, text.depth)
 
+    def lines(tokens: int, count: int, packed: int) -> float:
+        """Word-level pass (one row of `packed` tokens, or `count` padded lines) + line level."""
+        words = pooled(packed) if packed else pooled(tokens, count)
+        return words + pooled(count)
+
     recipe_fwd = pooled(d.max_title_tokens)
-    recipe_fwd += pooled(d.max_ingredient_tokens, d.max_ingredients) + pooled(d.max_ingredients)
-    recipe_fwd += pooled(d.max_instruction_tokens, d.max_instructions)
-    recipe_fwd += pooled(d.max_instructions)
+    recipe_fwd += lines(
+        d.max_ingredient_tokens, d.max_ingredients, text.get("packed_ingredient_tokens", 0)
+    )
+    recipe_fwd += lines(
+        d.max_instruction_tokens, d.max_instructions, text.get("packed_instruction_tokens", 0)
+    )
     recipe_fwd += 2.0 * 3 * text.width * text.width  # merge of the three components
 
     ssl_heads = 6 * (2 if m.get("ssl_head", "linear") == "mlp" else 1)

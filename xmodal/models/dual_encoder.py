@@ -258,7 +258,12 @@ def build_recipe_encoder(
             rngs=rngs,
         )
     if kind == "hierarchical":
-        return HierarchicalRecipeEncoder(vocab_size, **transformer), text["width"]
+        packed = {
+            "ingredients": text.get("packed_ingredient_tokens", 0),
+            "instructions": text.get("packed_instruction_tokens", 0),
+        }
+        encoder = HierarchicalRecipeEncoder(vocab_size, packed_tokens=packed, **transformer)
+        return encoder, text["width"]
     if kind == "lstm":
         encoder = LSTMRecipeEncoder(
             vocab_size, dtype=dtype, rngs=rngs, **_as_dict(model_config.lstm)
