@@ -1,6 +1,8 @@
 """tools/bench_train.py runs end to end in synthetic mode and writes its JSON; the analytic FLOP
 count agrees with hand arithmetic for ViT-B/16; the torch reference has the JAX model's size."""
 
+import glob
+import gzip
 import json
 import os
 import subprocess
@@ -36,6 +38,7 @@ def test_bench_train_synthetic_writes_json(tmp_path):
         "--config.loss.cross_decoder=0.0",
         "--vocab_size=50",
         f"--out={out}",
+        f"--trace_dir={tmp_path / 'trace'}",
     ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -51,6 +54,13 @@ def test_bench_train_synthetic_writes_json(tmp_path):
     # FLOPs' order: the backward pass is in it (forward alone would be ~1/3).
     ratio = row["xla_flops_per_example"] / row["model_flops_per_example"]
     assert 0.8 < ratio < 3.0, ratio
+    # The profile of the extra steps: the train step's XLA ops are in the Perfetto trace.
+    (trace,) = glob.glob(os.path.join(row["trace_dir"], "**", "*.trace.json.gz"), recursive=True)
+    with gzip.open(trace, "rt") as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    names = {e.get("name", "") for e in events}
+    assert any("train_step" in n for n in names), sorted(names)[:50]
 
 
 def test_bench_train_pipeline_feeds_the_training_iterator(tiny_data, tmp_path):

@@ -253,13 +253,17 @@ def test_conv_stem_gives_the_patch_grid_and_trains():
         tokens, pooled = nnx.eval_shape(lambda m: m(images), vit)
         shapes[stem] = (tokens.shape, pooled.shape)
     assert shapes["conv"] == shapes["patch"] == ((B, 1 + 16, 16), (B, 16))
+    stem_params = jax.tree.leaves(nnx.state(vit, nnx.Param)["patch_embed"])
+    assert len(stem_params) == 3 * 2 + 3 * 2 + 2  # 3 convs (kernel, bias), 3 norms, 1x1 proj
 
     def loss(model):
         return jnp.sum(model(images)[1] ** 2)
 
-    grads = nnx.jit(nnx.grad(loss))(vit)  # the conv-stem model, compiled like a train step
+    # The first-run default: no LayerNorm on the first conv's output. Compiled like a train step.
+    vit = ViT(patch_size=8, stem="conv", stem_first_norm=False, rngs=nnx.Rngs(0), **kwargs)
+    grads = nnx.jit(nnx.grad(loss))(vit)
     stem_grads = jax.tree.leaves(nnx.state(grads, nnx.Param)["patch_embed"])
-    assert len(stem_grads) == 3 * 2 + 3 * 2 + 2  # 3 convs (kernel, bias), 3 norms, 1x1 proj
+    assert len(stem_grads) == 3 * 2 + 2 * 2 + 2
     assert all(float(jnp.abs(g).max()) > 0 for g in stem_grads)
     with pytest.raises(ValueError, match="power-of-two patch size, got 12"):
         ViT(patch_size=12, stem="conv", rngs=nnx.Rngs(0), **{**kwargs, "image_size": 48})

@@ -41,6 +41,12 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Measured steps (each timing pass).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Steps run before measuring.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 16384, "Vocabulary in synthetic mode (H-T: ~16k).")
 _OUT = flags.DEFINE_string("out", None, "JSON output (default: bench_train_<preset>_<mode>.json).")
+_TRACE_DIR = flags.DEFINE_string(
+    "trace_dir",
+    None,
+    "If set, profile `steps` more steps into this folder (jax.profiler: open the .xplane.pb in "
+    "TensorBoard / XProf or the .trace.json.gz in Perfetto) to see which ops take the step.",
+)
 flags.mark_flags_as_required(["config"])
 _MULTI_HOST_MARKERS = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
@@ -140,6 +146,13 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
         state, metrics = compiled(state, next_batch())
     jax.block_until_ready((state, metrics))
     window = time.perf_counter() - start
+    if _TRACE_DIR.value:
+        trace_dir = os.path.join(_TRACE_DIR.value, f"devices{num_devices}")
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for _ in range(steps):
+                state, metrics = compiled(state, next_batch())
+            jax.block_until_ready((state, metrics))
+        result["trace_dir"] = trace_dir
     result.update(
         step_s_median=float(np.median(times)),
         step_s_p90=float(np.percentile(times, 90)),

@@ -68,7 +68,15 @@ class ConvStem(nnx.Module):
     one big patchify conv; on the built-in data it beat patchifying to 4x as many tokens
     (docs/methods.md). Same token grid as `PatchEmbed` of the same patch size."""
 
-    def __init__(self, patch_size: int, width: int, *, dtype: Dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        patch_size: int,
+        width: int,
+        *,
+        first_norm: bool = True,
+        dtype: Dtype,
+        rngs: nnx.Rngs,
+    ):
         n = patch_size.bit_length() - 1
         if patch_size < 2 or 2**n != patch_size:
             raise ValueError(f"the conv stem needs a power-of-two patch size, got {patch_size}")
@@ -89,7 +97,14 @@ class ConvStem(nnx.Module):
                 for c_in, c_out in itertools.pairwise(widths)
             ]
         )
-        self.norms = nnx.List([layer_norm(c, dtype=dtype, rngs=rngs) for c in widths[1:]])
+        # The first conv's output is the largest activation of the stem; without its LayerNorm
+        # (`first_norm=False`) the stem costs about half on CPU.
+        self.norms = nnx.List(
+            [
+                layer_norm(c, dtype=dtype, rngs=rngs) if i or first_norm else None
+                for i, c in enumerate(widths[1:])
+            ]
+        )
         self.proj = nnx.Conv(
             widths[-1],
             width,
@@ -103,7 +118,8 @@ class ConvStem(nnx.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         x = images
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            x = nnx.relu(norm(conv(x)))
+            x = conv(x)
+            x = nnx.relu(x if norm is None else norm(x))
         x = self.proj(x)  # [B, H/p, W/p, width]
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
@@ -122,6 +138,7 @@ class ViT(nnx.Module):
         mlp_dim: int,
         pool: str = "cls",
         stem: str = "patch",
+        stem_first_norm: bool = True,
         dropout: float = 0.0,
         dtype: Dtype = jnp.float32,
         attention: AttentionImpl = "auto",
@@ -136,7 +153,8 @@ class ViT(nnx.Module):
         self.pool = pool
         self.dtype = dtype
         self.num_patches = (image_size // patch_size) ** 2
-        self.patch_embed = STEMS[stem](patch_size, width, dtype=dtype, rngs=rngs)
+        stem_options = {} if stem == "patch" else {"first_norm": stem_first_norm}
+        self.patch_embed = STEMS[stem](patch_size, width, dtype=dtype, rngs=rngs, **stem_options)
         self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
         self.pos_embed = nnx.Param(
             nnx.initializers.normal(0.02)(rngs.params(), (1, 1 + self.num_patches, width))
