@@ -2,9 +2,9 @@
 
 Presets (the part after ':' on the command line):
   (none)    first run on a 2-core CPU: small ViT (conv stem, 4 x 4 tokens) at 64 px on the built-in
-            dataset, TNLBT without the extensions (1.6x the step cost at this size, nothing
-            measurable gained at equal steps: docs/methods.md); about 13 minutes on
-            2 cores with data generation (README, Results).
+            dataset, TNLBT without the extensions (2x the step cost at this size, nothing
+            measurable gained at equal steps: docs/methods.md); 10 minutes on 2 cores with
+            the install and data generation, 1k medR 9.15 (README, Results).
   extended  the same size with both extensions on (the slides' extended TNLBT).
   base      alias of the default: TNLBT without the extensions (constant margin 0.3, no decoder).
   tiny      the smallest model that still learns; used by the tests (patchify stem, extensions on).
@@ -114,7 +114,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_size = 64
     # Training crop: random = the papers' (resize, random fixed-size crop, flip); random_resized =
     # Inception-style scale and aspect jitter (xmodal.data.pipeline.TRAIN_CROPS). The first run
-    # uses random_resized: 1k medR 10.15 vs 10.40 with the papers' crop (docs/methods.md).
+    # uses random_resized: 1k medR 10.15 vs 10.40 with the papers' crop (docs/methods.md, measured
+    # at f92c139).
     c.data.train_crop = "random_resized"
     # Text limits sized to the built-in dataset (<= 10 lines per recipe); b16 restores H-T's.
     c.data.max_title_tokens = 10
@@ -131,8 +132,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 64 px through a conv stem to a 4 x 4 token grid: at the first run's CPU budget it scored
     # better than patchifying to 8 x 8 tokens (1k medR 10.15 vs 10.75) at a cheaper step
     # (168 vs 119 examples/s; docs/methods.md, "Choosing the first-run model"). Without the
-    # LayerNorm on the first (32 x 32) conv output the step is 8% cheaper and scored no worse
-    # (1k medR 9.15 vs 9.80); the paper-size presets patchify.
+    # LayerNorm on the first (32 x 32) conv output the step is cheaper (265 vs 254 examples/s)
+    # and scored better (1k medR 9.15 vs 9.80); the paper-size presets patchify.
     c.model.vit = dict(
         patch_size=16,
         width=96,
@@ -147,9 +148,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Ingredient / instruction lines packed end to end into 56 / 88 tokens per recipe instead of
     # 10 x 8 / 10 x 12 padded ones (xmodal.models.recipe_encoder.pack_lines; same function, same
     # parameters): the built-in train split needs at most 56 / 85, so no line is left out, and the
-    # step is XX% cheaper (docs/methods.md). 0 = every line padded on its own (H-T).
-    # No dropout at this budget: 1,500 steps leave the model under-trained, and without dropout it
-    # learned faster (1k medR 9.80 vs 10.70) at a 9% cheaper step; tiny and b16 keep H-T's 0.1.
+    # step runs at 265 instead of 247 examples/s (docs/methods.md). 0 = every line padded on its
+    # own (H-T). No dropout at this budget: 1,500 steps leave the model under-trained, and without
+    # it the model learned faster (1k medR 9.80 vs 10.70) at a cheaper step (265 vs 233
+    # examples/s); tiny and b16 keep H-T's 0.1.
     c.model.text = dict(
         width=96,
         depth=1,
