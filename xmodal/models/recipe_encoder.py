@@ -41,6 +41,7 @@ class PackedLines(NamedTuple):
     ids: jax.Array  # [B, P] token ids, 0 after the last packed line
     segments: jax.Array  # [B, P] line index + 1; 0 = padding
     positions: jax.Array  # [B, P] position of the token within its line
+    kept: jax.Array  # [B, S] bool: the line has tokens in the row (not empty, not left out)
     max_line_length: int  # T of the unpacked lines (positions are below it)
 
 
@@ -53,7 +54,8 @@ def pack_lines(tokens: jax.Array, length: int) -> PackedLines:
     end = jnp.cumsum(line_len, axis=-1)
     start = end - line_len
     rank = jnp.cumsum(valid, axis=-1, dtype=jnp.int32) - 1  # index among the line's tokens
-    keep = valid & (end <= length)[..., None]
+    fits = end <= length  # [B, S]
+    keep = valid & fits[..., None]
     dest = jnp.where(keep, start[..., None] + rank, length)  # `length`: dropped by the scatter
     rows = jnp.broadcast_to(jnp.arange(b)[:, None, None], dest.shape)
 
@@ -65,6 +67,7 @@ def pack_lines(tokens: jax.Array, length: int) -> PackedLines:
         ids=scatter(tokens),
         segments=scatter(jnp.arange(1, s + 1)[None, :, None]),
         positions=scatter(jnp.arange(t)),
+        kept=fits & (line_len > 0),
         max_line_length=t,
     )
 
@@ -200,8 +203,7 @@ class HierarchicalRecipeEncoder(nnx.Module):
         if packed_tokens:
             packed = pack_lines(tokens, packed_tokens)
             sent = words.packed(self.word_embed(packed.ids), packed, s)
-            valid_sent = jnp.any(packed.segments[:, :, None] == jnp.arange(1, s + 1), axis=1)
-            return sentences(sent, valid_sent)
+            return sentences(sent, packed.kept)
         flat = tokens.reshape(b * s, t)
         valid_tok = flat != PAD_ID
         sent = words(self.word_embed(flat), valid_tok).reshape(b, s, -1)
