@@ -308,10 +308,6 @@ def _batches(ds: grain.MapDataset, batch_size: int, num_workers: int) -> grain.I
     threads = min(16, os.cpu_count() or 1)
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=batch_size)
     ds = ds.to_iter_dataset(options).batch(batch_size, drop_remainder=True)
-    return _maybe_workers(ds, num_workers)
-
-
-def _maybe_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return ds

@@ -153,6 +153,7 @@ class ViT(nnx.Module):
         self.pool = pool
         self.dtype = dtype
         self.num_patches = (image_size // patch_size) ** 2
+        # Only the conv stem has norms; presets that patchify inherit the first-run default.
         stem_options = {} if stem == "patch" else {"first_norm": stem_first_norm}
         self.patch_embed = STEMS[stem](patch_size, width, dtype=dtype, rngs=rngs, **stem_options)
         self.cls_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
