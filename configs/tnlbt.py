@@ -147,7 +147,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.recipe = "hierarchical"
     # Ingredient / instruction lines packed end to end into 56 / 88 tokens per recipe instead of
     # 10 x 8 / 10 x 12 padded ones (xmodal.models.recipe_encoder.pack_lines; same function, same
-    # parameters): the built-in train split needs at most 56 / 85, so no line is left out, and the
+    # parameters): the built-in train split needs at most 56 / 85 (tools/packing_budget.py), so no
+    # line is left out, and the
     # step runs at 265 instead of 247 examples/s (docs/methods.md). 0 = every line padded on its
     # own (H-T). No dropout at this budget: 1,500 steps leave the model under-trained, and without
     # it the model learned faster (1k medR 9.80 vs 10.70) at a cheaper step (265 vs 233

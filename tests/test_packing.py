@@ -3,6 +3,11 @@ laid end to end must give the same recipe features as padding every line on its 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +16,10 @@ from flax import nnx
 
 from configs import tnlbt
 from xmodal import perf
+from xmodal.data import pipeline, records
 from xmodal.models.recipe_encoder import HierarchicalRecipeEncoder, pack_lines
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 VOCAB = 40
 B, S, T = 4, 5, 6
@@ -48,8 +55,12 @@ def brute_force_pack(tokens: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
 def test_pack_lines_matches_brute_force(length):
     tokens = ragged_lines(0)
     packed = pack_lines(jnp.asarray(tokens), length)
-    for got, want in zip(packed[:3], brute_force_pack(tokens, length), strict=True):
-        np.testing.assert_array_equal(got, want)
+    want = brute_force_pack(tokens, length)
+    for got, expected in zip(packed[:3], want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    # `kept`: exactly the lines whose tokens made it into the row.
+    in_row = np.stack([np.isin(np.arange(1, S + 1), row) for row in want[1]])
+    np.testing.assert_array_equal(packed.kept, in_row)
     assert packed.max_line_length == T
 
 
@@ -136,3 +147,40 @@ def test_analytic_flops_count_the_packed_rows():
     got = perf.train_flops_per_example(packed)["recipe"]
     assert got == pytest.approx(perf.train_flops_per_example(padded)["recipe"] - 3 * saved)
     assert (text.packed_ingredient_tokens, text.packed_instruction_tokens) == (56, 88)
+
+
+def test_packing_budget_tool_counts_what_pack_lines_leaves_out(tiny_data, tmp_path):
+    """tools/packing_budget.py on the tiny data, with a budget that cuts: its counts of recipes
+    losing lines and of lines left out are what the model's `pack_lines` drops from the same
+    pipeline features."""
+    budget = 40
+    out = tmp_path / "budget.json"
+    cmd = [
+        sys.executable,
+        "tools/packing_budget.py",
+        "--config=configs/tnlbt.py:tiny",
+        f"--config.data.dir={tiny_data}",
+        f"--config.model.text.packed_instruction_tokens={budget}",
+        f"--json={out}",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    config = tnlbt.get_config("tiny")
+    limits = pipeline.TextLimits.from_config(config.data)
+    source = pipeline.open_split(tiny_data, "train")
+    instructions = np.stack(
+        [
+            pipeline.text_features(records.decode_record(source[i]), limits)["instructions"]
+            for i in range(len(source))
+        ]
+    )
+    packed = pack_lines(jnp.asarray(instructions), budget)
+    dropped = np.asarray((instructions != 0).any(-1) & ~packed.kept)
+    got = report["instructions"]
+    assert got["recipes"] == len(source) and got["budget"] == budget
+    assert got["lines_left_out"] == dropped.sum() > 0  # the budget does cut on this data
+    assert got["recipes_losing_lines"] == dropped.any(-1).sum()
+    assert got["tokens_per_recipe"]["max"] == (instructions != 0).sum((1, 2)).max() > budget
+    assert report["ingredients"]["budget"] == 0 and "lines_left_out" not in report["ingredients"]
