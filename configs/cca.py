@@ -45,19 +45,6 @@ PRESETS: dict[str, dict] = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = common.base_config("cca")
-    c.model.image = "resnet"
-    c.model.resnet = common.resnet_fields(depth=50)
-    c.model.recipe = "hierarchical"
-    c.model.text = dict(width=128, depth=2, num_heads=4, mlp_dim=256, dropout=0.1)
+    c = common.base_config("cca")  # ResNet-50 + H-T text encoder, no SSL heads
     c.model.ssl_head = ""
-    c.model.embed_dim = 128
-    c.cca = ml_collections.ConfigDict()
-    c.cca.features_from = ""  # WORKDIR of a trained run; empty: this config's model, fresh
-    c.cca.dim = 64  # latent dimension (capped by the feature widths)
-    c.cca.reg = 1e-3  # ridge, relative to the mean feature variance
-    c.cca.power = 0.0  # scale latent dims by correlation**power for retrieval (0: plain)
-    c.cca.max_train_pairs = 0  # 0: every training pair
-    c.cca.texts = ("title", "ingredients", "instructions", "all")
-    c.cca.text = "all"  # the text features reported in eval_<split>.json
     return common.apply_arg(c, arg, PRESETS)

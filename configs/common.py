@@ -1,15 +1,17 @@
-"""What every method's config shares: data, train and eval fields (named as in configs/tnlbt.py),
-the `preset[,flag...]` argument, and the tiny-CPU overrides the tests train with.
+"""The one config schema: `base_config` declares every field any code reads, with one type each.
 
-A method config (ht.py, adamine.py, je.py, cca.py) adds its `model` and `loss` fields and its
-presets; every knob stays a plain field (`--config.a.b=v`).
+A method config (tnlbt.py, ht.py, adamine.py, je.py, cca.py) starts from `base_config(method)`
+and only overrides values: the returned ConfigDict is locked, so a typo or a field the code does
+not know is an error in the config file as it is on the command line (`--config.a.b=v`).
+Consumers read `config.x` with no fallback default. What a switch means for each method (and
+which method refuses it, with an error naming it) is checked in `xmodal.run.check_config`.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from xmodal.data.synthetic import CLASSES
+from xmodal.data.synthetic_recipes import CLASSES
 
 # Recipe1M: 1047 dish classes + class 0 (background / unlabelled), classes1M.pkl.
 RECIPE1M_CLASSES = 1048
@@ -43,13 +45,23 @@ TINY_RESNET = {
     "model.resnet.width": 8,
     "model.resnet.blocks": (1, 1, 1, 1),
 }
+# The paper-size ViT-B/16 (timm's patchify stem: ImageNet weights import one-to-one).
+VIT_B16 = {
+    "model.vit.stem": "patch",
+    "model.vit.patch_size": 16,
+    "model.vit.width": 768,
+    "model.vit.depth": 12,
+    "model.vit.num_heads": 12,
+    "model.vit.mlp_dim": 3072,
+}
 
 
 def base_config(method: str) -> ml_collections.ConfigDict:
-    """data / train / eval fields with the names of configs/tnlbt.py. Defaults differ where TNLBT's
-    first-run preset was tuned for the 2-core CPU (its crop, instruction-line length and steps)."""
+    """Every field, with the defaults of the first run on the built-in data (TNLBT's values where
+    a method has its own, the method config overrides them)."""
     c = ml_collections.ConfigDict()
     c.method = method
+    c.preset = "default"
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
@@ -66,22 +78,76 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.data.max_instructions = 10
     c.data.max_ingredient_tokens = 8  # tokens per ingredient line (built-in: <= 8 words)
     c.data.max_instruction_tokens = 15  # tokens per instruction line
-    c.data.num_workers = 0
-    c.data.prefetch = 2
+    c.data.max_decoder_tokens = 48  # cross decoder target: BOS ingredients <title> title EOS
+    c.data.num_workers = 0  # Grain worker processes; 0 decodes in the main process
+    c.data.prefetch = 2  # batches prefetched to device
     c.data.num_classes = BUILTIN_CLASSES  # the dataset's classes incl. 0; Recipe1M: 1048
     c.data.labelled_fraction = -1.0  # >= 0: that share of every batch is class-labelled (AdaMine)
 
     c.model = ml_collections.ConfigDict()
+    c.model.image = "resnet"  # vit | resnet
+    c.model.vit = dict(
+        patch_size=16,
+        width=768,
+        depth=12,
+        num_heads=12,
+        mlp_dim=3072,
+        pool="cls",
+        stem="patch",  # patch (timm) | conv
+        stem_first_norm=True,
+    )
+    c.model.resnet = dict(depth=50, width=64, blocks=(), num_classes=0, zero_init_residual=False)
+    c.model.recipe = "hierarchical"  # hierarchical (H-T) | lstm (im2recipe) | transformer
+    c.model.text = dict(  # the transformer recipe encoders (hierarchical, transformer)
+        width=128,
+        depth=2,
+        num_heads=4,
+        mlp_dim=256,
+        dropout=0.1,
+        max_len=64,  # position table length (the flat transformer reads 20 x 15 tokens)
+        packed_ingredient_tokens=0,  # > 0: lines packed end to end into this many tokens
+        packed_instruction_tokens=0,
+        components=("ingredients", "instructions"),  # the flat transformer's inputs
+    )
+    # im2recipe / AdaMine text branch sizes (word2vec 300-d, bi-LSTM 2x300, sentences 1024).
+    c.model.lstm = dict(
+        word_dim=300,
+        title_hidden=300,
+        ingredient_hidden=300,
+        sentence_hidden=1024,
+        instruction_hidden=1024,
+        components=("ingredients", "instructions"),
+    )
+    c.model.ssl_head = "linear"  # H-T's component heads: linear | mlp | "" (none)
+    c.model.embed_dim = 128
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
-    c.model.attention = "auto"
+    c.model.attention = "auto"  # auto: cuDNN fused attention on GPU, XLA elsewhere
+    c.model.remat = "none"  # none | full | dots | dots_no_batch (xmodal.models.layers)
+    c.model.image_init = ""  # timm ViT / torchvision ResNet weights file to start the image from
     c.model.num_classes = 0  # > 0 (= data.num_classes): shared class head (im2recipe)
     c.model.freeze_image = False  # the image backbone is a fixed feature extractor (JE)
+    # Cross decoder (TNLBT extension, "fuse before generating"; xmodal.models.cross_decoder):
+    # generates "ingredient <sep> ... <title> title words" from image tokens + recipe embedding.
+    c.model.cross_decoder = dict(
+        enabled=False,
+        width=128,
+        depth=2,
+        num_heads=4,
+        mlp_dim=256,
+        dropout=0.1,
+        recipe_tokens=1,  # memory tokens the recipe embedding is projected to
+        recipe_drop=0.5,  # per-example probability of dropping the recipe from the memory
+    )
 
     c.loss = ml_collections.ConfigDict()
     c.loss.triplet = 0.0  # instance triplet weight (H-T, TNLBT, AdaMine's L_ins)
-    c.loss.margin = 0.3
+    # Retrieval margin (TNLBT's dynamic margins; xmodal.training.losses.retrieval_margins): kind
+    # constant uses `start`; linear ramps start -> end over `steps` (0: the whole run); adaptive
+    # sets each direction's margin in [min, max] from the share of triplets active at `start`.
+    c.loss.margin = dict(kind="constant", start=0.3, end=0.5, steps=0, min=0.2, max=0.5)
     c.loss.reduction = "violating"  # violating (adaptive mining) | hardest | mean
     c.loss.recipe_ssl = 0.0  # H-T component self-supervision
+    c.loss.cross_decoder = 0.0  # weight of the cross decoder's cross-entropy (needs the decoder)
     c.loss.semantic = 0.0  # AdaMine lambda for L_sem
     c.loss.semantic_margin = 0.3
     c.loss.semantic_reduction = "violating"  # violating | mean (AdaMine_avg)
@@ -93,7 +159,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.loss.recipe_cls = 0.0
 
     c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 64
+    c.train.batch_size = 64  # global, over all devices and hosts
     c.train.num_steps = 2_500
     c.train.lr = 1e-3
     c.train.min_lr_ratio = 0.01
@@ -101,40 +167,41 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.train.weight_decay = 1e-4
     c.train.grad_clip = 1.0
     c.train.freeze_image_steps = 0  # > 0: image backbone frozen for these first steps (AdaMine)
+    c.train.fsdp = False  # shard params + optimizer state over the data axis (training.state)
+    c.train.fsdp_min_size = 16384  # leaves with fewer elements stay replicated under fsdp
+    c.train.mu_dtype = ""  # Adam first-moment dtype; "" = float32, "bfloat16" halves its memory
+    c.train.grad_accum_steps = 1  # micro-batches per step (train.batch_size is the whole step)
+    c.train.grad_accum = "gradcache"  # gradcache: exact global-batch loss | naive: per micro-batch
+    # H-T: a second batch per step from recipes without photos (train_text split) for the recipe
+    # SSL loss; 0 = off.
+    c.train.text_only_batch_size = 0
     c.train.log_every = 50
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
-    c.train.val_pairs = 500
-    c.train.eval_at_end = True
+    c.train.val_pairs = 500  # val pairs embedded for the periodic retrieval check
+    c.train.eval_at_end = True  # score the test split when training finishes (eval_test.json)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
-    c.eval.checkpoint = "best"
+    c.eval.checkpoint = "best"  # best | latest | <step>
     c.eval.batch_size = 256
     c.eval.bag_sizes = (1000, 10000)
     c.eval.num_bags = (10, 5)
     c.eval.seed = 0
+    c.eval.full_split = True  # also rank the whole split as one bag ("full")
+
+    # CCA baseline (configs/cca.py; read only by xmodal.baselines.cca).
+    c.cca = ml_collections.ConfigDict()
+    c.cca.features_from = ""  # WORKDIR of a trained run; empty: this config's model, fresh
+    c.cca.dim = 64  # latent dimension (capped by the feature widths)
+    c.cca.reg = 1e-3  # ridge, relative to the mean feature variance
+    c.cca.power = 0.0  # scale latent dims by correlation**power for retrieval (0: plain)
+    c.cca.max_train_pairs = 0  # 0: every training pair
+    c.cca.texts = ("title", "ingredients", "instructions", "all")
+    c.cca.text = "all"  # the text features reported in eval_<split>.json
+    c.lock()
     return c
-
-
-def resnet_fields(depth: int = 50, width: int = 64) -> dict:
-    """ResNet fields; `blocks` () keeps the standard blocks per stage of `depth`."""
-    return dict(depth=depth, width=width, blocks=(), num_classes=0, zero_init_residual=False)
-
-
-def lstm_fields(**overrides) -> dict:
-    """im2recipe / AdaMine text branch sizes (word2vec 300-d, bi-LSTM 2x300, sentences 1024)."""
-    fields = dict(
-        word_dim=300,
-        title_hidden=300,
-        ingredient_hidden=300,
-        sentence_hidden=1024,
-        instruction_hidden=1024,
-        components=("ingredients", "instructions"),
-    )
-    fields.update(overrides)
-    return fields
 
 
 def apply_arg(

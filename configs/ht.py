@@ -42,23 +42,12 @@ PRESETS: dict[str, dict] = {
         "model.embed_dim": 32,
     },
     "r50": {**PAPER, "model.image": "resnet", "model.resnet.depth": 50},
-    "vit": {**PAPER, "model.image": "vit", "model.vit.variant": "B/16"},
+    "vit": {**PAPER, **common.VIT_B16, "model.image": "vit"},
 }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = common.base_config("ht")
-    c.model.image = "resnet"
-    c.model.resnet = common.resnet_fields(depth=50)
-    c.model.vit = dict(
-        variant="", patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072, stem="patch"
-    )
-    c.model.recipe = "hierarchical"
-    c.model.text = dict(width=128, depth=2, num_heads=4, mlp_dim=256, dropout=0.1)
-    c.model.ssl_head = "linear"
-    c.model.embed_dim = 128
+    c = common.base_config("ht")  # ResNet-50 + H-T text encoder, linear SSL heads
     c.loss.triplet = 1.0
-    c.loss.margin = 0.3
-    c.loss.reduction = "violating"
     c.loss.recipe_ssl = 1.0
     return common.apply_arg(c, arg, PRESETS)

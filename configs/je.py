@@ -54,26 +54,15 @@ VARIANTS: dict[str, dict] = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = common.base_config("je")
-    c.model.image = "resnet"
-    c.model.resnet = common.resnet_fields(depth=50)
-    c.model.freeze_image = True
+    c.model.freeze_image = True  # ResNet-50 as a fixed feature extractor
     c.model.recipe = "lstm"
-    c.model.lstm = common.lstm_fields()
+    c.model.ssl_head = ""
     # The transformer variant: one flat transformer per component (max_len = 20 x 15 tokens).
-    c.model.text = dict(
-        width=256,
-        depth=2,
-        num_heads=4,
-        mlp_dim=1024,
-        dropout=0.1,
-        max_len=300,
-        components=("ingredients", "instructions"),
-    )
+    c.model.text.update(dict(width=256, depth=2, num_heads=4, mlp_dim=1024, max_len=300))
     c.model.embed_dim = 1024
+    # im2recipe: 1 - cos for matching pairs (pos_margin 0), [cos - 0.1]_+ for non-matching ones
+    # (neg_margin 0.9), a share mismatch_rate = 0.8 of the pairs non-matching (the defaults).
     c.loss.pairwise = 0.98
-    c.loss.pos_margin = 0.0  # im2recipe: 1 - cos for matching pairs
-    c.loss.neg_margin = 0.9  # [cos - 0.1]_+ for non-matching ones
-    c.loss.mismatch_rate = 0.8
     c.loss.image_cls = 0.01
     c.loss.recipe_cls = 0.01
     c.train.lr = 1e-4

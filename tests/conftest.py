@@ -47,7 +47,7 @@ def tiny_config(data_dir, **overrides):
 def trained(tiny_data, tmp_path_factory):
     """One short tiny TNLBT run on 8 simulated devices: (config, workdir, result). Tests that
     only read a trained checkpoint share it instead of training their own."""
-    from xmodal.train import train_and_evaluate
+    from xmodal.training.loop import train_and_evaluate
 
     workdir = str(tmp_path_factory.mktemp("run"))
     config = tiny_config(tiny_data)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xmodal import cca
+from xmodal.baselines import cca
 
 
 def _linear_pair(n=20_000, seed=0):

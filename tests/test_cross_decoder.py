@@ -1,4 +1,5 @@
-"""The cross decoder (xmodal.models.cross_decoder), its targets, its decoding (xmodal.predict)."""
+"""The cross decoder (xmodal.models.cross_decoder), its targets and its decoding
+(xmodal.apps.predict)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,9 +8,10 @@ import optax
 import pytest
 from flax import nnx
 
-from xmodal import losses, predict
-from xmodal.data import decoder_targets, records
+from xmodal.apps import predict
+from xmodal.data import decoder_targets, schema
 from xmodal.models.cross_decoder import CrossDecoder, teacher_forcing
+from xmodal.training import losses
 
 VOCAB, IMG_W, EMBED, LEN = 23, 12, 10, 9
 
@@ -92,10 +94,10 @@ def test_recipe_drop_is_per_example_and_off_in_eval():
 def test_teacher_forced_loss_falls_on_a_tiny_batch():
     dec = _decoder()
     image, recipe, _ = _inputs(b=4, seed=1)
-    target = np.full((4, LEN), records.PAD_ID, np.int32)
+    target = np.full((4, LEN), schema.PAD_ID, np.int32)
     rng = np.random.default_rng(2)
     for i, n in enumerate((4, 6, 7, 5)):
-        target[i, : n + 2] = [records.BOS_ID, *rng.integers(4, VOCAB, n), records.EOS_ID]
+        target[i, : n + 2] = [schema.BOS_ID, *rng.integers(4, VOCAB, n), schema.EOS_ID]
     inputs, labels = teacher_forcing(jnp.asarray(target))
     graphdef, params, rest = nnx.split(dec, nnx.Param, ...)
     tx = optax.adam(3e-3)
@@ -123,12 +125,12 @@ def _greedy_reference(dec, image):
     makes the rest invisible) and append the argmax at the prefix's last position."""
     out = []
     for b in range(image.shape[0]):
-        seq = [records.BOS_ID]
-        while len(seq) < LEN and seq[-1] != records.EOS_ID:
-            buf = jnp.asarray([seq + [records.PAD_ID] * (LEN - len(seq))])
+        seq = [schema.BOS_ID]
+        while len(seq) < LEN and seq[-1] != schema.EOS_ID:
+            buf = jnp.asarray([seq + [schema.PAD_ID] * (LEN - len(seq))])
             logits = _photo_forward(dec, buf, image[b : b + 1])
             seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
-        out.append(seq + [records.PAD_ID] * (LEN - len(seq)))
+        out.append(seq + [schema.PAD_ID] * (LEN - len(seq)))
     return np.asarray(out)
 
 
@@ -137,7 +139,7 @@ def _peaked_decoder():
     dec = _decoder(seed=3)
     dec.eval()
     bias = np.zeros(VOCAB, np.float32)
-    bias[records.EOS_ID] = 2.5
+    bias[schema.EOS_ID] = 2.5
     dec.head.bias[...] = dec.head.bias[...] + bias
     return dec
 
@@ -164,7 +166,7 @@ def _sequence_logp(dec, image, seq):
     total = 0.0
     for t in range(1, LEN):
         total += float(logp[t - 1, seq[t]])
-        if seq[t] == records.EOS_ID:
+        if seq[t] == schema.EOS_ID:
             break
     return total
 
@@ -192,7 +194,7 @@ class _WordTokenizer:
             def __init__(self, ids):
                 self.ids = ids
 
-        return [E([self.ids.get(w, records.UNK_ID) for w in t.lower().split()]) for t in texts]
+        return [E([self.ids.get(w, schema.UNK_ID) for w in t.lower().split()]) for t in texts]
 
     def encode(self, text, add_special_tokens=False):
         return self.encode_batch([text])[0]

@@ -24,8 +24,9 @@ from data_fixtures import save_camera_jpeg
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from xmodal import evaluate, qualitative, report, search
-from xmodal.inference import RetrievalModel, load_run_config, read_photo
+from xmodal.apps import gallery, qualitative, report, search
+from xmodal.apps.retrieval import RetrievalModel, read_photo
+from xmodal.data import info as data_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = {  # real photographs, loaded from files inside the installed packages
@@ -268,7 +269,7 @@ def test_prepare_train_eval_search_and_report_on_real_photos(tmp_path):
         "L converted to RGB": written["grayscale"],
         "rotated upright by EXIF orientation": 1,
     }
-    test_items = evaluate.split_metadata(
+    test_items = data_info.split_metadata(
         str(data),
         "test",
         fields=("id", "title", "ingredients", "instructions", "clean_ingredients", "images"),
@@ -304,15 +305,15 @@ def test_prepare_train_eval_search_and_report_on_real_photos(tmp_path):
 
     # ---- search, in this process (one JAX start-up): the test split as a gallery
     wd = str(workdir)
-    model = RetrievalModel(load_run_config(wd), wd)
+    model = RetrievalModel.from_workdir(wd)
 
-    def search_cli(*argv):  # `python -m xmodal.search ...` on the model restored above
+    def search_cli(*argv):  # `python -m xmodal.apps.search ...` on the model restored above
         return search.run([argv[0], f"--workdir={wd}", *argv[1:]], model=model)
 
     base = str(tmp_path / "index" / "test")
     os.makedirs(os.path.dirname(base))
     image_path, recipe_path = search_cli("index", "--split=test", f"--out={base}")
-    images, recipes = search.Gallery.load(image_path), search.Gallery.load(recipe_path)
+    images, recipes = gallery.Gallery.load(image_path), gallery.Gallery.load(recipe_path)
     assert images.kind == "image" and recipes.kind == "recipe" and images.step == 4
     assert [it["id"] for it in recipes.items] == [it["id"] for it in images.items] == test_ids
     for g in (images, recipes):

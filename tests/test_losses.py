@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmodal import losses
+from configs import common
+from xmodal.training import losses
 
 
 def _unit(x):
@@ -253,8 +254,6 @@ def test_classification_loss_matches_log_softmax_loop():
 
 
 def test_compute_losses_combines_class_aware_terms():
-    import ml_collections
-
     image, recipe = _embeddings(7, n=len(CLASSES))
     rng = np.random.default_rng(1)
     outputs = {
@@ -264,10 +263,10 @@ def test_compute_losses_combines_class_aware_terms():
         "image_logits": jnp.asarray(rng.normal(size=(len(CLASSES), 5))),
         "recipe_logits": jnp.asarray(rng.normal(size=(len(CLASSES), 5))),
     }
-    cfg = ml_collections.ConfigDict(
+    cfg = common.base_config("test").loss
+    cfg.update(
         dict(
             triplet=1.0,
-            margin=0.3,
             reduction="violating",
             recipe_ssl=0.0,
             semantic=0.3,
@@ -280,6 +279,7 @@ def test_compute_losses_combines_class_aware_terms():
             recipe_cls=0.2,
         )
     )
+    cfg.margin.start = 0.3
     total, metrics = losses.compute_losses(outputs, cfg)
     expected = (
         metrics["loss_triplet"]

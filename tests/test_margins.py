@@ -1,5 +1,5 @@
-"""Dynamic margins (xmodal.losses): each schedule against an independent formula, and the margin
-really reaching the triplet loss."""
+"""Dynamic margins (xmodal.training.losses): each schedule against an independent formula, and
+the margin really reaching the triplet loss."""
 
 import itertools
 
@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from xmodal import losses
+from configs import common
+from xmodal.training import losses
 
 
 def _unit(x):
@@ -32,9 +33,11 @@ def _active_share(q, c, margin):
 
 
 def _loss_config(**margin):
-    return ml_collections.ConfigDict(
-        dict(triplet=1.0, margin=margin, reduction="mean", recipe_ssl=0.0, cross_decoder=0.0)
-    )
+    """The schema's loss fields (configs/common.py), mean-reduced triplet only, this margin."""
+    c = common.base_config("test").loss
+    c.update(dict(triplet=1.0, reduction="mean"))
+    c.margin.update(margin)
+    return c
 
 
 def test_constant_margin_is_start_at_every_step():
@@ -102,10 +105,13 @@ def test_scheduled_margin_is_the_one_the_loss_uses():
     assert float(loss) != pytest.approx(float(other), rel=1e-3)
 
 
-def test_a_bare_number_reads_as_a_constant_margin_and_bad_kinds_are_refused():
+def test_a_bare_number_is_refused_and_bad_kinds_are_refused():
+    """loss.margin has one type (a dict); a bare number from an old config is a clear error."""
     img, rec = _embeddings(5)
     old = ml_collections.ConfigDict(dict(triplet=1.0, margin=0.2, reduction="mean", recipe_ssl=0))
-    _, m = losses.compute_losses({"image": img, "recipe": rec}, old)
+    with pytest.raises(TypeError, match=r"loss\.margin must be"):
+        losses.compute_losses({"image": img, "recipe": rec}, old)
+    _, m = losses.compute_losses({"image": img, "recipe": rec}, _loss_config(start=0.2))
     assert float(m["margin_i2r"]) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="unknown margin kind 'cosine'"):
         losses.compute_losses({"image": img, "recipe": rec}, _loss_config(kind="cosine", start=1))

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from configs import adamine, common, ht, je
-from xmodal import state as state_lib
-from xmodal import train
 from xmodal.data import info as data_info
 from xmodal.data import pipeline
+from xmodal.run import check_data
+from xmodal.training import loop as train
+from xmodal.training import state as state_lib
 
 STEPS = 150
 
@@ -79,6 +80,7 @@ def test_frozen_then_finetuned_backbone_in_one_compiled_update():
             weight_decay=0.1,
             grad_clip=1.0,
             freeze_image_steps=3,
+            mu_dtype="",
         )
     )
     params = {"image_encoder": {"w": jnp.ones((2, 2))}, "image_proj": {"w": jnp.ones((2, 2))}}
@@ -122,12 +124,12 @@ def test_class_head_must_match_the_dataset(tiny_data):
     config = je.get_config("tiny")
     config.model.num_classes = 7
     with pytest.raises(ValueError, match="num_classes"):
-        train.check_num_classes(config, data_info.load_info(tiny_data))
+        check_data(config, data_info.load_info(tiny_data), tiny_data)
 
 
 def test_cca_runs_from_the_config_and_writes_the_protocol(tiny_data, tmp_path):
     from configs import cca as cca_config
-    from xmodal import cca
+    from xmodal.baselines import cca
 
     config = cca_config.get_config("tiny")
     config.data.dir = tiny_data

@@ -11,11 +11,12 @@ import jax
 import pytest
 
 from configs import adamine, ht, je, tnlbt
-from xmodal import state as state_lib
-from xmodal import train
 from xmodal.data import pipeline
 from xmodal.models.dual_encoder import abstract_model
 from xmodal.models.layers import count_params
+from xmodal.run import decoder_trains
+from xmodal.training import loop as train
+from xmodal.training import state as state_lib
 
 RESNET50_NO_FC = 23_508_032  # torchvision resnet50: 25,557,032 with its 1000-way fc
 VIT_B16 = 85_798_656  # timm vit_base_patch16_224 without its head (~86M)
@@ -33,7 +34,7 @@ PAPER_PRESETS = [
 
 
 def _abstract_batch(config, batch=2):
-    decoder = config.data.max_decoder_tokens if train.decoder_enabled(config) else 0
+    decoder = config.data.max_decoder_tokens if decoder_trains(config) else 0
     host = pipeline.random_batch(config.data, batch, VOCAB, decoder_tokens=decoder)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
 
@@ -51,7 +52,7 @@ def test_paper_preset_builds_and_traces_a_step(module, arg, image_params, trace)
     graphdef, abstract, tx = state_lib.abstract_train_state(config, VOCAB)
     step = train.make_train_step(graphdef, tx, config)
     new_state, metrics = jax.eval_shape(step, abstract, _abstract_batch(config))
-    if train.decoder_enabled(config):  # TNLBT b16: the cross decoder is in the traced step
+    if decoder_trains(config):  # TNLBT b16: the cross decoder is in the traced step
         assert "loss_cross_decoder" in metrics
     assert metrics["loss"].shape == () and new_state.step.dtype == abstract.step.dtype
     assert jax.tree.structure(new_state) == jax.tree.structure(abstract)

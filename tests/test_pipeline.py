@@ -2,12 +2,12 @@
 
 import io
 
-import ml_collections
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
+from configs import common
 from xmodal.data import pipeline, records
 
 
@@ -45,7 +45,8 @@ def data_dir(tmp_path):
 
 
 def _config(**overrides):
-    c = ml_collections.ConfigDict(
+    c = common.base_config("test").data
+    c.update(
         dict(
             image_size=16,
             max_title_tokens=4,

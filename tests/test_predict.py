@@ -1,6 +1,7 @@
-"""Photo -> ingredients (xmodal.predict) on a trained tiny checkpoint, ingredient P/R/F1, and the
-extra text-only training batches (xmodal.data.pipeline / xmodal.train)."""
+"""Photo -> ingredients (xmodal.apps.predict) on a trained tiny checkpoint, ingredient P/R/F1,
+and the extra text-only training batches (xmodal.data.pipeline / xmodal.training.loop)."""
 
+import dataclasses
 import itertools
 import json
 import os
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from xmodal import predict, train
-from xmodal.data import pipeline, records
-from xmodal.models.dual_encoder import TEXT_ONLY_PREFIX
+from xmodal.apps import predict
+from xmodal.data import pipeline, records, schema
+from xmodal.data.schema import TEXT_ONLY_PREFIX
+from xmodal.run import Run, check_config
+from xmodal.training import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +28,7 @@ def decoder_run(trained, tiny_data, tmp_path_factory):
     config, workdir, _ = trained
     if config.model.cross_decoder.enabled and config.loss.cross_decoder:
         return config, workdir
-    from xmodal.train import train_and_evaluate
+    from xmodal.training.loop import train_and_evaluate
 
     workdir = str(tmp_path_factory.mktemp("decoder_run"))
     config = tiny_config(
@@ -98,7 +101,7 @@ def test_predictor_python_api_and_bad_images(decoder_run, tmp_path):
         assert set(o) == {"ingredients", "title"}
         assert isinstance(o["title"], str) and all(isinstance(x, str) for x in o["ingredients"])
     ids = p.predict_ids(pair)
-    assert ids.shape == (2, config.data.max_decoder_tokens) and (ids[:, 0] == records.BOS_ID).all()
+    assert ids.shape == (2, config.data.max_decoder_tokens) and (ids[:, 0] == schema.BOS_ID).all()
     bad = tmp_path / "not_a_photo.jpg"
     bad.write_bytes(b"hello")
     with pytest.raises(ValueError, match=r"cannot read .* as an image"):
@@ -114,7 +117,7 @@ def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "xmodal.predict",
+        "xmodal.apps.predict",
         "--config=configs/tnlbt.py:tiny",
         f"--config.data.dir={config.data.dir}",
         f"--workdir={workdir}",
@@ -139,10 +142,11 @@ def test_text_only_batches_resume_where_they_were(tiny_data):
     config = tiny_config(tiny_data, **{"train.text_only_batch_size": 8})
     with open(os.path.join(tiny_data, records.DATASET_INFO)) as f:
         info = json.load(f)
-    from xmodal import sharding
+    from xmodal.training import sharding
 
-    mesh = sharding.make_mesh()
-    make = lambda: train.train_iterator(tiny_data, config, info, 16, mesh)
+    run = Run.create(config, "", mesh=sharding.make_mesh())
+    assert run.info == info
+    make = lambda: train.train_iterator(run)
     it = make()
     assert isinstance(it, pipeline.ZipIterator)
     first = next(it)
@@ -162,12 +166,12 @@ def test_text_only_batches_resume_where_they_were(tiny_data):
 def test_text_only_batches_need_the_split(tiny_data, tmp_path):
     config = tiny_config(tiny_data, **{"train.text_only_batch_size": 8})
     info = {"splits": {"train": {"recipes": 10}}, "vocab_size": 10}
-    from xmodal import sharding
 
+    run = dataclasses.replace(Run.create(config, str(tmp_path)), info=info)
     with pytest.raises(ValueError, match="has no 'train_text' split"):
-        train.train_iterator(tiny_data, config, info, 16, sharding.make_mesh())
+        train.train_iterator(run)
     off = tiny_config(
         tiny_data, **{"loss.cross_decoder": 1.0, "model.cross_decoder.enabled": False}
     )
     with pytest.raises(ValueError, match=r"model\.cross_decoder\.enabled is False"):
-        train.decoder_enabled(off)
+        check_config(off)

@@ -15,19 +15,23 @@ from conftest import tiny_config
 from data_fixtures import save_camera_jpeg
 from PIL import Image
 
-from xmodal import checkpointing, evaluate, qualitative, report, search
-from xmodal.inference import RetrievalModel
+from xmodal import evaluate
+from xmodal.apps import gallery, qualitative, report, search
+from xmodal.apps.retrieval import RetrievalModel
+from xmodal.data import info as data_info
+from xmodal.run import CONFIG_FILE
+from xmodal.training import checkpointing
 
 
 @pytest.fixture(scope="module")
 def model(trained):
     config, workdir, _ = trained
-    return RetrievalModel(config, workdir)
+    return RetrievalModel.from_workdir(workdir, config)
 
 
 @pytest.fixture(scope="module")
 def galleries(model):
-    return search.split_galleries(model, "test")
+    return gallery.split_galleries(model, "test")
 
 
 def test_exact_search_matches_numpy_and_approx_recall():
@@ -35,19 +39,19 @@ def test_exact_search_matches_numpy_and_approx_recall():
     g = rng.normal(size=(3000, 32)).astype(np.float32)
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     q = g[:20] + 0.1 * rng.normal(size=(20, 32)).astype(np.float32)
-    scores, idx = search.ExactSearch(g).search(q, 10)
+    scores, idx = gallery.ExactSearch(g).search(q, 10)
     want = np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(idx, want)
     np.testing.assert_allclose(scores, np.take_along_axis(q @ g.T, want, 1), rtol=1e-5)
-    _, approx = search.ApproxIndex(g).search(q, 10, ef_search=128)
-    assert search.recall_at_k(approx, idx) >= 0.9
+    _, approx = gallery.ApproxIndex(g).search(q, 10, ef_search=128)
+    assert gallery.recall_at_k(approx, idx) >= 0.9
 
 
 def test_split_gallery_search_finds_true_pairs_like_the_protocol(model, galleries):
     image, recipe = galleries
     assert len(image.items) == len(recipe.items) > 0
     ranks = evaluate.retrieval_ranks(image.embeddings, recipe.embeddings)
-    hits = search.top_k(recipe, image.embeddings, k=5)
+    hits = gallery.top_k(recipe, image.embeddings, k=5)
     found = np.array([any(h["row"] == i for h in row) for i, row in enumerate(hits)])
     np.testing.assert_array_equal(found, ranks <= 5)
     assert {"id", "title", "ingredients"} <= set(hits[0][0])
@@ -73,10 +77,10 @@ def test_photo_folder_gallery_and_queries(model, galleries, tmp_path):
     _photo(folder / "portrait.JPG", (2000, 1500), rotate_exif=True, seed=2)
     _photo(folder / "small.jpeg", (240, 320), seed=3)
     (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
-    g = search.photo_gallery(model, str(tmp_path / "photos"))
+    g = gallery.photo_gallery(model, str(tmp_path / "photos"))
     assert len(g.items) == 3 and len(g.skipped) == 1 and "broken.jpg" in g.skipped[0]["path"]
     path = g.save(str(tmp_path / "photos.npz"))
-    again = search.Gallery.load(path)
+    again = gallery.Gallery.load(path)
     np.testing.assert_array_equal(again.embeddings, g.embeddings)
     # Same photo file twice (once loaded through the gallery) -> same embedding.
     row = [it["title"] for it in g.items].index("small.jpeg")
@@ -84,7 +88,7 @@ def test_photo_folder_gallery_and_queries(model, galleries, tmp_path):
         model.embed_photos([str(folder / "small.jpeg")])[0], g.embeddings[row], atol=1e-5
     )
     _, recipe = galleries
-    hits = search.top_k(recipe, model.embed_photos([str(folder / "portrait.JPG")]), k=3)[0]
+    hits = gallery.top_k(recipe, model.embed_photos([str(folder / "portrait.JPG")]), k=3)[0]
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[2]["score"]
 
 
@@ -157,11 +161,11 @@ def test_eval_named_step_embed_and_clear_errors(trained, tmp_path):
         evaluate.evaluate_checkpoint(config, workdir, which=999)
     path = evaluate.embed_checkpoint(config, workdir, which="latest")
     with np.load(path) as f:
-        ids = [m["id"] for m in evaluate.split_metadata(config.data.dir, "test")]
+        ids = [m["id"] for m in data_info.split_metadata(config.data.dir, "test")]
         assert list(f["ids"]) == ids and f["image"].shape == f["recipe"].shape
         np.testing.assert_allclose(np.linalg.norm(f["image"], axis=1), 1, rtol=1e-5)
     # A checkpoint of another model in a workdir without config.json: a clear error.
-    os.remove(os.path.join(workdir, checkpointing.CONFIG_FILE))
+    os.remove(os.path.join(workdir, CONFIG_FILE))
     other = tiny_config(config.data.dir, **{"model.embed_dim": 32})
     pattern = (
         r"(?s)does not fit this model.*"

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from step_fixtures import VOCAB, micro_config, random_batch
 
-from xmodal import losses, perf, sharding
-from xmodal import state as state_lib
-from xmodal.train import compile_train_step
+from xmodal import perf
+from xmodal.training import losses, sharding
+from xmodal.training import state as state_lib
+from xmodal.training.loop import compile_train_step
 
 # pytest-xdist: one worker builds the single-device reference.
 pytestmark = pytest.mark.xdist_group("sharding")
@@ -19,8 +20,8 @@ STEPS = 2
 def run_steps(config, num_devices, batches):
     """Fresh state on a mesh of `num_devices`, `len(batches)` steps: (state, metrics, step_fn)."""
     mesh = sharding.make_mesh(num_devices)
-    graphdef, state, tx = state_lib.sharded_init(config, VOCAB, mesh)
-    shardings = state_lib.state_shardings(state, mesh, **state_lib.fsdp_options(config))
+    layout = state_lib.StateLayout.create(config, VOCAB, mesh)
+    graphdef, state, tx, shardings = layout.graphdef, layout.init(), layout.tx, layout.shardings
     step_fn = compile_train_step(graphdef, tx, config, shardings, mesh)
     metrics, compiles = [], []
     for host in batches:
@@ -97,7 +98,8 @@ def test_similarity_matrix_spans_the_global_batch(batches):
     of per-device losses (2 pairs each): negatives cross device boundaries."""
     config = micro_config()
     mesh = sharding.make_mesh(8)
-    graphdef, state, _ = state_lib.sharded_init(config, VOCAB, mesh)
+    layout = state_lib.StateLayout.create(config, VOCAB, mesh)
+    graphdef, state = layout.graphdef, layout.init()
     from flax import nnx
 
     def embed_and_loss(params, batch):

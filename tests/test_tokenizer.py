@@ -1,4 +1,4 @@
-from xmodal.data import records, tokenizer
+from xmodal.data import records, schema, tokenizer
 
 TEXTS = ["Grilled Chicken, and Red Pepper!", "grilled chicken salad", "Bake 10 minutes at 350°F."]
 
@@ -13,22 +13,22 @@ def test_lowercase_and_punctuation_split():
 def test_min_count_maps_rare_words_to_unk():
     tok = tokenizer.build_tokenizer(TEXTS, min_count=2)
     ids = tokenizer.encode(tok, "grilled red pepper", 10)
-    assert ids[0] == tok.token_to_id("grilled") and ids[0] > records.EOS_ID
-    assert ids[1:] == [records.UNK_ID, records.UNK_ID]  # seen once each
-    assert tokenizer.encode(tok, "zebra", 5) == [records.UNK_ID]
+    assert ids[0] == tok.token_to_id("grilled") and ids[0] > schema.EOS_ID
+    assert ids[1:] == [schema.UNK_ID, schema.UNK_ID]  # seen once each
+    assert tokenizer.encode(tok, "zebra", 5) == [schema.UNK_ID]
 
 
 def test_special_ids_match_records():
     tok = tokenizer.build_tokenizer(TEXTS, min_count=1)
     assert [tok.token_to_id(t) for t in tokenizer.SPECIAL_TOKENS] == [
-        records.PAD_ID,
-        records.UNK_ID,
-        records.BOS_ID,
-        records.EOS_ID,
+        schema.PAD_ID,
+        schema.UNK_ID,
+        schema.BOS_ID,
+        schema.EOS_ID,
     ]
     # framing ids are dropped on decode, unknown words stay visible
     word = tok.token_to_id("salad")
-    assert tokenizer.decode(tok, [records.BOS_ID, word, records.UNK_ID, records.EOS_ID, 0]) == (
+    assert tokenizer.decode(tok, [schema.BOS_ID, word, schema.UNK_ID, schema.EOS_ID, 0]) == (
         "salad [UNK]"
     )
 

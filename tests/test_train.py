@@ -13,8 +13,9 @@ import pytest
 from conftest import tiny_config
 
 from configs import tnlbt
-from xmodal import checkpointing, evaluate, sharding
-from xmodal.metrics import read_metrics
+from xmodal import evaluate
+from xmodal.training import checkpointing, sharding
+from xmodal.training.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +31,7 @@ def test_run_writes_metrics_checkpoints_config_and_eval(trained):
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     saved = _read_json(workdir, "config.json")
     assert saved["model"]["vit"]["width"] == config.model.vit.width
-    assert saved["data"]["resolved_dir"] == config.data.dir
+    assert saved["run"]["data_dir"] == config.data.dir
 
     manager = checkpointing.make_manager(workdir, read_only=True)
     assert manager.latest_step() == 30
@@ -91,7 +92,7 @@ def _main(workdir, data_dir, *extra):
 
 
 def _final_params(workdir, config):
-    from xmodal import state as state_lib
+    from xmodal.training import state as state_lib
 
     config.train.num_steps = 40
     _, abstract, _ = state_lib.abstract_train_state(config, _vocab(config.data.dir))

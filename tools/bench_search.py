@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from xmodal import search
+from xmodal.apps import gallery
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     q = q + 0.3 * rng.normal(size=q.shape).astype(np.float32) / np.sqrt(args.dim)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
 
-    exact = search.ExactSearch(g)
+    exact = gallery.ExactSearch(g)
     exact.search(q[:1], args.k)  # compile
     t = time.perf_counter()
     _, truth = exact.search(q, args.k)
@@ -47,7 +47,7 @@ def main() -> None:
     print(f"exact   : {single_ms:8.2f} ms/query one at a time, {batch_ms:6.2f} ms/query batched")
 
     t = time.perf_counter()
-    index = search.ApproxIndex(g, m=args.m, ef_construction=args.ef_construction)
+    index = gallery.ApproxIndex(g, m=args.m, ef_construction=args.ef_construction)
     print(
         f"hnsw    : built in {time.perf_counter() - t:.1f} s (M={args.m}, "
         f"efConstruction={args.ef_construction})"
@@ -57,7 +57,7 @@ def main() -> None:
         t = time.perf_counter()
         found = np.concatenate([index.search(x[None], args.k, ef_search=ef)[1] for x in q])
         ms = 1e3 * (time.perf_counter() - t) / args.queries
-        rec = search.recall_at_k(found, truth)
+        rec = gallery.recall_at_k(found, truth)
         print(f"hnsw ef={ef:<4}: recall@{args.k} {rec:.3f}  {ms:6.2f} ms/query one at a time")
 
 

@@ -29,10 +29,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from xmodal import perf, sharding, train
-from xmodal import state as state_lib
+from xmodal import perf
 from xmodal.data import info as data_info
 from xmodal.data import pipeline
+from xmodal.run import Run, decoder_trains
+from xmodal.training import loop as train
+from xmodal.training import sharding
+from xmodal.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _MODE = flags.DEFINE_enum("mode", "synthetic", ["synthetic", "pipeline"], "Input source.")
@@ -56,7 +59,7 @@ def synthetic_batch(config: Any, vocab_size: int, mesh: jax.sharding.Mesh) -> di
     d, b = config.data, config.train.batch_size
 
     int_shapes = pipeline.TextLimits.from_config(d).shapes(b)
-    if train.decoder_enabled(config):  # without targets the model skips the cross decoder
+    if decoder_trains(config):  # without targets the model skips the cross decoder
         int_shapes["decoder_tokens"] = (b, d.max_decoder_tokens)
 
     def make(key):
@@ -84,10 +87,9 @@ def peak_memory(devices: list[jax.Device]) -> int | None:
 
 
 def training_batches(config: Any, data_dir: str, mesh: jax.sharding.Mesh) -> Any:
-    """The host batches training reads (`train.train_iterator`: decoder targets when the decoder
+    """The host batches training reads (`loop.train_iterator`: decoder targets when the decoder
     trains, text-only batches when configured), so the benchmark feeds the step it measures."""
-    info = data_info.load_info(data_dir)
-    return train.train_iterator(data_dir, config, info, config.train.batch_size, mesh)
+    return train.train_iterator(Run.create(config, "", mesh=mesh, data_dir=data_dir))
 
 
 def host_pipeline_rate(config: Any, data_dir: str, mesh: jax.sharding.Mesh, batches: int) -> float:
@@ -117,8 +119,8 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
         first = synthetic_batch(config, vocab, mesh)
         next_batch = lambda: first
 
-    graphdef, state, tx = state_lib.sharded_init(config, vocab, mesh)
-    shardings = state_lib.state_shardings(state, mesh, **state_lib.fsdp_options(config))
+    layout = state_lib.StateLayout.create(config, vocab, mesh)
+    graphdef, state, tx, shardings = layout.graphdef, layout.init(), layout.tx, layout.shardings
     jitted = jax.jit(
         train.make_train_step(graphdef, tx, config),
         in_shardings=(shardings, sharding.batch_sharding(mesh)),
@@ -224,10 +226,10 @@ def main(argv: list[str]) -> None:
         "mode": _MODE.value,
         "batch_size": config.train.batch_size,
         "dtype": config.model.dtype,
-        "attention": config.model.get("attention", "auto"),
-        "remat": config.model.get("remat", "none"),
-        "fsdp": config.train.get("fsdp", False),
-        "grad_accum_steps": config.train.get("grad_accum_steps", 1),
+        "attention": config.model.attention,
+        "remat": config.model.remat,
+        "fsdp": config.train.fsdp,
+        "grad_accum_steps": config.train.grad_accum_steps,
         "steps": _STEPS.value,
         "jax": jax.__version__,
         "argv": sys.argv,

@@ -11,7 +11,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from xmodal import cca, sharding
+from xmodal.baselines import cca
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cca.py", "CCA config[:preset].")
 _DIMS = flags.DEFINE_list("dims", ["16", "64", "256", "1024"], "Latent dimensions to try.")
@@ -21,10 +21,7 @@ _OUT = flags.DEFINE_string("out", "cca_sweep.json", "Where the JSON results go."
 def main(argv: list[str]) -> None:
     del argv
     config = _CONFIG.value
-    fconfig = cca.feature_config(config)
-    extractor = cca.FeatureExtractor(fconfig, config.cca.features_from, sharding.make_mesh())
-    train = extractor.split("train", limit=config.cca.max_train_pairs or None)
-    test = extractor.split(config.eval.split)
+    _, _, train, test = cca.extract_features(config, "")
     rows = []
     for text in config.cca.texts:
         width = min(train["image"].shape[1], cca.text_features(train, text).shape[1])

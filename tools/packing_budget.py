@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from xmodal.data import info as data_info
-from xmodal.data import pipeline, records
+from xmodal.data import pipeline, records, schema
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _SPLIT = flags.DEFINE_string("split", "train", "Prepared split to read.")
@@ -41,7 +41,7 @@ def line_lengths(data_dir: str, split: str, data_config: Any) -> dict[str, np.nd
     for i in range(len(source)):
         feats = pipeline.text_features(records.decode_record(source[i]), limits)
         for c in COMPONENTS:
-            rows[c].append(np.sum(feats[c] != records.PAD_ID, axis=-1))
+            rows[c].append(np.sum(feats[c] != schema.PAD_ID, axis=-1))
     return {c: np.stack(r) for c, r in rows.items()}
 
 

@@ -25,10 +25,11 @@ from absl import app, flags
 from flax import nnx
 
 from configs import adamine, ht, je, tnlbt
-from xmodal import state as state_lib
-from xmodal import train
 from xmodal.data import pipeline
 from xmodal.models.layers import count_params
+from xmodal.run import decoder_trains
+from xmodal.training import loop as train
+from xmodal.training import state as state_lib
 
 PRESETS = [
     ("tnlbt", tnlbt, "b16"),
@@ -52,7 +53,7 @@ def run_one_step(config, batch_size: int) -> dict[str, float]:
     model = nnx.merge(graphdef, state.params, state.model_state)
     image_params, total_params = count_params(model.image_encoder), count_params(model)
     before = jax.tree.map(np.asarray, state.params["recipe_encoder"])
-    decoder = config.data.max_decoder_tokens if train.decoder_enabled(config) else 0
+    decoder = config.data.max_decoder_tokens if decoder_trains(config) else 0
     host = pipeline.random_batch(config.data, batch_size, VOCAB, decoder_tokens=decoder)
     batch = {k: jnp.asarray(v) for k, v in host.items()}
     t1 = time.perf_counter()

@@ -142,7 +142,7 @@ class DualEncoder(nn.Module):
             config.data.image_size, v.patch_size, v.width, v.depth, v.num_heads, v.mlp_dim
         )
         self.recipe_encoder = HierarchicalRecipeEncoder(
-            vocab_size, t.width, t.depth, t.num_heads, t.mlp_dim, t.get("dropout", 0.1)
+            vocab_size, t.width, t.depth, t.num_heads, t.mlp_dim, t.dropout
         )
         self.image_proj = nn.Linear(v.width, d)
         self.recipe_proj = nn.Linear(t.width, d)
@@ -170,7 +170,7 @@ class DualEncoder(nn.Module):
 
 
 def triplet_loss(q: torch.Tensor, c: torch.Tensor, margin: float) -> torch.Tensor:
-    """In-batch triplet costs reduced over violating triplets (xmodal.losses, 'violating')."""
+    """In-batch triplet costs reduced over violating triplets (training.losses, 'violating')."""
     sims = q @ c.T
     costs = (margin + sims - sims.diagonal()[:, None]).clamp(min=0)
     costs = costs.masked_fill(torch.eye(len(q), dtype=torch.bool, device=q.device), 0.0)

@@ -17,17 +17,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from xmodal import checkpointing, sharding
-from xmodal import state as state_lib
 from xmodal.data import info as data_info
-from xmodal.data import pipeline, records
+from xmodal.data.schema import DIRECTIONS, IMAGE_TO_RECIPE, RECIPE_TO_IMAGE
+from xmodal.run import Run
 
 RECALL_AT = (1, 5, 10)
-DIRECTIONS = ("image_to_recipe", "recipe_to_image")
 RANK_CHUNK = 16384  # most queries ranked per device call
 # Most similarities held on the device at once (f32 + a bool mask: ~5 bytes each, 640 MB): a
 # 10k x 10k bag is ranked in one call; larger galleries are ranked in row blocks of this size.
@@ -110,8 +106,8 @@ def bag_metrics(
         for _ in range(count):
             idx = rng.choice(n, size=size, replace=False)
             img, rec = image[idx], recipe[idx]
-            per_bag["image_to_recipe"].append(rank_metrics(retrieval_ranks(img, rec)))
-            per_bag["recipe_to_image"].append(rank_metrics(retrieval_ranks(rec, img)))
+            per_bag[IMAGE_TO_RECIPE].append(rank_metrics(retrieval_ranks(img, rec)))
+            per_bag[RECIPE_TO_IMAGE].append(rank_metrics(retrieval_ranks(rec, img)))
         for d in DIRECTIONS:
             out[d][bag_label(size)] = {
                 m: {
@@ -122,8 +118,8 @@ def bag_metrics(
             }
     if full and n > 0:
         for d, (a, b) in (
-            ("image_to_recipe", (image, recipe)),
-            ("recipe_to_image", (recipe, image)),
+            (IMAGE_TO_RECIPE, (image, recipe)),
+            (RECIPE_TO_IMAGE, (recipe, image)),
         ):
             whole = rank_metrics(retrieval_ranks(a, b))
             out[d][FULL_SPLIT] = {m: {"mean": v, "std": 0.0} for m, v in whole.items()}
@@ -145,112 +141,12 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-class Embedder:
-    """Embeds a split with the model in eval mode, batch-sharded over every device."""
-
-    def __init__(self, graphdef: Any, mesh: Mesh):
-        self.mesh = mesh
-
-        def embed(params: Any, model_state: Any, batch: dict[str, jax.Array]):
-            model = nnx.merge(graphdef, params, model_state)
-            model.eval()
-            image = model.embed_image(batch["image"])
-            recipe = model.embed_recipe(batch["title"], batch["ingredients"], batch["instructions"])
-            return image, recipe
-
-        rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-        self._embed = jax.jit(embed, in_shardings=(rep, rep, data), out_shardings=(data, data))
-
-    def embed_split(
-        self, state: Any, data_dir: str, split: str, config: Any, *, limit: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(image, recipe) embeddings of the first `limit` pairs of `split`, in record order."""
-        local_batch = sharding.check_batch_size(config.eval.batch_size, self.mesh)
-        ds, n = pipeline.eval_dataset(
-            data_dir,
-            split,
-            config.data,
-            batch_size=local_batch,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            limit=limit,
-        )
-        images, recipes, indices = [], [], []
-        for batch in sharding.DevicePrefetcher(iter(ds), self.mesh, config.data.prefetch):
-            image, recipe = self._embed(state.params, state.model_state, batch)
-            image, recipe, index, valid = (
-                multihost_utils.process_allgather(x, tiled=True)
-                for x in (image, recipe, batch["index"], batch["valid"])
-            )
-            images.append(image[valid])
-            recipes.append(recipe[valid])
-            indices.append(index[valid])
-        order = np.argsort(np.concatenate(indices), kind="stable")
-        image_emb = np.concatenate(images)[order]
-        recipe_emb = np.concatenate(recipes)[order]
-        if len(image_emb) != n:
-            raise RuntimeError(f"embedded {len(image_emb)} pairs of {split!r}, expected {n}")
-        return image_emb, recipe_emb
-
-
-def restore_for_inference(
-    config: Any, workdir: str, *, which: str | int | None = None, mesh: Mesh | None = None
-) -> tuple[Any, Any, str, dict[str, Any]]:
-    """(graphdef, state, data_dir, dataset info) of a checkpoint of WORKDIR (best | latest |
-    step), restored onto the devices of `mesh` (any count); clear errors for a missing step or
-    a checkpoint of another model."""
-    mesh = mesh or sharding.make_mesh()
-    data_dir = data_info.resolve_data_dir(config.data)
-    info = data_info.load_info(data_dir)
-    checkpointing.check_compatible(workdir, config)
-    graphdef, abstract, _ = state_lib.abstract_train_state(config, info["vocab_size"])
-    manager = checkpointing.make_manager(workdir, read_only=True)
-    try:
-        step = checkpointing.select_step(manager, which or config.eval.checkpoint)
-        target = state_lib.with_shardings(abstract, state_lib.state_shardings(abstract, mesh))
-        state = checkpointing.restore(manager, step, target)
-    finally:
-        manager.close()
-    return graphdef, state, data_dir, info
-
-
-def split_metadata(
-    data_dir: str, split: str, *, limit: int | None = None, fields: Sequence[str] = ("id",)
-) -> list[dict[str, Any]]:
-    """`fields` of the first `limit` records of `split`, in record order (the order of
-    `Embedder.embed_split`). Reads the records without decoding any photo."""
-    source = pipeline.open_split(data_dir, split)
-    n = len(source) if limit is None else min(limit, len(source))
-    out = []
-    for start in range(0, n, 1024):
-        for data in source.__getitems__(list(range(start, min(n, start + 1024)))):
-            rec = records.decode_record(data)
-            out.append({f: rec[f] for f in fields})
-    return out
-
-
-def evaluate_checkpoint(
-    config: Any,
-    workdir: str,
-    *,
-    split: str | None = None,
-    which: str | int | None = None,
-    state: Any = None,
-    mesh: Mesh | None = None,
-) -> dict[str, Any]:
-    """Embed `split` with a checkpoint of WORKDIR (or the given in-memory `state`), score it with
-    the bag protocol, write WORKDIR/eval_<split>.json and print a table."""
+def evaluate_state(run: Run, state: Any, *, split: str | None = None) -> dict[str, Any]:
+    """Embed `split` with `state`, score it with the bag protocol, write
+    WORKDIR/eval_<split>.json (process 0) and print a table."""
+    config = run.config
     split = split or config.eval.split
-    mesh = mesh or sharding.make_mesh()
-    if state is None:
-        graphdef, state, data_dir, _ = restore_for_inference(
-            config, workdir, which=which, mesh=mesh
-        )
-    else:
-        data_dir = data_info.resolve_data_dir(config.data)
-        info = data_info.load_info(data_dir)
-        graphdef, _, _ = state_lib.abstract_train_state(config, info["vocab_size"])
-    image, recipe = Embedder(graphdef, mesh).embed_split(state, data_dir, split, config)
+    image, recipe = run.embed_split(state, split)
     results = {
         "step": int(state.step),
         "split": split,
@@ -261,15 +157,29 @@ def evaluate_checkpoint(
             bag_sizes=tuple(config.eval.bag_sizes),
             num_bags=tuple(config.eval.num_bags),
             seed=config.eval.seed,
-            full=config.eval.get("full_split", True),
+            full=config.eval.full_split,
         ),
     }
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
+        os.makedirs(run.workdir, exist_ok=True)
+        with open(os.path.join(run.workdir, f"eval_{split}.json"), "w") as f:
             json.dump(results, f, indent=2)
         print(format_table(results))
     return results
+
+
+def evaluate_checkpoint(
+    config: Any,
+    workdir: str,
+    *,
+    split: str | None = None,
+    which: str | int | None = None,
+    mesh: Mesh | None = None,
+) -> dict[str, Any]:
+    """`--mode=eval`: restore a checkpoint of WORKDIR (best | latest | step) onto the devices
+    of `mesh` (default: all) and score `split` (`evaluate_state`)."""
+    run = Run.from_workdir(workdir, config, mesh=mesh)
+    return evaluate_state(run, run.restore(which), split=split)
 
 
 def embed_checkpoint(
@@ -280,14 +190,14 @@ def embed_checkpoint(
     which: str | int | None = None,
     mesh: Mesh | None = None,
 ) -> str:
-    """Write WORKDIR/embeddings_<split>.npz: `image` and `recipe` [N, D] float32 (unit norm, row
-    i of both is pair i), `ids` [N] recipe ids (str), `step`, `split`. Plain NumPy: load with
-    `np.load(path)` anywhere, no project code needed."""
+    """`--mode=embed`: write WORKDIR/embeddings_<split>.npz: `image` and `recipe` [N, D] float32
+    (unit norm, row i of both is pair i), `ids` [N] recipe ids (str), `step`, `split`. Plain
+    NumPy: load with `np.load(path)` anywhere, no project code needed."""
+    run = Run.from_workdir(workdir, config, mesh=mesh)
     split = split or config.eval.split
-    mesh = mesh or sharding.make_mesh()
-    graphdef, state, data_dir, _ = restore_for_inference(config, workdir, which=which, mesh=mesh)
-    image, recipe = Embedder(graphdef, mesh).embed_split(state, data_dir, split, config)
-    ids = np.array([m["id"] for m in split_metadata(data_dir, split)], dtype=np.str_)
+    state = run.restore(which)
+    image, recipe = run.embed_split(state, split)
+    ids = np.array([m["id"] for m in data_info.split_metadata(run.data_dir, split)], np.str_)
     path = os.path.join(workdir, f"embeddings_{split}.npz")
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)

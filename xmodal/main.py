@@ -58,11 +58,11 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)
     if config.method == "cca":  # closed form: fit and evaluate in one go, no training loop
-        from xmodal import cca
+        from xmodal.baselines import cca
 
         cca.run(config, workdir)
     elif _MODE.value == "train":
-        from xmodal.train import train_and_evaluate
+        from xmodal.training.loop import train_and_evaluate
 
         train_and_evaluate(config, workdir)
     elif _MODE.value == "eval":

@@ -69,14 +69,14 @@ def train_flops_per_example(config: Any, batch_size: int | None = None) -> dict[
 
     recipe_fwd = pooled(d.max_title_tokens)
     recipe_fwd += lines(
-        d.max_ingredient_tokens, d.max_ingredients, text.get("packed_ingredient_tokens", 0)
+        d.max_ingredient_tokens, d.max_ingredients, text.packed_ingredient_tokens
     )
     recipe_fwd += lines(
-        d.max_instruction_tokens, d.max_instructions, text.get("packed_instruction_tokens", 0)
+        d.max_instruction_tokens, d.max_instructions, text.packed_instruction_tokens
     )
     recipe_fwd += 2.0 * 3 * text.width * text.width  # merge of the three components
 
-    ssl_heads = 6 * (2 if m.get("ssl_head", "linear") == "mlp" else 1)
+    ssl_heads = 6 * (2 if m.ssl_head == "mlp" else 1)
     heads_fwd = 2.0 * (vit.width + text.width) * m.embed_dim
     heads_fwd += 2.0 * ssl_heads * text.width * text.width
     # Similarities: image<->recipe (B x D, both directions) and six SSL pairs (B x text.width).

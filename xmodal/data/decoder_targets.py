@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from xmodal.data import records
+from xmodal.data import schema
 from xmodal.data import tokenizer as tokenizer_lib
 
 EXTRA_TOKENS = 2  # <ing>, <title>
@@ -49,15 +49,15 @@ def encode_target(
         raise ValueError(f"decoder target length must be >= 3 (BOS, EOS, a token), got {length}")
     texts = [t for t in clean_ingredients if t.strip()]
     encoded = tokenizer_lib.encode_batch(tok, [*texts, title], length)
-    ids: list[int] = [records.BOS_ID]
+    ids: list[int] = [schema.BOS_ID]
     for i, words in enumerate(encoded[:-1]):
         if i:
             ids.append(ingredient_sep(vocab_size))
         ids.extend(words)
     ids.append(title_sep(vocab_size))
     ids.extend(encoded[-1])
-    ids = [*ids[: length - 1], records.EOS_ID]
-    out = np.full((length,), records.PAD_ID, np.int32)
+    ids = [*ids[: length - 1], schema.EOS_ID]
+    out = np.full((length,), schema.PAD_ID, np.int32)
     out[: len(ids)] = ids
     return out
 
@@ -68,9 +68,9 @@ def decode_target(tok: Any, ids: Sequence[int], *, vocab_size: int) -> dict[str,
     title: list[int] = []
     in_title = False
     for i in (int(x) for x in ids):
-        if i == records.EOS_ID:
+        if i == schema.EOS_ID:
             break
-        if i in (records.PAD_ID, records.BOS_ID):
+        if i in (schema.PAD_ID, schema.BOS_ID):
             continue
         if i == title_sep(vocab_size):
             in_title = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from xmodal.data import records
@@ -48,3 +49,21 @@ def resolve_data_dir(data_config: Any) -> str:
 
 def split_size(info: dict[str, Any], split: str) -> int:
     return int(info["splits"].get(split, {}).get("recipes", 0))
+
+
+def split_metadata(
+    data_dir: str, split: str, *, limit: int | None = None, fields: Sequence[str] = ("id",)
+) -> list[dict[str, Any]]:
+    """`fields` of the first `limit` records of `split`, in record order (the order in which
+    `xmodal.training.embed.Embedder` returns a split). Reads the records without decoding any
+    photo."""
+    from xmodal.data import pipeline  # deferred: pipeline imports Grain
+
+    source = pipeline.open_split(data_dir, split)
+    n = len(source) if limit is None else min(limit, len(source))
+    out = []
+    for start in range(0, n, 1024):
+        for data in source.__getitems__(list(range(start, min(n, start + 1024)))):
+            rec = records.decode_record(data)
+            out.append({f: rec[f] for f in fields})
+    return out

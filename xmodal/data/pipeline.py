@@ -21,7 +21,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from xmodal.data import class_aware, decoder_targets, records
+from xmodal.data import class_aware, decoder_targets, records, schema
 from xmodal.data import tokenizer as tokenizer_lib
 
 CROP_SCALE = (0.5, 1.0)  # area share of the photo kept by the random crop
@@ -81,14 +81,14 @@ def random_batch(
 
 
 def pad_tokens(ids: list[int], length: int) -> np.ndarray:
-    out = np.full((length,), records.PAD_ID, np.int32)
+    out = np.full((length,), schema.PAD_ID, np.int32)
     ids = ids[:length]
     out[: len(ids)] = ids
     return out
 
 
 def pad_sentences(sentences: list[list[int]], count: int, length: int) -> np.ndarray:
-    out = np.full((count, length), records.PAD_ID, np.int32)
+    out = np.full((count, length), schema.PAD_ID, np.int32)
     for i, ids in enumerate(sentences[:count]):
         ids = ids[:length]
         out[i, : len(ids)] = ids
@@ -328,7 +328,7 @@ def train_dataset(
     source = open_split(data_dir, split)
     if len(source) < process_count:
         raise ValueError(f"split {split!r} has {len(source)} recipes, fewer than processes")
-    fraction = data_config.get("labelled_fraction", -1.0)
+    fraction = data_config.labelled_fraction
     if fraction >= 0:  # AdaMine: a fixed share of class-labelled pairs in every batch
         ds = _class_aware(
             source, data_dir, split, fraction, batch_size, seed, process_index, process_count
@@ -341,7 +341,7 @@ def train_dataset(
             TextLimits.from_config(data_config),
             data_config.image_size,
             decoder_targets,
-            crop=data_config.get("train_crop", "random"),
+            crop=data_config.train_crop,
         )
     )
     return _batches(ds, batch_size, data_config.num_workers)
@@ -380,7 +380,7 @@ def text_only_dataset(
     prefix: str,
     process_index: int = 0,
     process_count: int = 1,
-    split: str = "train" + records.TEXT_ONLY_SUFFIX,
+    split: str = "train" + schema.TEXT_ONLY_SUFFIX,
 ) -> grain.IterDataset:
     """Endless shuffled batches of recipes without photos (H-T's text-only SSL batches).
 
@@ -400,7 +400,7 @@ class ZipIterator:
 
     Its state is both positions, {'paired': ..., 'text_only': ...}; it is checkpointed in the
     same Composite item as a lone Grain iterator would be (as JSON bytes, see
-    `xmodal.checkpointing.save`), so a resume continues both streams where they were.
+    `xmodal.training.checkpointing.save`), so a resume continues both streams where they were.
     """
 
     def __init__(self, paired: Any, text_only: Any):

@@ -11,197 +11,41 @@ photo is listed with its reason in `DATA/dataset_info.json`, every repaired phot
 kind under `repaired`; dataset_info is written last and atomically: its presence means the folder
 is complete.
 
-Scale: the work is cut into shards fixed before any photo is read (recipe order of layer1, ~1024
-recipes a shard), so the output does not depend on the number of workers. A shard is written to a
-hidden temporary file and renamed when complete, and its counts and skips go to
+Scale: the work is cut into shards fixed before any photo is read (`prepare_shards`: recipe order
+of layer1, ~1024 recipes a shard), so the output does not depend on the number of workers. A shard
+is written to a hidden temporary file and renamed when complete, and its counts and skips go to
 `DATA/.prepare/<shard>.json`; a rerun after an interruption (same raw files and options, checked
 against `DATA/.prepare/plan.json`) keeps the finished shards and produces exactly the bytes of an
 uninterrupted run. Memory holds the recipes' text, the shards in flight and no other photo. Before
-the photos, a timed sample gives an estimate of time and disk for this dataset and full Recipe1M.
+the photos, a timed sample gives an estimate of time and disk for this dataset and full Recipe1M
+(`prepare_estimate`). This module holds the run (plan, resume, dataset_info) and its command line.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import multiprocessing
 import os
 import shutil
-import time
-from collections import Counter, deque
-from collections.abc import Iterator
-from typing import Any
+from collections import Counter
 
-from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
-from xmodal.data import photos, records, tokenizer
-from xmodal.data.recipe1m import (
-    CLASSES,
-    DET_INGRS,
-    LAYER1,
-    LAYER2,
-    PARTITIONS,
-    RawRecipe,
-    read_recipe1m,
+from xmodal.data import photos, records, schema, tokenizer
+from xmodal.data.prepare_estimate import estimate, print_estimate
+from xmodal.data.prepare_shards import (
+    STATE_DIR,
+    photo_batches,
+    plan_shards,
+    read_json,
+    shard_state,
+    write_json,
+    write_shard,
 )
+from xmodal.data.recipe1m import CLASSES, DET_INGRS, LAYER1, LAYER2, PARTITIONS, read_recipe1m
 
-RECORDS_PER_SHARD = 1024  # with --num_shards_per_split=0 (auto)
 LARGE_TRAIN_SPLIT = 100_000  # auto min word count: 10 (H-T) above this many train recipes, else 1
-STATE_DIR = ".prepare"
 PLAN_FILE = "plan.json"
 PLAN_VERSION = 1
-ESTIMATE_SAMPLE = 32  # photos timed before the run for the time / disk estimate
-# Recipe1M as released (layer1 / layer2), for the "full Recipe1M" line of the estimate.
-RECIPE1M_RECIPES, RECIPE1M_IMAGES = 1_029_720, 887_706
-
-
-@dataclasses.dataclass
-class Shard:
-    split: str
-    index: int
-    num_shards: int
-    recipes: list[RawRecipe]
-    with_photos: bool
-
-    @property
-    def name(self) -> str:
-        return records.shard_name(self.split, self.index, self.num_shards)
-
-
-def plan_shards(
-    split: str, recipes: list[RawRecipe], num_shards: int, with_photos: bool
-) -> list[Shard]:
-    """Contiguous, near-equal shards of `recipes` (0 = auto: ~RECORDS_PER_SHARD each)."""
-    n = len(recipes)
-    if n == 0:
-        return []
-    count = min(n, num_shards or math.ceil(n / RECORDS_PER_SHARD))
-    return [
-        Shard(split, i, count, recipes[i * n // count : (i + 1) * n // count], with_photos)
-        for i in range(count)
-    ]
-
-
-PhotoResult = tuple[str, bytes | None, str, list[str]]  # image id, JPEG or None, reason, repairs
-
-
-def _load_recipe_photos(task: tuple[list[str], list[str], int, int]) -> list[PhotoResult]:
-    """Worker: one result per photo of one recipe."""
-    ids, paths, short_side, max_pixels = task
-    out: list[PhotoResult] = []
-    for iid, path in zip(ids, paths, strict=True):
-        try:
-            photo = photos.load_photo(path, short_side, max_pixels)
-            out.append((iid, photo.jpeg, "", photo.repairs))
-        except photos.PhotoError as e:
-            out.append((iid, None, f"{e} ({path})", []))
-    return out
-
-
-def _photo_batches(
-    pool: Any, shards: list[Shard], short_side: int, max_pixels: int
-) -> Iterator[Iterator[list[PhotoResult]]]:
-    """Per shard, its per-recipe photo results in order; the next shard is already queued while
-    one is consumed, so workers never wait on the writer (and at most two shards are in flight)."""
-
-    def submit(shard: Shard) -> Iterator[list[PhotoResult]]:
-        tasks = [(r.image_ids, r.image_paths, short_side, max_pixels) for r in shard.recipes]
-        if pool is None:
-            return map(_load_recipe_photos, tasks)
-        return pool.imap(_load_recipe_photos, tasks, chunksize=4)
-
-    todo = iter(shards)
-    in_flight = deque(submit(s) for s in [next(todo, None), next(todo, None)] if s is not None)
-    while in_flight:
-        yield in_flight.popleft()
-        nxt = next(todo, None)
-        if nxt is not None:
-            in_flight.append(submit(nxt))
-
-
-def _tokenize(tok: Any, recipes: list[RawRecipe], limits: dict) -> list[records.Recipe]:
-    """Records (without images) for a chunk of recipes; one batched encode per field."""
-    ingredients = [r.ingredients[: limits["max_ingredients"]] for r in recipes]
-    instructions = [r.instructions[: limits["max_instructions"]] for r in recipes]
-    n = limits["max_tokens"]
-    titles = tokenizer.encode_batch(tok, [r.title for r in recipes], limits["max_title_tokens"])
-    ingr_ids = iter(tokenizer.encode_batch(tok, [t for ts in ingredients for t in ts], n))
-    instr_ids = iter(tokenizer.encode_batch(tok, [t for ts in instructions for t in ts], n))
-    return [
-        records.empty_recipe(
-            id=r.id,
-            partition=r.partition,
-            title=r.title,
-            ingredients=ingr,
-            instructions=instr,
-            clean_ingredients=r.clean_ingredients,
-            class_id=r.class_id,
-            title_ids=title,
-            ingredient_ids=[next(ingr_ids) for _ in ingr],
-            instruction_ids=[next(instr_ids) for _ in instr],
-        )
-        for r, title, ingr, instr in zip(recipes, titles, ingredients, instructions, strict=True)
-    ]
-
-
-def _write_json(obj: Any, path: str) -> None:
-    """Atomic JSON write: a reader sees the old file or the whole new one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
-def _read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def write_shard(
-    out_dir: str,
-    shard: Shard,
-    tok: Any,
-    limits: dict,
-    photo_results: Iterator[list[PhotoResult]] | None,
-    bar: tqdm | None = None,
-) -> dict:
-    """Writes one shard (temporary file, then rename) and its state file; returns the state:
-    record and photo counts, skipped photos, recipes sent to text-only, repairs by kind."""
-    final = os.path.join(out_dir, shard.name)
-    tmp = os.path.join(out_dir, f".{shard.name}.tmp")
-    if os.path.exists(tmp):  # left by an interrupted run
-        os.remove(tmp)
-    state: dict[str, Any] = dict(recipes=0, images=0, skipped=[], text_only=[], repaired={})
-    repaired: Counter[str] = Counter()
-    writer = ArrayRecordWriter(tmp, "group_size:1")
-    try:
-        for raw, rec in zip(shard.recipes, _tokenize(tok, shard.recipes, limits), strict=True):
-            if photo_results is not None:
-                for iid, data, why, repairs in next(photo_results):
-                    if data is None:
-                        state["skipped"].append({"id": iid, "reason": f"recipe {raw.id}: {why}"})
-                    else:
-                        rec["image_ids"].append(iid)
-                        rec["images"].append(data)
-                        repaired.update(repairs)
-                if not rec["images"]:  # no good photo left: the text goes to the text-only split
-                    state["text_only"].append(raw.id)
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-            writer.write(records.encode_record(rec))
-            state["recipes"] += 1
-            state["images"] += len(rec["images"])
-            if bar is not None:
-                bar.update(1)
-    finally:
-        writer.close()
-    state["repaired"] = dict(sorted(repaired.items()))
-    os.replace(tmp, final)
-    _write_json(state, os.path.join(out_dir, STATE_DIR, shard.name + ".json"))
-    return state
 
 
 def _raw_fingerprint(raw_dir: str) -> dict[str, list[int]]:
@@ -224,58 +68,6 @@ def _clear_outputs(out_dir: str) -> None:
         if name.endswith((".array_record", ".array_record.tmp")) or name == records.TOKENIZER_FILE:
             os.remove(os.path.join(out_dir, name))
     shutil.rmtree(os.path.join(out_dir, STATE_DIR), ignore_errors=True)
-
-
-def _human(seconds: float) -> str:
-    h, rest = divmod(int(seconds), 3600)
-    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def estimate(
-    shards: list[Shard], tok: Any, limits: dict, workers: int, short_side: int, max_pixels: int
-) -> dict[str, float]:
-    """Times `ESTIMATE_SAMPLE` photos spread over `shards` (serially, here) and extrapolates time
-    and disk to these shards and to full Recipe1M, assuming workers scale linearly."""
-    recipes = [r for s in shards for r in s.recipes]
-    paired = [r for s in shards if s.with_photos for r in s.recipes]
-    n_images = sum(len(r.image_ids) for r in paired)
-    step = max(1, len(paired) // ESTIMATE_SAMPLE)
-    sample = [(r.image_ids[0], r.image_paths[0]) for r in paired[::step][:ESTIMATE_SAMPLE]]
-    start, sizes = time.perf_counter(), []
-    for iid, path in sample:
-        for _, data, _, _ in _load_recipe_photos(([iid], [path], short_side, max_pixels)):
-            if data is not None:
-                sizes.append(len(data))
-    per_image = (time.perf_counter() - start) / max(1, len(sample))
-    text_sample = recipes[:: max(1, len(recipes) // 256)][:256]
-    text_bytes = sum(len(records.encode_record(r)) for r in _tokenize(tok, text_sample, limits))
-    per_recipe = text_bytes / max(1, len(text_sample))
-    per_photo = sum(sizes) / max(1, len(sizes))
-    return dict(
-        sampled_images=len(sample),
-        seconds_per_image=per_image,
-        bytes_per_image=per_photo,
-        bytes_per_recipe_text=per_recipe,
-        workers=workers,
-        seconds=n_images * per_image / workers,
-        bytes=n_images * per_photo + len(recipes) * per_recipe,
-        recipe1m_seconds=RECIPE1M_IMAGES * per_image / workers,
-        recipe1m_bytes=RECIPE1M_IMAGES * per_photo + RECIPE1M_RECIPES * per_recipe,
-        images=n_images,
-        recipes=len(recipes),
-    )
-
-
-def _print_estimate(e: dict[str, float]) -> None:
-    print(
-        f"[prepare] to do: {e['recipes']:,} recipes, {e['images']:,} photos; measured "
-        f"{e['seconds_per_image'] * 1e3:.1f} ms/photo on {e['sampled_images']} photos, "
-        f"~{e['bytes_per_image'] / 1e3:.0f} kB/photo -> about {_human(e['seconds'])} on "
-        f"{e['workers']} workers and {e['bytes'] / 1e9:.2f} GB. Full Recipe1M "
-        f"({RECIPE1M_IMAGES:,} photos): about {_human(e['recipe1m_seconds'])} and "
-        f"{e['recipe1m_bytes'] / 1e9:.1f} GB.",
-        flush=True,
-    )
 
 
 def prepare(
@@ -325,11 +117,11 @@ def prepare(
     )
     state_dir = os.path.join(out_dir, STATE_DIR)
     plan_path = os.path.join(state_dir, PLAN_FILE)
-    resume = os.path.exists(plan_path) and _read_json(plan_path) == plan
+    resume = os.path.exists(plan_path) and read_json(plan_path) == plan
     if not resume:
         _clear_outputs(out_dir)
         os.makedirs(state_dir)
-        _write_json(plan, plan_path)
+        write_json(plan, plan_path)
     tok_path = os.path.join(out_dir, records.TOKENIZER_FILE)
     if os.path.exists(tok_path):
         tok = tokenizer.load_tokenizer(out_dir)
@@ -347,13 +139,13 @@ def prepare(
         for p in PARTITIONS
         for s in plan_shards(p, [r for r in by_part[p] if r.image_ids], num_shards_per_split, True)
     ]
-    states = {s.name: _state(state_dir, s) for s in paired}
+    states = {s.name: shard_state(state_dir, s) for s in paired}
     todo = [s for s in paired if states[s.name] is None]
     workers = num_workers or os.cpu_count() or 1
     if todo and verbose:
         if resume:
             print(f"[prepare] resuming: {len(paired) - len(todo)} of {len(paired)} shards done")
-        _print_estimate(estimate(todo, tok, limits, workers, image_short_side, max_image_pixels))
+        print_estimate(estimate(todo, tok, limits, workers, image_short_side, max_image_pixels))
     total = sum(len(s.recipes) for s in paired)
     left = sum(len(s.recipes) for s in todo)
     with tqdm(
@@ -361,7 +153,7 @@ def prepare(
     ) as bar:
         pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and todo else None
         try:
-            batches = _photo_batches(pool, todo, image_short_side, max_image_pixels)
+            batches = photo_batches(pool, todo, image_short_side, max_image_pixels)
             for shard, results in zip(todo, batches, strict=True):
                 states[shard.name] = write_shard(out_dir, shard, tok, limits, results, bar)
         finally:
@@ -373,14 +165,14 @@ def prepare(
         s
         for p in PARTITIONS
         for s in plan_shards(
-            p + records.TEXT_ONLY_SUFFIX,
+            p + schema.TEXT_ONLY_SUFFIX,
             [r for r in by_part[p] if not r.image_ids or r.id in fell_back],
             num_shards_per_split,
             False,
         )
     ]
     for shard in tqdm(text, unit="shard", desc="text-only", disable=not verbose):
-        states[shard.name] = _state(state_dir, shard) or write_shard(
+        states[shard.name] = shard_state(state_dir, shard) or write_shard(
             out_dir, shard, tok, limits, None
         )
 
@@ -411,14 +203,8 @@ def prepare(
         "limits": limits,
         "source": source or os.path.abspath(raw_dir),
     }
-    _write_json(info, os.path.join(out_dir, records.DATASET_INFO))
+    write_json(info, os.path.join(out_dir, records.DATASET_INFO))
     return info
-
-
-def _state(state_dir: str, shard: Shard) -> dict | None:
-    """The state of a finished shard, or None when it still has to be written."""
-    path = os.path.join(state_dir, shard.name + ".json")
-    return _read_json(path) if os.path.exists(path) else None
 
 
 def _define_flags() -> None:

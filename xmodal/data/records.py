@@ -13,15 +13,8 @@ from typing import Any, TypedDict
 
 import msgpack
 
-# Token ids reserved by the tokenizer (see xmodal.data.tokenizer).
-PAD_ID = 0
-UNK_ID = 1
-BOS_ID = 2
-EOS_ID = 3
-
 DATASET_INFO = "dataset_info.json"
 TOKENIZER_FILE = "tokenizer.json"
-TEXT_ONLY_SUFFIX = "_text"  # e.g. "train_text": recipes of the train partition without photos
 
 
 class Recipe(TypedDict):

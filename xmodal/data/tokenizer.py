@@ -15,11 +15,11 @@ from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from xmodal.data import records
+from xmodal.data import records, schema
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 DEFAULT_MIN_COUNT = 10  # H-T on Recipe1M
-_FRAMING_IDS = frozenset({records.PAD_ID, records.BOS_ID, records.EOS_ID})
+_FRAMING_IDS = frozenset({schema.PAD_ID, schema.BOS_ID, schema.EOS_ID})
 
 
 def _empty_tokenizer() -> Tokenizer:

@@ -8,7 +8,7 @@ memory — the image encoder's output tokens followed by the recipe embedding pr
 
 During training the recipe tokens are dropped from the memory with probability `recipe_drop` per
 example (masked out of cross-attention and zeroed), so the decoder also learns to generate from
-the photo alone, which is how it is used at inference (`xmodal.predict`).
+the photo alone, which is how it is used at inference (`xmodal.apps.predict`).
 
 Attention follows `xmodal.models.layers`: `jax.nn.dot_product_attention` with boolean masks, so
 cuDNN's fused kernel is used on GPU with a 16-bit compute dtype.
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal.data.records import PAD_ID
+from xmodal.data.schema import PAD_ID
 from xmodal.models.layers import (
     BIAS_INIT,
     DENSE_INIT,

@@ -5,7 +5,7 @@ LSTMs, or a flat transformer), chosen by `config.model.image` / `config.model.re
 Both branches end in a linear projection to a shared `embed_dim` space and L2 normalisation, so
 retrieval is a dot product. H-T's recipe self-supervision (Salvador et al., CVPR 2021, Sec. 3.2)
 adds one small head g_ab per ordered pair of recipe components (a != b): the loss pulls the
-normalised g_ab(e_a) towards the normalised e_b of the same recipe (see `xmodal.losses`).
+normalised g_ab(e_a) towards the normalised e_b of the same recipe (see `xmodal.training.losses`).
 
 Precision: encoders compute in `config.model.dtype` with float32 parameters; the projections and
 normalisation run in float32 so embeddings (and the losses on them) are float32.
@@ -23,6 +23,7 @@ import ml_collections
 from flax import nnx
 
 from xmodal.data import decoder_targets
+from xmodal.data.schema import COMPONENTS, IMAGE, TEXT_ONLY_PREFIX
 from xmodal.models.cross_decoder import CrossDecoder, teacher_forcing
 from xmodal.models.layers import (
     DENSE_INIT,
@@ -32,10 +33,10 @@ from xmodal.models.layers import (
     resolve_dtype,
     set_remat,
 )
-from xmodal.models.recipe_encoder import COMPONENTS, HierarchicalRecipeEncoder
+from xmodal.models.recipe_encoder import HierarchicalRecipeEncoder
 from xmodal.models.resnet import ResNet
 from xmodal.models.text_rnn import LSTMRecipeEncoder, TransformerRecipeEncoder
-from xmodal.models.vit import ViT, vit_variant
+from xmodal.models.vit import ViT
 
 __all__ = [
     "SSL_PAIRS",
@@ -52,7 +53,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 IMAGE_ENCODERS = ("vit", "resnet")
 RECIPE_ENCODERS = ("hierarchical", "lstm", "transformer")
-TEXT_ONLY_PREFIX = "text_only/"  # batch keys of the extra batch of recipes without photos
 
 # Ordered component pairs (a, b), a != b, and the key each gets in the model's 'ssl' output.
 SSL_PAIRS: tuple[tuple[str, str], ...] = tuple(itertools.permutations(COMPONENTS, 2))
@@ -153,6 +153,72 @@ class DualEncoder(nnx.Module):
         feats = self.encode_recipe(title, ingredients, instructions)
         return l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
 
+    @property
+    def recipe_components(self) -> tuple[str, ...]:
+        """The recipe parts the text branch has features for (H-T: all three; the LSTM and flat
+        transformer encoders: the configured subset)."""
+        return tuple(self.recipe_encoder.components)
+
+    def embed_pairs(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """A batch of pairs -> {'image': [B, D], 'recipe': [B, D]} unit-norm float32."""
+        return {
+            IMAGE: self.embed_image(batch[IMAGE]),
+            "recipe": self.embed_recipe(*(batch[c] for c in COMPONENTS)),
+        }
+
+    def branch_features(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """A batch of pairs -> the encoders' features before projection, float32: 'image'
+        (pooled [B, image width]) and one [B, width] per recipe component (CCA's inputs)."""
+        _, pooled = self.encode_image(batch[IMAGE])
+        feats = self.encode_recipe(*(batch[c] for c in COMPONENTS))
+        out = {c: feats[c].astype(jnp.float32) for c in self.recipe_components}
+        out[IMAGE] = pooled.astype(jnp.float32)
+        return out
+
+    def recipe_parts(
+        self, title: jax.Array, ingredients: jax.Array, instructions: jax.Array
+    ) -> dict[str, jax.Array]:
+        """Token ids -> {'embedding': [B, D]} plus each component's feature, float32 (the
+        pieces recombined queries are built from; see `embed_components`)."""
+        feats = self.encode_recipe(title, ingredients, instructions)
+        out = {c: feats[c].astype(jnp.float32) for c in self.recipe_components}
+        out["embedding"] = l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
+        return out
+
+    def embed_components(self, parts: Mapping[str, jax.Array]) -> jax.Array:
+        """Component features (as `recipe_parts` returns them, possibly recombined) -> joint
+        embeddings [B, D]: the recipe branch after its encoders (merge + projection)."""
+        missing = [c for c in self.recipe_components if c not in parts]
+        if missing:
+            raise ValueError(f"component features missing: {missing}")
+        feats = {c: parts[c].astype(self.dtype) for c in self.recipe_components}
+        merged = self.recipe_encoder.merge_components(feats)
+        return l2_normalize(self.recipe_proj(merged.astype(jnp.float32)))
+
+    @property
+    def decoder_vocab_size(self) -> int:
+        return self._require_decoder().vocab_size
+
+    def _require_decoder(self) -> CrossDecoder:
+        if self.cross_decoder is None:
+            raise ValueError(
+                "this model has no cross decoder (model.cross_decoder.enabled=False): train "
+                "with the decoder to predict ingredients from photos"
+            )
+        return self.cross_decoder
+
+    def photo_memory(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """uint8 photos -> the cross decoder's memory from the photo alone (no recipe tokens, as
+        in the training drop) and its validity mask."""
+        tokens, _ = self.encode_image(images)
+        return self._require_decoder().memory(tokens, None)
+
+    def decoder_logits(
+        self, tokens: jax.Array, memory: jax.Array, memory_valid: jax.Array
+    ) -> jax.Array:
+        """Decoder tokens [B, L] over a memory -> next-token logits [B, L, V] float32."""
+        return self._require_decoder()(tokens, memory, memory_valid)
+
     def recipe_ssl(self, feats: Mapping[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
         """H-T Sec. 3.2: {'a->b': (normalised g_ab(e_a), normalised e_b)} for all ordered pairs
         (empty without SSL heads)."""
@@ -221,9 +287,6 @@ def build_image_encoder(
     Returns (encoder, pooled feature width)."""
     if model_config.image == "vit":
         vit_cfg = _as_dict(model_config.vit)
-        variant = vit_cfg.pop("variant", None)
-        if variant:
-            vit_cfg = vit_variant(variant, **vit_cfg)
         encoder = ViT(image_size=image_size, dtype=dtype, attention=attention, rngs=rngs, **vit_cfg)
         return encoder, vit_cfg["width"]
     if model_config.image == "resnet":
@@ -251,16 +314,16 @@ def build_recipe_encoder(
             depth=text["depth"],
             num_heads=text["num_heads"],
             mlp_dim=text["mlp_dim"],
-            dropout=text.get("dropout", 0.1),
-            max_len=text.get("max_len", 64),
+            dropout=text["dropout"],
+            max_len=text["max_len"],
             dtype=dtype,
             attention=attention,
             rngs=rngs,
         )
     if kind == "hierarchical":
         packed = {
-            "ingredients": text.get("packed_ingredient_tokens", 0),
-            "instructions": text.get("packed_instruction_tokens", 0),
+            "ingredients": text["packed_ingredient_tokens"],
+            "instructions": text["packed_instruction_tokens"],
         }
         encoder = HierarchicalRecipeEncoder(vocab_size, packed_tokens=packed, **transformer)
         return encoder, text["width"]
@@ -270,7 +333,7 @@ def build_recipe_encoder(
         )
         return encoder, encoder.width
     if kind == "transformer":
-        components = tuple(text.get("components", ("ingredients", "instructions")))
+        components = tuple(text["components"])
         encoder = TransformerRecipeEncoder(vocab_size, components=components, **transformer)
         return encoder, encoder.width
     raise ValueError(f"model.recipe must be one of {RECIPE_ENCODERS}, got {kind!r}")
@@ -296,32 +359,32 @@ def build_model(
     With `model.cross_decoder.enabled`, it carries a `CrossDecoder` over the tokenizer's vocabulary
     plus the target separators, reading up to `decoder_max_len` tokens (`data.max_decoder_tokens`).
     """
-    dtype = resolve_dtype(model_config.get("dtype", "float32"))
-    attention = model_config.get("attention", "auto")
+    dtype = resolve_dtype(model_config.dtype)
+    attention = model_config.attention
     image_encoder, image_width = build_image_encoder(
         model_config, image_size=image_size, dtype=dtype, attention=attention, rngs=rngs
     )
     recipe_encoder, recipe_width = build_recipe_encoder(
         model_config, vocab_size=vocab_size, dtype=dtype, attention=attention, rngs=rngs
     )
-    ssl_head = model_config.get("ssl_head", "linear")
+    ssl_head = model_config.ssl_head or None
     if model_config.recipe != "hierarchical":
         ssl_head = None  # H-T's component SSL needs equal-width component features
-    dec = _as_dict(model_config.get("cross_decoder", {"enabled": False}))
+    dec = model_config.cross_decoder
     cross_decoder = None
-    if dec.get("enabled", False):
+    if dec.enabled:
         cross_decoder = CrossDecoder(
             decoder_targets.decoder_vocab_size(vocab_size),
             image_width=image_width,
             embed_dim=model_config.embed_dim,
-            width=dec["width"],
-            depth=dec["depth"],
-            num_heads=dec["num_heads"],
-            mlp_dim=dec["mlp_dim"],
+            width=dec.width,
+            depth=dec.depth,
+            num_heads=dec.num_heads,
+            mlp_dim=dec.mlp_dim,
             max_len=decoder_max_len,
-            recipe_tokens=dec.get("recipe_tokens", 1),
-            recipe_drop=dec.get("recipe_drop", 0.5),
-            dropout=dec.get("dropout", 0.1),
+            recipe_tokens=dec.recipe_tokens,
+            recipe_drop=dec.recipe_drop,
+            dropout=dec.dropout,
             dtype=dtype,
             attention=attention,
             rngs=rngs,
@@ -333,13 +396,13 @@ def build_model(
         recipe_width=recipe_width,
         embed_dim=model_config.embed_dim,
         ssl_head=ssl_head,
-        num_classes=model_config.get("num_classes", 0),
-        freeze_image=model_config.get("freeze_image", False),
+        num_classes=model_config.num_classes,
+        freeze_image=model_config.freeze_image,
         cross_decoder=cross_decoder,
         dtype=dtype,
         rngs=rngs,
     )
-    set_remat(model, model_config.get("remat", "none"))
+    set_remat(model, model_config.remat)
     return model
 
 

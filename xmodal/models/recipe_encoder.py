@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal.data.records import PAD_ID
+from xmodal.data.schema import COMPONENTS, PAD_ID
 from xmodal.models.layers import (
     DENSE_INIT,
     AttentionImpl,
@@ -31,8 +31,6 @@ from xmodal.models.layers import (
     TransformerEncoder,
     masked_mean,
 )
-
-COMPONENTS = ("title", "ingredients", "instructions")
 
 
 class PackedLines(NamedTuple):
@@ -154,6 +152,7 @@ class HierarchicalRecipeEncoder(nnx.Module):
             )
         self.dtype = dtype
         # Component -> packed tokens per recipe; 0 or absent: every line padded on its own.
+        self.components = COMPONENTS
         self.packed_tokens = {k: int(v) for k, v in packed_tokens.items() if v}
         self.word_embed = nnx.Embed(
             vocab_size,
@@ -231,5 +230,10 @@ class HierarchicalRecipeEncoder(nnx.Module):
                 self.packed_tokens.get("instructions", 0),
             ),
         }
-        feats["recipe"] = self.merge(jnp.concatenate([feats[c] for c in COMPONENTS], axis=-1))
+        feats["recipe"] = self.merge_components(feats)
         return feats
+
+    def merge_components(self, feats: dict[str, jax.Array]) -> jax.Array:
+        """Component features [B, width] each -> the recipe feature (H-T's merge transformer
+        input is their concatenation); also how recombined queries are encoded."""
+        return self.merge(jnp.concatenate([feats[c] for c in self.components], axis=-1))

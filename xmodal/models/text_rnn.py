@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmodal.data.records import PAD_ID
+from xmodal.data.schema import COMPONENTS, PAD_ID
 from xmodal.models.layers import AttentionImpl, Dtype, masked_mean
-from xmodal.models.recipe_encoder import COMPONENTS, PooledTransformer
+from xmodal.models.recipe_encoder import PooledTransformer
 
 
 def _check_components(components: Sequence[str]) -> tuple[str, ...]:
@@ -159,8 +159,12 @@ class LSTMRecipeEncoder(nnx.Module):
             feats["ingredients"] = self._ingredients(ingredients)
         if self.instruction_words is not None:
             feats["instructions"] = self._instructions(instructions)
-        feats["recipe"] = jnp.concatenate([feats[c] for c in self.components], axis=-1)
+        feats["recipe"] = self.merge_components(feats)
         return feats
+
+    def merge_components(self, feats: dict[str, jax.Array]) -> jax.Array:
+        """Component features -> the recipe feature: their concatenation."""
+        return jnp.concatenate([feats[c] for c in self.components], axis=-1)
 
 
 class TransformerRecipeEncoder(nnx.Module):
@@ -219,5 +223,9 @@ class TransformerRecipeEncoder(nnx.Module):
         for c in self.components:
             tokens = inputs[c].reshape(inputs[c].shape[0], -1)
             feats[c] = self.encoders[c](self.word_embed(tokens), tokens != PAD_ID)
-        feats["recipe"] = jnp.concatenate([feats[c] for c in self.components], axis=-1)
+        feats["recipe"] = self.merge_components(feats)
         return feats
+
+    def merge_components(self, feats: dict[str, jax.Array]) -> jax.Array:
+        """Component features -> the recipe feature: their concatenation."""
+        return jnp.concatenate([feats[c] for c in self.components], axis=-1)

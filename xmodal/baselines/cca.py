@@ -25,14 +25,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
-from jax.experimental import multihost_utils
 
-from xmodal import checkpointing, evaluate, sharding
-from xmodal import state as state_lib
-from xmodal.data import info as data_info
-from xmodal.data import pipeline
-from xmodal.models.recipe_encoder import COMPONENTS
+from xmodal import evaluate
+from xmodal.data.schema import COMPONENTS
+from xmodal.run import Run, check_config, read_record
+from xmodal.training import sharding
 
 TEXTS = (*COMPONENTS, "all")
 # Data fields that fix the input shapes the feature encoders were trained on.
@@ -96,84 +93,39 @@ def text_features(feats: dict[str, np.ndarray], text: str) -> np.ndarray:
     return feats[text]
 
 
-class FeatureExtractor:
-    """Pooled image features and per-component recipe features of a split, in record order."""
-
-    def __init__(self, config: ml_collections.ConfigDict, workdir_from: str, mesh: Any):
-        self.mesh = mesh
-        self.config = config
-        data_dir = data_info.resolve_data_dir(config.data)
-        self.data_dir = data_dir
-        info = data_info.load_info(data_dir)
-        graphdef, abstract, _ = state_lib.abstract_train_state(config, info["vocab_size"])
-        shardings = state_lib.state_shardings(abstract, mesh)
-        if workdir_from:
-            manager = checkpointing.make_manager(workdir_from, read_only=True)
-            step = checkpointing.select_step(manager, config.eval.checkpoint)
-            self.state = checkpointing.restore(
-                manager, step, state_lib.with_shardings(abstract, shardings)
-            )
-            manager.close()
-        else:
-            init = lambda: state_lib.init_train_state(config, info["vocab_size"])[1]
-            self.state = jax.jit(init, out_shardings=shardings)()
-
-        def extract(params, model_state, batch):
-            model = nnx.merge(graphdef, params, model_state)
-            model.eval()
-            _, pooled = model.encode_image(batch["image"])
-            feats = model.encode_recipe(batch["title"], batch["ingredients"], batch["instructions"])
-            out = {c: feats[c].astype(np.float32) for c in COMPONENTS if c in feats}
-            out["image"] = pooled.astype(np.float32)
-            return out
-
-        rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-        self._extract = jax.jit(extract, in_shardings=(rep, rep, data), out_shardings=data)
-
-    def split(self, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
-        local = sharding.check_batch_size(self.config.eval.batch_size, self.mesh)
-        ds, n = pipeline.eval_dataset(
-            self.data_dir,
-            split,
-            self.config.data,
-            batch_size=local,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            limit=limit,
-        )
-        parts: dict[str, list[np.ndarray]] = {}
-        for batch in sharding.DevicePrefetcher(iter(ds), self.mesh, self.config.data.prefetch):
-            out = self._extract(self.state.params, self.state.model_state, batch)
-            out["index"], out["valid"] = batch["index"], batch["valid"]
-            out = {k: multihost_utils.process_allgather(v, tiled=True) for k, v in out.items()}
-            for k, v in out.items():
-                if k != "valid":
-                    parts.setdefault(k, []).append(np.asarray(v)[np.asarray(out["valid"])])
-        order = np.argsort(np.concatenate(parts.pop("index")), kind="stable")
-        feats = {k: np.concatenate(v)[order] for k, v in parts.items()}
-        if len(feats["image"]) != n:
-            raise RuntimeError(f"extracted {len(feats['image'])} pairs of {split!r}, expected {n}")
-        return feats
+def branch_features(model: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return model.branch_features(batch)
 
 
-def feature_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The config whose model extracts the features: this one, or the run in cca.features_from
-    (its architecture and text/image sizes, this config's data location and eval settings)."""
+def feature_run(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> tuple[Run, Any]:
+    """(the run whose encoders give the features, its state): this config's model freshly
+    initialised, or the trained run in `cca.features_from` (its architecture and text / image
+    sizes; this config's data location and eval settings), restored at `eval.checkpoint`."""
     source = config.cca.features_from
     if not source:
-        return config
-    path = os.path.join(source, checkpointing.CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"cca.features_from={source!r} has no {checkpointing.CONFIG_FILE}")
-    with open(path) as f:
-        record = json.load(f)
-    record["data"].pop("resolved_dir", None)
-    other = ml_collections.ConfigDict(record)
-    out = ml_collections.ConfigDict(config.to_dict())
-    out.model = other.model
+        run = Run.create(config, workdir, mesh=mesh)
+        return run, run.init_state()
+    other, _ = read_record(source)
+    fconfig = ml_collections.ConfigDict(config.to_dict())
+    fconfig.method, fconfig.model = other.method, other.model
     for key in TEXT_AND_IMAGE_SHAPE_FIELDS:
-        out.data[key] = other.data[key]
-    return out
+        fconfig.data[key] = other.data[key]
+    fconfig.cca.features_from = ""
+    run = Run.create(fconfig, source, mesh=mesh)
+    return run, run.restore(config.eval.checkpoint)
+
+
+def extract_features(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[Run, Any, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(feature run, its state, training-pair features, `eval.split` features)."""
+    check_config(config)
+    features, state = feature_run(config, workdir, sharding.make_mesh())
+    extract = features.embedder(branch_features)
+    limit = config.cca.max_train_pairs or None
+    train = extract.split(state, features.data_dir, "train", config, limit=limit)
+    test = extract.split(state, features.data_dir, config.eval.split, config)
+    return features, state, train, test
 
 
 def evaluate_cca(
@@ -206,12 +158,8 @@ def evaluate_cca(
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`python -m xmodal.main --config=configs/cca.py`: extract, fit per text choice, evaluate;
     writes WORKDIR/cca_<split>.json (every text) and eval_<split>.json (`cca.text`)."""
-    mesh = sharding.make_mesh()
-    fconfig = feature_config(config)
-    extractor = FeatureExtractor(fconfig, config.cca.features_from, mesh)
-    train = extractor.split("train", limit=config.cca.max_train_pairs or None)
+    features, state, train, test = extract_features(config, workdir)
     split = config.eval.split
-    test = extractor.split(split)
     texts = tuple(config.cca.texts)
     if config.cca.text not in texts:
         texts = (*texts, config.cca.text)
@@ -227,13 +175,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         )
         for text in texts
     }
-    step = int(extractor.state.step)
+    step = int(state.step)
     results = {"step": step, "split": split, "n_pairs": len(test["image"])}
     results.update({k: ablation[config.cca.text][k] for k in evaluate.DIRECTIONS})
+    dataclasses.replace(features, workdir=workdir).write_record(config)
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, checkpointing.CONFIG_FILE), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, default=str)
         with open(os.path.join(workdir, f"cca_{split}.json"), "w") as f:
             json.dump(
                 {**results, "train_pairs": len(train["image"]), "texts": ablation}, f, indent=2

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any
 
@@ -13,12 +11,13 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from xmodal import accumulate, checkpointing, evaluate, losses, sharding
-from xmodal import state as state_lib
+from xmodal import evaluate
 from xmodal.data import info as data_info
-from xmodal.data import pipeline, records
-from xmodal.metrics import MetricWriter
-from xmodal.models.dual_encoder import TEXT_ONLY_PREFIX
+from xmodal.data import pipeline, schema
+from xmodal.run import Run, decoder_trains
+from xmodal.training import accumulate, checkpointing, losses, sharding
+from xmodal.training import state as state_lib
+from xmodal.training.metrics import MetricWriter
 
 
 def make_train_step(
@@ -31,8 +30,8 @@ def make_train_step(
     total_steps = config.train.num_steps
     schedule = state_lib.learning_rate_schedule(config.train)
 
-    num_micro = config.train.get("grad_accum_steps", 1)
-    accumulate_fn = accumulate.accumulated_grads(config.train.get("grad_accum", "gradcache"))
+    num_micro = config.train.grad_accum_steps
+    accumulate_fn = accumulate.accumulated_grads(config.train.grad_accum)
 
     def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
         def loss_fn(params):
@@ -45,7 +44,7 @@ def make_train_step(
             _, _, model_state = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, model_state)
 
-        if num_micro > 1:  # batches larger than memory (xmodal.accumulate)
+        if num_micro > 1:  # batches larger than memory (xmodal.training.accumulate)
             grads, metrics, model_state = accumulate_fn(
                 graphdef,
                 state.params,
@@ -81,61 +80,27 @@ def compile_train_step(graphdef, tx, config, state_shardings, mesh):
     )
 
 
-def check_num_classes(config: ml_collections.ConfigDict, info: dict[str, Any]) -> None:
-    """A class head must match the dataset's classes: out-of-range labels would give a silently
-    wrong cross-entropy inside jit."""
-    heads = config.model.get("num_classes", 0)
-    if heads and heads != info.get("num_classes"):
-        raise ValueError(
-            f"model.num_classes={heads} but the dataset has {info.get('num_classes')} classes; "
-            f"set --config.data.num_classes / --config.model.num_classes to match"
-        )
-
-
-def write_config(workdir: str, config: ml_collections.ConfigDict, data_dir: str) -> None:
-    if jax.process_index() != 0:
-        return
-    os.makedirs(workdir, exist_ok=True)
-    record = config.to_dict()
-    record["data"]["resolved_dir"] = data_dir
-    with open(os.path.join(workdir, checkpointing.CONFIG_FILE), "w") as f:
-        json.dump(record, f, indent=2, default=str)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train to `config.train.num_steps`, resuming from WORKDIR's latest checkpoint if any.
 
     Returns the last logged metrics and, when `config.train.eval_at_end`, the test results.
     """
-    mesh = sharding.make_mesh()
-    local_batch = sharding.check_batch_size(config.train.batch_size, mesh)
-    data_dir = data_info.resolve_data_dir(config.data)
-    info = data_info.load_info(data_dir)
-    check_num_classes(config, info)
-    checkpointing.check_compatible(workdir, config)
-    write_config(workdir, config, data_dir)
-
-    graphdef, abstract, tx = state_lib.abstract_train_state(config, info["vocab_size"])
-    shardings = state_lib.state_shardings(abstract, mesh, **state_lib.fsdp_options(config))
-    manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints)
-    host_iter = train_iterator(data_dir, config, info, local_batch, mesh)
+    run = Run.create(config, workdir)
+    mesh = run.mesh
+    run.check_compatible()
+    run.write_record()
+    manager = run.manager()
+    host_iter = train_iterator(run)
     latest = manager.latest_step()
     if latest is not None:
-        state = checkpointing.restore(
-            manager, latest, state_lib.with_shardings(abstract, shardings), host_iter
-        )
+        state = run.restore(latest, manager=manager, data_iterator=host_iter)
         print(f"resumed from {checkpointing.checkpoint_dir(workdir)} at step {latest}")
     else:
-        init = lambda: state_lib.init_train_state(config, info["vocab_size"])[1]
-        state = jax.jit(init, out_shardings=shardings)()
-        if config.model.get("image_init"):  # pretrained image encoder (timm / torchvision file)
-            from xmodal.models.import_weights import init_image_encoder
-
-            state = init_image_encoder(state, graphdef, config.model.image_init, shardings)
+        state = run.init_state()
 
     batches = sharding.DevicePrefetcher(host_iter, mesh, config.data.prefetch)
-    step_fn = compile_train_step(graphdef, tx, config, shardings, mesh)
-    embedder = evaluate.Embedder(graphdef, mesh)
+    layout = run.layout
+    step_fn = compile_train_step(layout.graphdef, layout.tx, config, layout.shardings, mesh)
     writer = MetricWriter(workdir)
     start, total = int(state.step), config.train.num_steps
     last_logged: dict[str, float] = {}
@@ -161,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             last_logged = metrics
         val = None
         if step % config.train.eval_every == 0 or is_last:
-            val = validate(embedder, state, data_dir, config, mesh)
+            val = validate(run, state)
             writer.write(step, val)
             progress.write(
                 f"step {step}: val medR {val['val_medR_i2r']:.1f} / {val['val_medR_r2i']:.1f}  "
@@ -176,29 +141,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
     result: dict[str, Any] = {"train": last_logged}
     if config.train.eval_at_end:
-        result["test"] = evaluate.evaluate_checkpoint(config, workdir, state=state, mesh=mesh)
+        result["test"] = evaluate.evaluate_state(run, state)
     return result
 
 
-def decoder_enabled(config: ml_collections.ConfigDict) -> bool:
-    """Whether the run trains the cross decoder; refuses a loss weight without a decoder."""
-    enabled = bool(config.model.get("cross_decoder", {}).get("enabled", False))
-    weight = config.loss.get("cross_decoder", 0.0)
-    if weight and not enabled:
-        raise ValueError(
-            f"loss.cross_decoder={weight} but model.cross_decoder.enabled is False; enable the "
-            "decoder or set the weight to 0"
-        )
-    return enabled and bool(weight)
-
-
-def train_iterator(
-    data_dir: str, config: ml_collections.ConfigDict, info: dict, local_batch: int, mesh: Any
-) -> Any:
+def train_iterator(run: Run) -> Any:
     """This process's training batches: pairs (with the decoder targets when the decoder
     trains), zipped with a batch of recipes without photos when `train.text_only_batch_size`."""
+    config, data_dir, info = run.config, run.data_dir, run.info
     targets = None
-    if decoder_enabled(config):
+    if decoder_trains(config):
         targets = pipeline.DecoderTargets(
             data_dir, info["vocab_size"], config.data.max_decoder_tokens
         )
@@ -206,21 +158,17 @@ def train_iterator(
         pipeline.train_dataset(
             data_dir,
             config.data,
-            batch_size=local_batch,
+            batch_size=sharding.check_batch_size(config.train.batch_size, run.mesh),
             seed=config.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             decoder_targets=targets,
         )
     )
-    text_batch = config.train.get("text_only_batch_size", 0)
+    text_batch = config.train.text_only_batch_size
     if not text_batch:
         return paired
-    if not config.loss.recipe_ssl:
-        raise ValueError(
-            "train.text_only_batch_size > 0 needs the recipe SSL loss (loss.recipe_ssl)"
-        )
-    split = "train" + records.TEXT_ONLY_SUFFIX
+    split = "train" + schema.TEXT_ONLY_SUFFIX
     if not data_info.split_size(info, split):
         raise ValueError(
             f"train.text_only_batch_size={text_batch} but {data_dir!r} has no {split!r} split "
@@ -230,9 +178,9 @@ def train_iterator(
         pipeline.text_only_dataset(
             data_dir,
             config.data,
-            batch_size=sharding.check_batch_size(text_batch, mesh),
+            batch_size=sharding.check_batch_size(text_batch, run.mesh),
             seed=config.seed,
-            prefix=TEXT_ONLY_PREFIX,
+            prefix=schema.TEXT_ONLY_PREFIX,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
@@ -240,21 +188,16 @@ def train_iterator(
     return pipeline.ZipIterator(paired, text_only)
 
 
-def validate(
-    embedder: evaluate.Embedder,
-    state: state_lib.TrainState,
-    data_dir: str,
-    config: ml_collections.ConfigDict,
-    mesh: Any,
-) -> dict[str, float]:
+def validate(run: Run, state: state_lib.TrainState) -> dict[str, float]:
     """Retrieval on the first `val_pairs` validation pairs, one bag, both directions."""
-    image, recipe = embedder.embed_split(
-        state, data_dir, "val", config, limit=config.train.val_pairs
-    )
-    i2r = evaluate.rank_metrics(evaluate.retrieval_ranks(image, recipe))
-    r2i = evaluate.rank_metrics(evaluate.retrieval_ranks(recipe, image))
-    out = {f"val_{k}_i2r": v for k, v in i2r.items()}
-    out.update({f"val_{k}_r2i": v for k, v in r2i.items()})
-    out[checkpointing.BEST_METRIC] = (i2r["R@1"] + r2i["R@1"]) / 2
+    image, recipe = run.embed_split(state, "val", limit=run.config.train.val_pairs)
+    out: dict[str, float] = {}
+    for direction, (queries, candidates) in zip(
+        schema.DIRECTIONS, ((image, recipe), (recipe, image)), strict=True
+    ):
+        tag = schema.DIRECTION_TAGS[direction]
+        metrics = evaluate.rank_metrics(evaluate.retrieval_ranks(queries, candidates))
+        out.update({f"val_{k}_{tag}": v for k, v in metrics.items()})
+    out[checkpointing.BEST_METRIC] = (out["val_R@1_i2r"] + out["val_R@1_r2i"]) / 2
     out["val_pairs"] = float(len(image))
     return out

@@ -1,4 +1,4 @@
-"""A self-contained HTML report of a checkpoint: `python -m xmodal.report --workdir=DIR
+"""A self-contained HTML report of a checkpoint: `python -m xmodal.apps.report --workdir=DIR
 [--config=configs/tnlbt.py:preset] [--split=test]` -> WORKDIR/report_<split>.html.
 
 Sections: the metric table of both directions (bag protocol + whole split), recall@K curves
@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from xmodal import evaluate
+from xmodal.data import info as data_info
 from xmodal.data import pipeline, records
 
 PALETTE = [
@@ -215,7 +216,7 @@ def query_gallery(
     k: int = 5,
 ) -> str:
     """Image -> recipe and recipe -> image queries with their top-k, the true match marked."""
-    from xmodal.search import ExactSearch
+    from xmodal.apps.gallery import ExactSearch
 
     thumbs = {i: thumbnail(b) for i, b in photos.items()}
     _, i2r = ExactSearch(recipe).search(image[list(queries)], k)
@@ -252,7 +253,7 @@ def build_report(
     """The report's HTML for `split` embedded with `model` (an `inference.RetrievalModel`)."""
     config = model.config
     image, recipe = model.embed_split(split, limit=limit)
-    items = evaluate.split_metadata(
+    items = data_info.split_metadata(
         model.data_dir,
         split,
         limit=limit,
@@ -277,7 +278,7 @@ def build_report(
     }
     rng = np.random.default_rng(seed)
     queries = sorted(rng.choice(n, size=min(num_queries, n), replace=False).tolist())
-    from xmodal.search import ExactSearch
+    from xmodal.apps.gallery import ExactSearch
 
     shown = set(queries)
     shown.update(ExactSearch(image).search(recipe[queries], 5)[1].ravel().tolist())
@@ -327,31 +328,18 @@ def write_report(model: Any, workdir: str, split: str, **kwargs: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> str:
     import argparse
 
-    from xmodal.inference import RetrievalModel, load_run_config
+    from xmodal.apps import cli
 
-    p = argparse.ArgumentParser(prog="python -m xmodal.report", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--config", help="configs/<method>.py[:preset] (default: WORKDIR/config.json)")
-    p.add_argument("--split", default=None)
-    p.add_argument("--checkpoint", default=None, help="best | latest | STEP")
+    p = argparse.ArgumentParser(
+        prog="python -m xmodal.apps.report", description=__doc__.split("\n")[0]
+    )
+    cli.add_run_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="first N pairs of the split")
     p.add_argument("--queries", type=int, default=6)
     p.add_argument("--map_points", type=int, default=300)
-    args = p.parse_args(argv)
-    config = None
-    if args.config:
-        import importlib.util
-
-        file, _, preset = args.config.partition(":")
-        spec = importlib.util.spec_from_file_location("xmodal_report_config", file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config(preset or None)
-        run_config = load_run_config(args.workdir)
-        if not config.data.dir:
-            config.data.dir = run_config.data.dir
-    config = load_run_config(args.workdir, config)
-    model = RetrievalModel(config, args.workdir, which=args.checkpoint)
+    args = cli.parse_args(p, argv)
+    model = cli.open_model(args)
+    config = model.config
     split = args.split or config.eval.split
     path = write_report(
         model,

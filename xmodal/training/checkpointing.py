@@ -12,14 +12,11 @@ import os
 from typing import Any
 
 import grain
-import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-CONFIG_FILE = "config.json"  # WORKDIR/config.json: everything a run did
 BEST_METRIC = "val_recall@1"
 STATE = "state"
-INIT_ONLY_FIELDS = ("image_init",)  # model fields that only matter at init, not for shapes
 DATA = "data"
 
 
@@ -156,48 +153,3 @@ def shape_mismatches(manager: ocp.CheckpointManager, step: int, abstract_state: 
             diffs.append(f"{name}: checkpoint has {fmt(a)}, this model has {fmt(b)}")
     model_diffs = [d for d in diffs if not d.startswith("opt_state.")]
     return model_diffs or diffs  # the optimizer moments repeat the parameters' differences
-
-
-def model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config fields that fix the shapes of a checkpoint."""
-    flat = {
-        f"model.{k}": v
-        for k, v in _flatten(config.model.to_dict()).items()
-        if k not in INIT_ONLY_FIELDS
-    }
-    flat["data.image_size"] = config.data.image_size
-    if flat.get("model.cross_decoder.enabled"):
-        flat["data.max_decoder_tokens"] = config.data.get("max_decoder_tokens")
-    else:  # a switched-off decoder adds no weights (and runs before it existed have no fields)
-        flat = {k: v for k, v in flat.items() if not k.startswith("model.cross_decoder.")}
-    return flat
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuse to resume or evaluate a checkpoint made by a different model, naming the fields."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = ml_collections.ConfigDict(json.load(f))
-    ours, theirs = model_fields(config), model_fields(saved)
-    diffs = [
-        f"{k}: checkpoint has {theirs.get(k)!r}, this run has {ours.get(k)!r}"
-        for k in sorted(set(ours) | set(theirs))
-        if ours.get(k) != theirs.get(k)
-    ]
-    if diffs:
-        raise ValueError(
-            f"the checkpoints in {workdir!r} were made by another model configuration "
-            f"({saved.get('method')}:{saved.get('preset')}):\n  " + "\n  ".join(diffs)
-        )

@@ -1,7 +1,7 @@
 """Photo -> predicted ingredients and title with the cross decoder (greedy or beam search).
 
-    python -m xmodal.predict --config=configs/tnlbt.py --workdir=DIR --image=photo.jpg [--beam=4]
-    python -m xmodal.predict --config=configs/tnlbt.py --workdir=DIR --split=test   # P/R/F1
+    python -m xmodal.apps.predict --workdir=DIR --image=photo.jpg [--beam=4]
+    python -m xmodal.apps.predict --workdir=DIR --split=test   # ingredient P/R/F1
 
 The decoder sees the photo only (the recipe memory tokens are left out, as in the training drop).
 Decoding is one jit-compiled `jax.lax.fori_loop` over a fixed-length token buffer, so there is one
@@ -13,46 +13,44 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
-from xmodal import checkpointing, sharding
-from xmodal import state as state_lib
-from xmodal.data import decoder_targets, pipeline, records
-from xmodal.data import info as data_info
+from xmodal.data import decoder_targets, pipeline, records, schema
 from xmodal.data import tokenizer as tokenizer_lib
-from xmodal.models.cross_decoder import CrossDecoder
+from xmodal.run import Run
+from xmodal.training import sharding
 
 NEG_INF = -1e9
+LogitsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def greedy_decode(
-    decoder: CrossDecoder, memory: jax.Array, memory_valid: jax.Array, length: int
+    logits_fn: LogitsFn, memory: jax.Array, memory_valid: jax.Array, length: int
 ) -> jax.Array:
-    """[B, length] ids: BOS, then the argmax token at each step; PAD after EOS."""
+    """[B, length] ids: BOS, then the argmax token at each step; PAD after EOS.
+    `logits_fn(tokens, memory, valid)` gives next-token logits (`DualEncoder.decoder_logits`)."""
     b = memory.shape[0]
-    buf = jnp.zeros((b, length), jnp.int32).at[:, 0].set(records.BOS_ID)
+    buf = jnp.zeros((b, length), jnp.int32).at[:, 0].set(schema.BOS_ID)
 
     def step(t, carry):
         buf, done = carry
-        logits = decoder(buf, memory, memory_valid)[:, t - 1]
+        logits = logits_fn(buf, memory, memory_valid)[:, t - 1]
         nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        nxt = jnp.where(done, records.PAD_ID, nxt)
-        return buf.at[:, t].set(nxt), done | (nxt == records.EOS_ID)
+        nxt = jnp.where(done, schema.PAD_ID, nxt)
+        return buf.at[:, t].set(nxt), done | (nxt == schema.EOS_ID)
 
     buf, _ = jax.lax.fori_loop(1, length, step, (buf, jnp.zeros((b,), jnp.bool_)))
     return buf
 
 
 def beam_decode(
-    decoder: CrossDecoder,
+    logits_fn: LogitsFn,
     memory: jax.Array,
     memory_valid: jax.Array,
     length: int,
@@ -65,24 +63,24 @@ def beam_decode(
     Scores are plain sums of log-probabilities (no length penalty). beam=1 is greedy decoding.
     """
     b = memory.shape[0]
-    vocab = decoder.vocab_size
     mem = jnp.repeat(memory, beam, axis=0)
     mem_valid = jnp.repeat(memory_valid, beam, axis=0)
-    buf = jnp.zeros((b, beam, length), jnp.int32).at[:, :, 0].set(records.BOS_ID)
+    buf = jnp.zeros((b, beam, length), jnp.int32).at[:, :, 0].set(schema.BOS_ID)
     scores = jnp.full((b, beam), NEG_INF).at[:, 0].set(0.0)  # one live beam at the start
     done = jnp.zeros((b, beam), jnp.bool_)
-    pad_only = jnp.full((vocab,), NEG_INF).at[records.PAD_ID].set(0.0)
 
     def step(t, carry):
         buf, scores, done = carry
-        logits = decoder(buf.reshape(b * beam, length), mem, mem_valid)[:, t - 1]
+        logits = logits_fn(buf.reshape(b * beam, length), mem, mem_valid)[:, t - 1]
+        vocab = logits.shape[-1]
+        pad_only = jnp.full((vocab,), NEG_INF).at[schema.PAD_ID].set(0.0)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, beam, vocab)
         logp = jnp.where(done[..., None], pad_only, logp)
         cand = (scores[..., None] + logp).reshape(b, beam * vocab)
         scores, flat = jax.lax.top_k(cand, beam)
         origin, token = flat // vocab, (flat % vocab).astype(jnp.int32)
         buf = jnp.take_along_axis(buf, origin[..., None], axis=1).at[:, :, t].set(token)
-        done = jnp.take_along_axis(done, origin, axis=1) | (token == records.EOS_ID)
+        done = jnp.take_along_axis(done, origin, axis=1) | (token == schema.EOS_ID)
         return buf, scores, done
 
     buf, scores, _ = jax.lax.fori_loop(1, length, step, (buf, scores, done))
@@ -90,49 +88,36 @@ def beam_decode(
 
 
 class Predictor:
-    """A restored TNLBT model with its cross decoder: uint8 photos -> ingredients and title."""
+    """A restored model with its cross decoder: uint8 photos -> ingredients and title."""
 
-    def __init__(self, graphdef: Any, state: Any, config: Any, data_dir: str, vocab_size: int):
-        self.config = config
-        self.image_size = config.data.image_size
-        self.length = config.data.max_decoder_tokens
-        self.vocab_size = vocab_size
-        self.tokenizer = tokenizer_lib.load_tokenizer(data_dir)
-        model = nnx.merge(graphdef, state.params, state.model_state)
-        if model.cross_decoder is None:
-            raise ValueError(
-                "this checkpoint has no cross decoder (model.cross_decoder.enabled=False): "
-                "train with the decoder to predict ingredients from photos"
-            )
+    def __init__(self, run: Run, state: Any):
+        self.run = run
+        self.config = run.config
+        self.image_size = run.config.data.image_size
+        self.length = run.config.data.max_decoder_tokens
+        self.vocab_size = run.vocab_size
+        self.tokenizer = tokenizer_lib.load_tokenizer(run.data_dir)
+        model = nnx.merge(run.graphdef, state.params, state.model_state)
+        self.decoder_vocab_size = model.decoder_vocab_size  # a clear error without a decoder
         model.eval()
         self._graphdef, self._params = nnx.split(model)
         self._decode = jax.jit(self._decode_ids, static_argnames="beam")
 
     @classmethod
-    def from_workdir(cls, workdir: str, config: Any, *, which: str | int = "best") -> Predictor:
-        """Restore WORKDIR's best (or latest, or a given step's) checkpoint onto one device."""
-        data_dir = data_info.resolve_data_dir(config.data)
-        vocab_size = data_info.load_info(data_dir)["vocab_size"]
-        checkpointing.check_compatible(workdir, config)
-        graphdef, abstract, _ = state_lib.abstract_train_state(config, vocab_size)
-        mesh = sharding.make_mesh(1)
-        target = state_lib.with_shardings(abstract, state_lib.state_shardings(abstract, mesh))
-        manager = checkpointing.make_manager(workdir, read_only=True)
-        try:
-            state = checkpointing.restore(
-                manager, checkpointing.select_step(manager, which), target
-            )
-        finally:
-            manager.close()
-        return cls(graphdef, state, config, data_dir, vocab_size)
+    def from_workdir(
+        cls, workdir: str, config: Any = None, *, which: str | int | None = "best"
+    ) -> Predictor:
+        """WORKDIR's run (its recorded config unless `config`), its best (or latest, or a given
+        step's) checkpoint restored onto one device."""
+        run = Run.from_workdir(workdir, config, mesh=sharding.make_mesh(1))
+        return cls(run, run.restore(which))
 
     def _decode_ids(self, params: Any, images: jax.Array, beam: int) -> jax.Array:
         model = nnx.merge(self._graphdef, params)
-        tokens, _ = model.encode_image(images)
-        memory, valid = model.cross_decoder.memory(tokens, None)
+        memory, valid = model.photo_memory(images)
         if beam == 1:
-            return greedy_decode(model.cross_decoder, memory, valid, self.length)
-        return beam_decode(model.cross_decoder, memory, valid, self.length, beam)[0]
+            return greedy_decode(model.decoder_logits, memory, valid, self.length)
+        return beam_decode(model.decoder_logits, memory, valid, self.length, beam)[0]
 
     def predict_ids(self, images: np.ndarray, *, beam: int = 1) -> np.ndarray:
         """uint8 [B, S, S, 3] (S = data.image_size) -> generated ids [B, max_decoder_tokens]."""
@@ -208,8 +193,7 @@ def evaluate_ingredients(
 ) -> dict[str, Any]:
     """Predict every recipe of `split` from its first photo and score the ingredient lists against
     the clean ingredients (normalised by the tokenizer); writes WORKDIR/ingredients_<split>.json."""
-    data_dir = data_info.resolve_data_dir(predictor.config.data)
-    source = pipeline.open_split(data_dir, split)
+    source = pipeline.open_split(predictor.run.data_dir, split)
     n = len(source) if limit is None else min(limit, len(source))
     tok = predictor.tokenizer
     predicted: list[list[str]] = []
@@ -244,37 +228,34 @@ def evaluate_ingredients(
     return results
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:preset].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's folder.")
-_IMAGE = flags.DEFINE_multi_string("image", [], "Photo file(s) to describe.")
-_SPLIT = flags.DEFINE_string("split", None, "Score ingredient P/R/F1 on this split instead.")
-_BEAM = flags.DEFINE_integer("beam", 1, "Beam width; 1 = greedy.")
-_LIMIT = flags.DEFINE_integer("limit", None, "Score only the first N recipes of --split.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best | latest | <step>.")
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    import argparse
 
+    from xmodal.apps import cli
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
-    if not _IMAGE.value and not _SPLIT.value:
-        raise app.UsageError("give --image=PHOTO (repeatable) or --split=SPLIT")
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
-    predictor = Predictor.from_workdir(_WORKDIR.value, _CONFIG.value, which=_CHECKPOINT.value)
-    if _IMAGE.value:
-        images = np.stack([predictor.load_image(p) for p in _IMAGE.value])
-        for path, out in zip(
-            _IMAGE.value, predictor.predict(images, beam=_BEAM.value), strict=True
-        ):
-            print(json.dumps({"image": path, **out}))
-    if _SPLIT.value:
+    p = argparse.ArgumentParser(
+        prog="python -m xmodal.apps.predict", description=__doc__.split("\n")[0]
+    )
+    cli.add_run_arguments(p)
+    p.add_argument("--image", action="append", default=[], help="photo file (repeatable)")
+    p.add_argument("--beam", type=int, default=1, help="beam width; 1 = greedy")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N of --split")
+    args = cli.parse_args(p, argv)
+    if not args.image and not args.split:
+        p.error("give --image=PHOTO (repeatable) or --split=SPLIT")
+    predictor = Predictor.from_workdir(args.workdir, cli.run_config(args), which=args.checkpoint)
+    if args.split:
         results = evaluate_ingredients(
-            predictor, _WORKDIR.value, split=_SPLIT.value, beam=_BEAM.value, limit=_LIMIT.value
+            predictor, args.workdir, split=args.split, beam=args.beam, limit=args.limit
         )
         print(json.dumps(results, indent=2))
+        return results
+    images = np.stack([predictor.load_image(path) for path in args.image])
+    outs = predictor.predict(images, beam=args.beam)
+    for path, out in zip(args.image, outs, strict=True):
+        print(json.dumps({"image": path, **out}))
+    return outs
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    main()

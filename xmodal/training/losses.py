@@ -79,13 +79,15 @@ def bidirectional_triplet_loss(
 
 
 def margin_settings(loss_config: Any) -> dict[str, Any]:
-    """`config.loss.margin` as a dict; a bare number (configs and runs before dynamic margins)
-    reads as a constant margin."""
+    """`config.loss.margin` as a checked dict (kind, start, end, steps, min, max)."""
     margin = loss_config.margin
-    if isinstance(margin, (int, float)):
-        return {"kind": "constant", "start": float(margin)}
+    if not hasattr(margin, "keys"):  # a dict or a ConfigDict
+        raise TypeError(
+            f"loss.margin must be a dict (kind, start, end, steps, min, max; configs/common.py), "
+            f"got {margin!r}; a constant margin m is kind='constant', start=m"
+        )
     settings = margin.to_dict() if hasattr(margin, "to_dict") else dict(margin)
-    kind = settings.get("kind", "constant")
+    kind = settings["kind"]
     if kind not in MARGIN_KINDS:
         raise ValueError(f"unknown margin kind {kind!r}; choose from {MARGIN_KINDS}")
     if kind == "adaptive" and not settings["min"] <= settings["max"]:
@@ -132,12 +134,12 @@ def retrieval_margins(
     constant: `start`. linear: `start` -> `end` over `steps` (0: the whole run, `total_steps`).
     adaptive: `adaptive_margin` per direction with reference `start`, bounds [`min`, `max`].
     """
-    kind = settings.get("kind", "constant")
+    kind = settings["kind"]
     if kind == "constant":
         m = jnp.asarray(settings["start"], jnp.float32)
         return m, m
     if kind == "linear":
-        ramp = settings.get("steps", 0) or total_steps
+        ramp = settings["steps"] or total_steps
         m = linear_margin(step, settings["start"], settings["end"], ramp)
         return m, m
     if kind == "adaptive":
@@ -306,7 +308,7 @@ def compute_losses(
         )
         total += loss_config.recipe_ssl * text_ssl
         metrics["loss_recipe_ssl_text_only"] = text_ssl
-    weight = loss_config.get("cross_decoder", 0.0)
+    weight = loss_config.cross_decoder
     if weight and "decoder_logits" in outputs:
         dec = cross_decoder_loss(outputs["decoder_logits"], outputs["decoder_targets"])
         total += weight * dec
@@ -320,33 +322,33 @@ def _class_aware_losses(
 ) -> jax.Array:
     """AdaMine's semantic triplet (`loss.semantic`), the pairwise cosine loss of im2recipe / PWC++
     (`loss.pairwise`) and the classification heads (`loss.image_cls`, `loss.recipe_cls`); each
-    weight defaults to 0 (off) so configs without these fields are unchanged."""
+    weight 0 leaves its term out."""
     total = jnp.zeros((), jnp.float32)
-    if loss_config.get("semantic", 0.0):
+    if loss_config.semantic:
         if "class_id" not in outputs:
             raise ValueError("loss.semantic needs 'class_id' in the batch")
         semantic, stats = bidirectional_semantic_loss(
             outputs["image"],
             outputs["recipe"],
             outputs["class_id"],
-            margin=loss_config.get("semantic_margin", 0.3),
-            reduction=loss_config.get("semantic_reduction", "violating"),
+            margin=loss_config.semantic_margin,
+            reduction=loss_config.semantic_reduction,
         )
         total += loss_config.semantic * semantic
         metrics["loss_semantic"] = semantic
         metrics.update(stats)
-    if loss_config.get("pairwise", 0.0):
+    if loss_config.pairwise:
         pairwise = pairwise_cosine_loss(
             outputs["image"],
             outputs["recipe"],
-            pos_margin=loss_config.get("pos_margin", 0.0),
-            neg_margin=loss_config.get("neg_margin", 0.9),
-            mismatch_rate=loss_config.get("mismatch_rate", 0.8),
+            pos_margin=loss_config.pos_margin,
+            neg_margin=loss_config.neg_margin,
+            mismatch_rate=loss_config.mismatch_rate,
         )
         total += loss_config.pairwise * pairwise
         metrics["loss_pairwise"] = pairwise
     for side in ("image", "recipe"):
-        weight = loss_config.get(f"{side}_cls", 0.0)
+        weight = loss_config[f"{side}_cls"]
         if not weight:
             continue
         if f"{side}_logits" not in outputs or "class_id" not in outputs:

@@ -18,35 +18,37 @@ from typing import Any
 
 import numpy as np
 
-from xmodal import evaluate
-from xmodal.models.recipe_encoder import COMPONENTS
+from xmodal.data import info as data_info
 
 
 def mean_components(
     model: Any, *, split: str = "train", limit: int = 2000
 ) -> dict[str, np.ndarray]:
-    """Mean H-T title / ingredients / instructions features over the first `limit` recipes of
-    `split` (text only: no photo is read)."""
-    recipes = evaluate.split_metadata(
+    """Mean feature of each of the model's recipe components (H-T: title / ingredients /
+    instructions) over the first `limit` recipes of `split` (text only: no photo is read)."""
+    recipes = data_info.split_metadata(
         model.data_dir, split, limit=limit, fields=("title", "ingredients", "instructions")
     )
     feats = model.encode_recipes(recipes)
-    return {c: feats[c].mean(axis=0) for c in COMPONENTS}
+    return {c: feats[c].mean(axis=0) for c in model.components}
 
 
 def ingredient_queries(
     model: Any, words: Sequence[str], means: Mapping[str, np.ndarray]
 ) -> np.ndarray:
-    """AdaMine Sec. 5.3 queries [len(words), D]: one ingredient word each + mean instructions."""
+    """AdaMine Sec. 5.3 queries [len(words), D]: one ingredient word each; every other component
+    of the model's recipe branch (instructions, and H-T's title) is its training mean."""
     if not words:
         raise ValueError("give at least one ingredient word")
+    if "ingredients" not in model.components:
+        raise ValueError(
+            f"ingredient queries need an ingredient branch; this model encodes {model.components}"
+        )
     feats = model.encode_recipes([{"ingredients": [w]} for w in words])
     n = len(words)
-    return model.embed_components(
-        np.repeat(means["title"][None], n, 0),
-        feats["ingredients"],
-        np.repeat(means["instructions"][None], n, 0),
-    )
+    parts = {c: np.repeat(means[c][None], n, 0) for c in model.components}
+    parts["ingredients"] = feats["ingredients"]
+    return model.embed_components(parts)
 
 
 def without_ingredient(recipe: Mapping[str, Any], word: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ and checkpointing only ever see the arrays, so the step is a pure function under
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -15,8 +16,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from xmodal import sharding
 from xmodal.models.dual_encoder import build_model
+from xmodal.training import sharding
 
 # Dropout keys come from the counter-based 'rbg' generator: threefry's bit generation dominates
 # XLA compile time on CPU (about 3x) and costs step time on accelerators (as in big_vision).
@@ -64,12 +65,12 @@ def make_optimizer(
         learning_rate_schedule(train_config),
         # bf16 first moment halves its memory (DESIGN.md "Precision"); the second moment
         # stays f32 because bf16 cannot hold the small squared gradients.
-        mu_dtype=train_config.get("mu_dtype") or None,
+        mu_dtype=train_config.mu_dtype or None,
         weight_decay=train_config.weight_decay,
         mask=_decay_mask,
     )
     clip = optax.clip_by_global_norm(train_config.grad_clip)
-    freeze_steps = train_config.get("freeze_image_steps", 0)
+    freeze_steps = train_config.freeze_image_steps
     if freeze_image:
         frozen = optax.set_to_zero()
         return optax.chain(
@@ -114,7 +115,7 @@ def make_model(config: Any, vocab_size: int, seed: int) -> nnx.Module:
         vocab_size=vocab_size,
         image_size=config.data.image_size,
         rngs=nnx.Rngs(params=seed, dropout=jax.random.key(seed + 1, impl=RNG_IMPL)),
-        decoder_max_len=config.data.get("max_decoder_tokens", 64),
+        decoder_max_len=config.data.max_decoder_tokens,
     )
 
 
@@ -124,7 +125,7 @@ def init_train_state(
     """Build the model and optimizer; returns (graphdef, state, optimizer)."""
     model = make_model(config, vocab_size, config.seed)
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(config.train, freeze_image=config.model.get("freeze_image", False))
+    tx = make_optimizer(config.train, freeze_image=config.model.freeze_image)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -183,14 +184,6 @@ def state_shardings(
     )
 
 
-def fsdp_options(config: Any) -> dict[str, Any]:
-    """`state_shardings` keyword arguments from `config.train` (fsdp, fsdp_min_size)."""
-    return {
-        "fsdp": config.train.get("fsdp", False),
-        "fsdp_min_size": config.train.get("fsdp_min_size", sharding.FSDP_MIN_SIZE),
-    }
-
-
 def with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainState:
     """Attach target shardings so Orbax restores straight onto this run's devices."""
     return jax.tree.map(
@@ -198,9 +191,31 @@ def with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainSt
     )
 
 
-def sharded_init(config: Any, vocab_size: int, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, Any]:
-    """Initialise the state directly into its shardings (`config.train.fsdp` picks the layout)."""
-    graphdef, abstract, tx = abstract_train_state(config, vocab_size)
-    shardings = state_shardings(abstract, mesh, **fsdp_options(config))
-    state = jax.jit(lambda: init_train_state(config, vocab_size)[1], out_shardings=shardings)()
-    return graphdef, state, tx
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """What a model's train state is, where each leaf lives, and how to make it: the graph
+    definition, the abstract state carrying its target shardings (`config.train.fsdp` picks
+    data-parallel or FSDP), and the optimizer. Every jitted function that takes the state uses
+    `shardings`, so training, validation and eval agree on one layout."""
+
+    graphdef: nnx.GraphDef
+    abstract: TrainState  # jax.ShapeDtypeStruct leaves with `sharding=` (a restore target)
+    shardings: TrainState
+    tx: optax.GradientTransformation
+    config: Any
+    vocab_size: int
+
+    @classmethod
+    def create(cls, config: Any, vocab_size: int, mesh: Mesh) -> StateLayout:
+        graphdef, abstract, tx = abstract_train_state(config, vocab_size)
+        shardings = state_shardings(
+            abstract, mesh, fsdp=config.train.fsdp, fsdp_min_size=config.train.fsdp_min_size
+        )
+        return cls(
+            graphdef, with_shardings(abstract, shardings), shardings, tx, config, vocab_size
+        )
+
+    def init(self) -> TrainState:
+        """A freshly initialised state, created directly in its shardings."""
+        init = lambda: init_train_state(self.config, self.vocab_size)[1]
+        return jax.jit(init, out_shardings=self.shardings)()

@@ -1,51 +1,28 @@
 """A restored checkpoint ready for queries: embed the user's own photos and recipes.
 
-`RetrievalModel` restores a checkpoint of a run (best | latest | step) onto the local devices and
-exposes jit-compiled, batch-sharded embedders for photos (any size, EXIF orientation honoured),
-recipes given as text, and H-T's per-component recipe features (title / ingredients /
-instructions), which the qualitative queries of AdaMine Sec. 5.3 recombine. Batches are padded to
-a few fixed sizes so a stream of queries does not recompile.
+`RetrievalModel` reopens a run (`xmodal.run.Run`), restores a checkpoint (best | latest | step)
+onto the local devices and exposes jit-compiled, batch-sharded embedders for photos (any size,
+EXIF orientation honoured), recipes given as text, and the recipe branch's per-component features
+(which the qualitative queries of AdaMine Sec. 5.3 recombine). What is computed is the model's
+own API (`DualEncoder.embed_image`, `recipe_parts`, `embed_components`); batches are padded to a
+few fixed sizes so a stream of queries does not recompile.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 from PIL import Image, ImageOps
 
-from xmodal import checkpointing, evaluate, sharding
 from xmodal.data import pipeline, records, tokenizer
-from xmodal.models.layers import l2_normalize
-from xmodal.models.recipe_encoder import COMPONENTS
-
-
-def load_run_config(
-    workdir: str, config: ml_collections.ConfigDict | None = None
-) -> ml_collections.ConfigDict:
-    """The config a run recorded in WORKDIR/config.json (or `config` when given), pointing at the
-    prepared data the run used."""
-    if config is not None:
-        return config
-    path = os.path.join(workdir, checkpointing.CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path!r} is missing: {workdir!r} is not a training workdir; pass --config too"
-        )
-    with open(path) as f:
-        raw = json.load(f)
-    resolved = raw.get("data", {}).pop("resolved_dir", None)
-    config = ml_collections.ConfigDict(raw)
-    if not config.data.dir and resolved:
-        config.data.dir = resolved
-    return config
+from xmodal.data.schema import COMPONENTS
+from xmodal.run import Run
+from xmodal.training import sharding
 
 
 def read_photo(path: str, image_size: int) -> np.ndarray:
@@ -67,50 +44,53 @@ def _bucket(n: int, multiple: int, cap: int) -> int:
 class RetrievalModel:
     """Embedders of a restored checkpoint; every output row is a unit-norm float32 vector."""
 
-    def __init__(
-        self,
-        config: ml_collections.ConfigDict,
+    def __init__(self, run: Run, *, which: str | int | None = None):
+        self.run = run
+        self.config = run.config
+        self.mesh = run.mesh
+        self.data_dir = run.data_dir
+        self.state = run.restore(which)
+        self.step = int(self.state.step)
+        self.tokenizer = tokenizer.load_tokenizer(self.data_dir)
+        self.limits = pipeline.TextLimits.from_config(self.config.data)
+        self.image_size = int(self.config.data.image_size)
+        self.max_batch = max(self.mesh.size, int(self.config.eval.batch_size))
+        abstract = run.layout.abstract
+        self.components = nnx.merge(
+            run.graphdef, abstract.params, abstract.model_state
+        ).recipe_components
+        self._images = self._jit(lambda m, image: m.embed_image(image), 1)
+        self._recipes = self._jit(lambda m, *parts: m.recipe_parts(*parts), len(COMPONENTS))
+        self._components = self._jit(
+            lambda m, *feats: m.embed_components(dict(zip(self.components, feats, strict=True))),
+            len(self.components),
+        )
+
+    @classmethod
+    def from_workdir(
+        cls,
         workdir: str,
+        config: ml_collections.ConfigDict | None = None,
         *,
         which: str | int | None = None,
         mesh: Any = None,
-    ):
-        self.config = config
-        self.mesh = mesh or sharding.make_mesh()
-        self.graphdef, self.state, self.data_dir, self.info = evaluate.restore_for_inference(
-            config, workdir, which=which, mesh=self.mesh
-        )
-        self.step = int(self.state.step)
-        self.tokenizer = tokenizer.load_tokenizer(self.data_dir)
-        self.limits = pipeline.TextLimits.from_config(config.data)
-        self.image_size = int(config.data.image_size)
-        self.max_batch = max(self.mesh.size, int(config.eval.batch_size))
-        rep, data = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
-        graphdef = self.graphdef
+    ) -> RetrievalModel:
+        """The run in WORKDIR (its recorded config unless `config` is given)."""
+        return cls(Run.from_workdir(workdir, config, mesh=mesh), which=which)
 
-        def model_of(params: Any, model_state: Any) -> Any:
+    def _jit(self, fn: Callable[..., Any], num_inputs: int) -> Callable[..., Any]:
+        """fn(model in eval mode, *row-sharded inputs), with the state's own shardings."""
+        graphdef, shardings = self.run.graphdef, self.run.layout.shardings
+
+        def apply(params: Any, model_state: Any, *inputs: jax.Array) -> Any:
             model = nnx.merge(graphdef, params, model_state)
             model.eval()
-            return model
+            return fn(model, *inputs)
 
-        def images(params, model_state, image):
-            return model_of(params, model_state).embed_image(image)
-
-        def recipes(params, model_state, title, ingredients, instructions):
-            model = model_of(params, model_state)
-            feats = model.encode_recipe(title, ingredients, instructions)
-            emb = l2_normalize(model.recipe_proj(feats["recipe"].astype(jnp.float32)))
-            return {"embedding": emb, **{c: feats[c].astype(jnp.float32) for c in COMPONENTS}}
-
-        def components(params, model_state, title, ingredients, instructions):
-            model = model_of(params, model_state)
-            x = jnp.concatenate([title, ingredients, instructions], axis=-1).astype(model.dtype)
-            merged = model.recipe_encoder.merge(x)
-            return l2_normalize(model.recipe_proj(merged.astype(jnp.float32)))
-
-        self._images = jax.jit(images, in_shardings=(rep, rep, data), out_shardings=data)
-        self._recipes = jax.jit(recipes, in_shardings=(rep, rep, data, data, data))
-        self._components = jax.jit(components, in_shardings=(rep, rep, data, data, data))
+        data = sharding.batch_sharding(self.mesh)
+        return jax.jit(
+            apply, in_shardings=(shardings.params, shardings.model_state) + (data,) * num_inputs
+        )
 
     def _batched(self, fn: Any, arrays: Sequence[np.ndarray]) -> Any:
         """Run `fn(params, model_state, *arrays)` over rows in padded fixed-size batches."""
@@ -164,7 +144,8 @@ class RetrievalModel:
         return {k: feats[k] for k in COMPONENTS}
 
     def encode_recipes(self, recipes: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        """Recipes -> {'embedding': [N, D], 'title'|'ingredients'|'instructions': [N, width]}."""
+        """Recipes -> {'embedding': [N, D]} plus [N, width] per component of the model
+        (`self.components`: H-T has all three, the LSTM encoders their configured subset)."""
         toks = [self.tokenize(r) for r in recipes]
         arrays = [np.stack([t[c] for t in toks]) for c in COMPONENTS]
         return self._batched(self._recipes, arrays)
@@ -172,16 +153,15 @@ class RetrievalModel:
     def embed_recipes(self, recipes: Sequence[Mapping[str, Any]]) -> np.ndarray:
         return self.encode_recipes(recipes)["embedding"]
 
-    def embed_components(
-        self, title: np.ndarray, ingredients: np.ndarray, instructions: np.ndarray
-    ) -> np.ndarray:
-        """Per-component H-T features [N, width] each -> joint embeddings [N, D]: the recipe
-        branch after its encoders (merge + projection), for recombined queries."""
-        arrays = [np.asarray(x, np.float32) for x in (title, ingredients, instructions)]
+    def embed_components(self, parts: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Per-component features {component: [N, width]} (as `encode_recipes` returns them,
+        possibly recombined) -> joint embeddings [N, D]."""
+        missing = [c for c in self.components if c not in parts]
+        if missing:
+            raise ValueError(f"the recipe branch needs {self.components}; missing {missing}")
+        arrays = [np.asarray(parts[c], np.float32) for c in self.components]
         return self._batched(self._components, arrays)
 
     def embed_split(self, split: str, *, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(image, recipe) embeddings of the first `limit` pairs of a prepared split."""
-        return evaluate.Embedder(self.graphdef, self.mesh).embed_split(
-            self.state, self.data_dir, split, self.config, limit=limit
-        )
+        return self.run.embed_split(self.state, split, limit=limit)

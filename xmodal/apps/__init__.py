@@ -1,0 +1,1 @@
+"""Uses of a trained model: eval and embed modes, queries, search, prediction, the report."""

@@ -1,0 +1,75 @@
+"""The command-line shape every use of a trained model shares (search, predict, report), in the
+trainer's spelling: `--workdir=DIR` (required), `--config=configs/<method>.py[:preset]` (default:
+the config the run recorded in WORKDIR/config.json) with `--config.a.b=v` overrides,
+`--checkpoint=best|latest|STEP` and `--split`."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
+    parser.add_argument("--workdir", required=True, help="the trained run's folder")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="configs/<method>.py[:preset] (default: the run's WORKDIR/config.json)",
+    )
+    parser.add_argument("--checkpoint", default=None, help="best | latest | STEP")
+    if split:
+        parser.add_argument("--split", default=None, help="a prepared split (default: eval.split)")
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py[:preset]` -> its `get_config(preset)`, as `--config` of the trainer."""
+    path, _, preset = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("xmodal_cli_config", path)
+    if module_spec is None or module_spec.loader is None:
+        raise FileNotFoundError(f"--config={spec!r}: {path!r} is not a Python config file")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset or None)
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """`parser`'s arguments plus `--config.a.b=v` overrides (in `args.overrides`)."""
+    args, rest = parser.parse_known_args(argv)
+    unknown = [r for r in rest if not (r.startswith("--config.") and "=" in r)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = dict(r[len("--config.") :].split("=", 1) for r in rest)
+    return args
+
+
+def _value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a plain string, as absl's config flags read it
+
+
+def run_config(args: argparse.Namespace) -> ml_collections.ConfigDict | None:
+    """The config the arguments name: --config (else, with overrides, the recorded one) with
+    the overrides applied; None = the run's recorded config as it is."""
+    from xmodal.run import read_record
+
+    config = load_config_file(args.config) if args.config else None
+    if args.overrides:
+        config = config or read_record(args.workdir)[0]
+        config.update_from_flattened_dict({k: _value(v) for k, v in args.overrides.items()})
+    return config
+
+
+def open_model(args: argparse.Namespace) -> Any:
+    """The `RetrievalModel` the arguments name: WORKDIR's run, restored at --checkpoint."""
+    from xmodal.apps.retrieval import RetrievalModel
+
+    return RetrievalModel.from_workdir(args.workdir, run_config(args), which=args.checkpoint)

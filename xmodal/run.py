@@ -1,0 +1,292 @@
+"""The run context: everything a run sets up before it trains or is used, built once from
+(config, workdir).
+
+`Run.create` checks the config (`check_config`), resolves the data dir and reads its dataset info
+(checking the prepared text limits and classes against the config), builds the mesh and the train
+state's layout (graph definition, abstract state, its data-parallel or FSDP shardings). It then
+offers the checkpoint manager, `init_state`, `restore` (best | latest | step, onto any device
+count) and an `Embedder` built with the state's own shardings. `WORKDIR/config.json` is written
+and read only here: the config as given plus a `run` record (the resolved data dir, the
+vocabulary, the devices), so `Run.from_workdir` can reopen a trained run with nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from xmodal.data import info as data_info
+from xmodal.training import checkpointing, sharding
+from xmodal.training import state as state_lib
+from xmodal.training.embed import BatchFn, Embedder, pair_embeddings
+
+CONFIG_FILE = "config.json"  # WORKDIR/config.json: everything a run did
+RUN_RECORD = "run"  # its key for what the run resolved (not config fields)
+INIT_ONLY_FIELDS = ("model.image_init",)  # model fields that only matter at init, not for shapes
+# (config data field, dataset_info limits field): the prepared records hold at most this much.
+TEXT_LIMITS = (
+    ("max_title_tokens", "max_title_tokens"),
+    ("max_ingredients", "max_ingredients"),
+    ("max_instructions", "max_instructions"),
+    ("max_ingredient_tokens", "max_tokens"),
+    ("max_instruction_tokens", "max_tokens"),
+)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuse switches that mean nothing for this config's method, naming the method.
+
+    Every switch is a field of every method's config (configs/common.py); this says where one
+    cannot apply: CCA has no training loop; H-T's text-only batches need its recipe SSL heads;
+    the cross decoder's loss needs the decoder; a class head needs the dataset's classes.
+    """
+    method, t, m = config.method, config.train, config.model
+    if method == "cca":
+        on = [
+            name
+            for name, value in (
+                ("train.fsdp", t.fsdp),
+                ("train.grad_accum_steps", t.grad_accum_steps > 1),
+                ("train.text_only_batch_size", t.text_only_batch_size),
+                ("model.cross_decoder.enabled", m.cross_decoder.enabled),
+                ("model.image_init", m.image_init),
+            )
+            if value
+        ]
+        if on:
+            raise ValueError(
+                f"cca fits a closed-form map on fixed features and has no training loop: "
+                f"{', '.join(on)} cannot apply (use cca.features_from=WORKDIR for trained ones)"
+            )
+        return
+    ssl = config.loss.recipe_ssl and m.recipe == "hierarchical" and m.ssl_head
+    if t.text_only_batch_size and not ssl:
+        raise ValueError(
+            f"{method}: train.text_only_batch_size feeds H-T's recipe self-supervision, which "
+            f"needs model.recipe='hierarchical', model.ssl_head and loss.recipe_ssl > 0 "
+            f"(this config: {m.recipe!r}, {m.ssl_head!r}, {config.loss.recipe_ssl})"
+        )
+    if config.loss.cross_decoder and not m.cross_decoder.enabled:
+        raise ValueError(
+            f"{method}: loss.cross_decoder={config.loss.cross_decoder} but "
+            "model.cross_decoder.enabled is False; enable the decoder or set the weight to 0"
+        )
+    if t.grad_accum_steps < 1 or t.grad_accum not in ("gradcache", "naive"):
+        raise ValueError(
+            f"{method}: train.grad_accum_steps must be >= 1 and train.grad_accum gradcache | "
+            f"naive, got {t.grad_accum_steps}, {t.grad_accum!r}"
+        )
+
+
+def decoder_trains(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run trains the cross decoder (so batches carry its targets)."""
+    return bool(config.model.cross_decoder.enabled and config.loss.cross_decoder)
+
+
+def check_data(config: ml_collections.ConfigDict, info: dict[str, Any], data_dir: str) -> None:
+    """The config must ask for no more text than `prepare` kept, and a class head must match the
+    dataset's classes (out-of-range labels would give a silently wrong cross-entropy)."""
+    limits = info.get("limits", {})
+    over = [
+        f"data.{ours}={config.data[ours]} > {limits[theirs]} ({theirs})"
+        for ours, theirs in TEXT_LIMITS
+        if theirs in limits and config.data[ours] > limits[theirs]
+    ]
+    if over:
+        raise ValueError(
+            f"{data_dir!r} was prepared with smaller text limits than this config asks for: "
+            + "; ".join(over)
+            + ". Lower them in the config, or prepare again with larger --max_* limits"
+        )
+    heads = config.model.num_classes
+    if heads and heads != info.get("num_classes"):
+        raise ValueError(
+            f"model.num_classes={heads} but the dataset has {info.get('num_classes')} classes; "
+            "set --config.data.num_classes / --config.model.num_classes to match"
+        )
+
+
+def read_record(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """(config, run record) from WORKDIR/config.json; a clear error when it is missing."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path!r} is missing: {workdir!r} is not a training workdir; pass --config too"
+        )
+    with open(path) as f:
+        raw = json.load(f)
+    record = raw.pop(RUN_RECORD, {})
+    return ml_collections.ConfigDict(raw), record
+
+
+def model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config fields that fix the shapes of a checkpoint."""
+    flat = {
+        k: v
+        for k, v in _flatten({"model": config.model.to_dict()}).items()
+        if k not in INIT_ONLY_FIELDS
+    }
+    flat["data.image_size"] = config.data.image_size
+    if flat["model.cross_decoder.enabled"]:
+        flat["data.max_decoder_tokens"] = config.data.max_decoder_tokens
+    else:  # a switched-off decoder adds no weights
+        flat = {k: v for k, v in flat.items() if not k.startswith("model.cross_decoder.")}
+    return flat
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+@dataclasses.dataclass
+class Run:
+    """One run's set-up; see the module docstring."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    data_dir: str
+    info: dict[str, Any]
+    mesh: Mesh
+    layout: state_lib.StateLayout
+    _pairs: Embedder | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def create(
+        cls,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        *,
+        mesh: Mesh | None = None,
+        data_dir: str | None = None,
+    ) -> Run:
+        """The run of `config` in `workdir` (which may not exist yet); `data_dir` overrides the
+        config's data location (a run reopened on the data it recorded)."""
+        check_config(config)
+        data_dir = data_dir or data_info.resolve_data_dir(config.data)
+        info = data_info.load_info(data_dir)
+        check_data(config, info, data_dir)
+        mesh = mesh or sharding.make_mesh()
+        layout = state_lib.StateLayout.create(config, info["vocab_size"], mesh)
+        return cls(config, workdir, data_dir, info, mesh, layout)
+
+    @classmethod
+    def from_workdir(
+        cls,
+        workdir: str,
+        config: ml_collections.ConfigDict | None = None,
+        *,
+        mesh: Mesh | None = None,
+    ) -> Run:
+        """A trained run reopened from WORKDIR/config.json (or with `config`, checked against
+        it): its data unless `config.data.dir` names other data."""
+        recorded, record = read_record(workdir)
+        config = config or recorded
+        data_dir = None
+        if not config.data.dir and os.path.isdir(record.get("data_dir", "")):
+            data_dir = record["data_dir"]
+        run = cls.create(config, workdir, mesh=mesh, data_dir=data_dir)
+        run.check_compatible()
+        return run
+
+    @property
+    def graphdef(self) -> Any:
+        return self.layout.graphdef
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.info["vocab_size"])
+
+    def write_record(self, config: ml_collections.ConfigDict | None = None) -> None:
+        """WORKDIR/config.json (process 0): the config (default: this run's) and what the run
+        resolved."""
+        if jax.process_index() != 0:
+            return
+        os.makedirs(self.workdir, exist_ok=True)
+        record = (config or self.config).to_dict()
+        record[RUN_RECORD] = {
+            "data_dir": self.data_dir,
+            "vocab_size": self.vocab_size,
+            "devices": self.mesh.size,
+            "processes": jax.process_count(),
+        }
+        with open(os.path.join(self.workdir, CONFIG_FILE), "w") as f:
+            json.dump(record, f, indent=2, default=str)
+
+    def check_compatible(self) -> None:
+        """Refuse to resume or use a checkpoint made by a different model, naming the fields."""
+        if not os.path.exists(os.path.join(self.workdir, CONFIG_FILE)):
+            return
+        saved, _ = read_record(self.workdir)
+        ours, theirs = model_fields(self.config), model_fields(saved)
+        diffs = [
+            f"{k}: checkpoint has {theirs.get(k)!r}, this run has {ours.get(k)!r}"
+            for k in sorted(set(ours) | set(theirs))
+            if ours.get(k) != theirs.get(k)
+        ]
+        if diffs:
+            raise ValueError(
+                f"the checkpoints in {self.workdir!r} were made by another model configuration "
+                f"({saved.get('method')}:{saved.get('preset')}):\n  " + "\n  ".join(diffs)
+            )
+
+    def manager(self, *, read_only: bool = False) -> ocp.CheckpointManager:
+        return checkpointing.make_manager(
+            self.workdir, keep=self.config.train.keep_checkpoints, read_only=read_only
+        )
+
+    def init_state(self) -> state_lib.TrainState:
+        """A fresh state in its shardings; the image encoder from `model.image_init` if set."""
+        state = self.layout.init()
+        if self.config.model.image_init:  # pretrained image encoder (timm / torchvision file)
+            from xmodal.models.import_weights import init_image_encoder
+
+            state = init_image_encoder(
+                state, self.graphdef, self.config.model.image_init, self.layout.shardings
+            )
+        return state
+
+    def restore(
+        self,
+        which: str | int | None = None,
+        *,
+        manager: ocp.CheckpointManager | None = None,
+        data_iterator: Any = None,
+    ) -> state_lib.TrainState:
+        """The checkpoint `which` (best | latest | step; default `eval.checkpoint`) onto this
+        run's devices and layout, and the data iterator's position when given."""
+        own = manager is None
+        manager = manager or self.manager(read_only=True)
+        try:
+            step = checkpointing.select_step(manager, which or self.config.eval.checkpoint)
+            return checkpointing.restore(manager, step, self.layout.abstract, data_iterator)
+        finally:
+            if own:
+                manager.close()
+
+    def embedder(self, outputs: BatchFn = pair_embeddings) -> Embedder:
+        """An embedder of `outputs`; the pair embedder is built (and compiled) once per run."""
+        if outputs is not pair_embeddings:
+            return Embedder(self.layout, self.mesh, outputs)
+        if self._pairs is None:
+            self._pairs = Embedder(self.layout, self.mesh)
+        return self._pairs
+
+    def embed_split(
+        self, state: state_lib.TrainState, split: str, *, limit: int | None = None
+    ) -> tuple[Any, Any]:
+        """(image, recipe) unit-norm embeddings of the first `limit` pairs of `split`."""
+        out = self.embedder().split(state, self.data_dir, split, self.config, limit=limit)
+        return out["image"], out["recipe"]

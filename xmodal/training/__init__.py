@@ -1,0 +1,1 @@
+"""The training core: the loop, the train state, losses, sharding, checkpointing, accumulation."""
