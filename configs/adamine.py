@@ -26,11 +26,7 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         **common.TINY_DATA_AND_TRAIN,
         **common.TINY_RESNET,
-        "model.lstm.word_dim": 16,
-        "model.lstm.title_hidden": 16,
-        "model.lstm.ingredient_hidden": 16,
-        "model.lstm.sentence_hidden": 24,
-        "model.lstm.instruction_hidden": 24,
+        **common.TINY_LSTM,
         "model.embed_dim": 32,
         "train.freeze_image_steps": 10,
     },

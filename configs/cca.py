@@ -21,11 +21,7 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         **common.TINY_DATA_AND_TRAIN,
         **common.TINY_RESNET,
-        "model.text.width": 32,
-        "model.text.depth": 1,
-        "model.text.num_heads": 2,
-        "model.text.mlp_dim": 64,
-        "model.embed_dim": 32,
+        **common.TINY_TEXT,
         "cca.dim": 16,
     },
     "paper": {

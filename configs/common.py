@@ -45,6 +45,21 @@ TINY_RESNET = {
     "model.resnet.width": 8,
     "model.resnet.blocks": (1, 1, 1, 1),
 }
+# The tiny transformer text branch (H-T, CCA, JE's transformer variant) and LSTM branch.
+TINY_TEXT = {
+    "model.text.width": 32,
+    "model.text.depth": 1,
+    "model.text.num_heads": 2,
+    "model.text.mlp_dim": 64,
+    "model.embed_dim": 32,
+}
+TINY_LSTM = {
+    "model.lstm.word_dim": 16,
+    "model.lstm.title_hidden": 16,
+    "model.lstm.ingredient_hidden": 16,
+    "model.lstm.sentence_hidden": 24,
+    "model.lstm.instruction_hidden": 24,
+}
 # The paper-size ViT-B/16 (timm's patchify stem: ImageNet weights import one-to-one).
 VIT_B16 = {
     "model.vit.stem": "patch",

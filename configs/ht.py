@@ -35,11 +35,7 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         **common.TINY_DATA_AND_TRAIN,
         **common.TINY_RESNET,
-        "model.text.width": 32,
-        "model.text.depth": 1,
-        "model.text.num_heads": 2,
-        "model.text.mlp_dim": 64,
-        "model.embed_dim": 32,
+        **common.TINY_TEXT,
     },
     "r50": {**PAPER, "model.image": "resnet", "model.resnet.depth": 50},
     "vit": {**PAPER, **common.VIT_B16, "model.image": "vit"},

@@ -23,15 +23,8 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         **common.TINY_DATA_AND_TRAIN,
         **common.TINY_RESNET,
-        "model.lstm.word_dim": 16,
-        "model.lstm.ingredient_hidden": 16,
-        "model.lstm.sentence_hidden": 24,
-        "model.lstm.instruction_hidden": 24,
-        "model.text.width": 32,
-        "model.text.depth": 1,
-        "model.text.num_heads": 2,
-        "model.text.mlp_dim": 64,
-        "model.embed_dim": 32,
+        **common.TINY_LSTM,
+        **common.TINY_TEXT,
     },
     "paper": {
         **common.PAPER_TEXT,

@@ -56,7 +56,7 @@ def test_switches_are_accepted_by_every_trained_method(method):
 def test_switches_that_cannot_apply_are_refused_naming_the_method():
     config = cca.get_config("tiny")
     config.train.fsdp = True
-    with pytest.raises(ValueError, match="cca .*train.fsdp"):
+    with pytest.raises(ValueError, match=r"cca .*train\.fsdp"):
         check_config(config)
     for method in ("adamine", "je"):
         config = METHODS[method].get_config("tiny")
@@ -104,17 +104,17 @@ def method_run(request, trained, tiny_data, tmp_path_factory):
 
 
 def test_each_method_checkpoint_serves_every_use(method_run, tmp_path, capsys):
-    method, config, workdir = method_run
+    _, config, workdir = method_run
     results = evaluate.evaluate_checkpoint(config, workdir, which="latest")
     assert results["n_pairs"] > 0 and 1 <= results["image_to_recipe"]["50"]["medR"]["mean"] <= 50
     path = evaluate.embed_checkpoint(config, workdir, which="latest")
     with np.load(path) as f:
         assert f["image"].shape == f["recipe"].shape and len(f["ids"]) == results["n_pairs"]
 
-    base = str(tmp_path / "test")
+    base, photo = str(tmp_path / "test"), _photo(config, str(tmp_path))
     search.run(["index", f"--workdir={workdir}", "--split=test", f"--out={base}"])
     photo_hits = search.run(
-        ["image", f"--workdir={workdir}", f"--index={base}-recipe.npz", "-k", "3", _photo(config, str(tmp_path))]
+        ["image", f"--workdir={workdir}", f"--index={base}-recipe.npz", "-k", "3", photo]
     )
     recipe_hits = search.run(
         [
@@ -137,11 +137,11 @@ def test_each_method_checkpoint_serves_every_use(method_run, tmp_path, capsys):
         assert "<svg" in f.read()
 
     if config.model.cross_decoder.enabled:
-        outs = predict.main([f"--workdir={workdir}", f"--image={_photo(config, str(tmp_path))}"])
+        outs = predict.main([f"--workdir={workdir}", f"--image={photo}"])
         assert isinstance(outs[0]["ingredients"], list)
     else:
         with pytest.raises(ValueError, match="no cross decoder"):
-            predict.main([f"--workdir={workdir}", f"--image={_photo(config, str(tmp_path))}"])
+            predict.main([f"--workdir={workdir}", f"--image={photo}"])
     capsys.readouterr()
 
 

@@ -192,8 +192,10 @@ class Run:
     ) -> Run:
         """A trained run reopened from WORKDIR/config.json (or with `config`, checked against
         it): its data unless `config.data.dir` names other data."""
-        recorded, record = read_record(workdir)
-        config = config or recorded
+        record: dict[str, Any] = {}
+        if config is None or os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+            recorded, record = read_record(workdir)
+            config = config or recorded
         data_dir = None
         if not config.data.dir and os.path.isdir(record.get("data_dir", "")):
             data_dir = record["data_dir"]

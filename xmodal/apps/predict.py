@@ -229,6 +229,7 @@ def evaluate_ingredients(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    """Describe --image photos (one JSON line each), then score --split if given (returned)."""
     import argparse
 
     from xmodal.apps import cli
@@ -244,16 +245,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[dict[str, A
     if not args.image and not args.split:
         p.error("give --image=PHOTO (repeatable) or --split=SPLIT")
     predictor = Predictor.from_workdir(args.workdir, cli.run_config(args), which=args.checkpoint)
+    outs: list[dict[str, Any]] = []
+    if args.image:
+        images = np.stack([predictor.load_image(path) for path in args.image])
+        outs = predictor.predict(images, beam=args.beam)
+        for path, out in zip(args.image, outs, strict=True):
+            print(json.dumps({"image": path, **out}))
     if args.split:
         results = evaluate_ingredients(
             predictor, args.workdir, split=args.split, beam=args.beam, limit=args.limit
         )
         print(json.dumps(results, indent=2))
         return results
-    images = np.stack([predictor.load_image(path) for path in args.image])
-    outs = predictor.predict(images, beam=args.beam)
-    for path, out in zip(args.image, outs, strict=True):
-        print(json.dumps({"image": path, **out}))
     return outs
 
 
