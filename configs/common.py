@@ -12,6 +12,7 @@ from __future__ import annotations
 import ml_collections
 
 from xmodal.data.synthetic_recipes import CLASSES
+from xmodal.models.vit import VIT_VARIANTS
 
 # Recipe1M: 1047 dish classes + class 0 (background / unlabelled), classes1M.pkl.
 RECIPE1M_CLASSES = 1048
@@ -63,11 +64,7 @@ TINY_LSTM = {
 # The paper-size ViT-B/16 (timm's patchify stem: ImageNet weights import one-to-one).
 VIT_B16 = {
     "model.vit.stem": "patch",
-    "model.vit.patch_size": 16,
-    "model.vit.width": 768,
-    "model.vit.depth": 12,
-    "model.vit.num_heads": 12,
-    "model.vit.mlp_dim": 3072,
+    **{f"model.vit.{k}": v for k, v in VIT_VARIANTS["B/16"].items()},
 }
 
 

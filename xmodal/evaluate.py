@@ -194,7 +194,7 @@ def embed_checkpoint(
     (unit norm, row i of both is pair i), `ids` [N] recipe ids (str), `step`, `split`. Plain
     NumPy: load with `np.load(path)` anywhere, no project code needed."""
     run = Run.from_workdir(workdir, config, mesh=mesh)
-    split = split or config.eval.split
+    split = split or run.config.eval.split
     state = run.restore(which)
     image, recipe = run.embed_split(state, split)
     ids = np.array([m["id"] for m in data_info.split_metadata(run.data_dir, split)], np.str_)

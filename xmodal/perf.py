@@ -68,9 +68,7 @@ def train_flops_per_example(config: Any, batch_size: int | None = None) -> dict[
         return words + pooled(count)
 
     recipe_fwd = pooled(d.max_title_tokens)
-    recipe_fwd += lines(
-        d.max_ingredient_tokens, d.max_ingredients, text.packed_ingredient_tokens
-    )
+    recipe_fwd += lines(d.max_ingredient_tokens, d.max_ingredients, text.packed_ingredient_tokens)
     recipe_fwd += lines(
         d.max_instruction_tokens, d.max_instructions, text.packed_instruction_tokens
     )

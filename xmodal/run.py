@@ -23,9 +23,10 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from xmodal.data import info as data_info
+from xmodal.models.dual_encoder import DualEncoder
 from xmodal.training import checkpointing, sharding
 from xmodal.training import state as state_lib
-from xmodal.training.embed import BatchFn, Embedder, pair_embeddings
+from xmodal.training.embed import BatchFn, Embedder
 
 CONFIG_FILE = "config.json"  # WORKDIR/config.json: everything a run did
 RUN_RECORD = "run"  # its key for what the run resolved (not config fields)
@@ -78,11 +79,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"{method}: loss.cross_decoder={config.loss.cross_decoder} but "
             "model.cross_decoder.enabled is False; enable the decoder or set the weight to 0"
         )
-    if t.grad_accum_steps < 1 or t.grad_accum not in ("gradcache", "naive"):
-        raise ValueError(
-            f"{method}: train.grad_accum_steps must be >= 1 and train.grad_accum gradcache | "
-            f"naive, got {t.grad_accum_steps}, {t.grad_accum!r}"
-        )
+    if t.grad_accum_steps < 1:
+        raise ValueError(f"{method}: train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
 
 
 def decoder_trains(config: ml_collections.ConfigDict) -> bool:
@@ -192,15 +190,16 @@ class Run:
     ) -> Run:
         """A trained run reopened from WORKDIR/config.json (or with `config`, checked against
         it): its data unless `config.data.dir` names other data."""
-        record: dict[str, Any] = {}
+        recorded, record = None, {}
         if config is None or os.path.exists(os.path.join(workdir, CONFIG_FILE)):
             recorded, record = read_record(workdir)
-            config = config or recorded
+        config = config or recorded
         data_dir = None
         if not config.data.dir and os.path.isdir(record.get("data_dir", "")):
             data_dir = record["data_dir"]
         run = cls.create(config, workdir, mesh=mesh, data_dir=data_dir)
-        run.check_compatible()
+        if recorded is not None:
+            run.check_compatible(recorded)
         return run
 
     @property
@@ -209,7 +208,7 @@ class Run:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.info["vocab_size"])
+        return self.layout.vocab_size
 
     def write_record(self, config: ml_collections.ConfigDict | None = None) -> None:
         """WORKDIR/config.json (process 0): the config (default: this run's) and what the run
@@ -227,11 +226,13 @@ class Run:
         with open(os.path.join(self.workdir, CONFIG_FILE), "w") as f:
             json.dump(record, f, indent=2, default=str)
 
-    def check_compatible(self) -> None:
-        """Refuse to resume or use a checkpoint made by a different model, naming the fields."""
-        if not os.path.exists(os.path.join(self.workdir, CONFIG_FILE)):
-            return
-        saved, _ = read_record(self.workdir)
+    def check_compatible(self, saved: ml_collections.ConfigDict | None = None) -> None:
+        """Refuse to resume or use a checkpoint made by a different model, naming the fields
+        (`saved`: WORKDIR's recorded config when already read)."""
+        if saved is None:
+            if not os.path.exists(os.path.join(self.workdir, CONFIG_FILE)):
+                return
+            saved, _ = read_record(self.workdir)
         ours, theirs = model_fields(self.config), model_fields(saved)
         diffs = [
             f"{k}: checkpoint has {theirs.get(k)!r}, this run has {ours.get(k)!r}"
@@ -278,9 +279,9 @@ class Run:
             if own:
                 manager.close()
 
-    def embedder(self, outputs: BatchFn = pair_embeddings) -> Embedder:
+    def embedder(self, outputs: BatchFn = DualEncoder.embed_pairs) -> Embedder:
         """An embedder of `outputs`; the pair embedder is built (and compiled) once per run."""
-        if outputs is not pair_embeddings:
+        if outputs is not DualEncoder.embed_pairs:
             return Embedder(self.layout, self.mesh, outputs)
         if self._pairs is None:
             self._pairs = Embedder(self.layout, self.mesh)

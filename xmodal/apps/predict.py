@@ -98,7 +98,7 @@ class Predictor:
         self.vocab_size = run.vocab_size
         self.tokenizer = tokenizer_lib.load_tokenizer(run.data_dir)
         model = nnx.merge(run.graphdef, state.params, state.model_state)
-        self.decoder_vocab_size = model.decoder_vocab_size  # a clear error without a decoder
+        model.check_decoder()
         model.eval()
         self._graphdef, self._params = nnx.split(model)
         self._decode = jax.jit(self._decode_ids, static_argnames="beam")

@@ -101,7 +101,12 @@ class _Session:
     def __init__(self, args: Any, model: Any = None):
         self.args = args
         if model is None:
-            key = (os.path.abspath(args.workdir), args.checkpoint, args.config)
+            key = (
+                os.path.abspath(args.workdir),
+                args.checkpoint,
+                args.config,
+                tuple(sorted(args.overrides.items())),
+            )
             if key not in _MODELS:  # repeated run() calls in one process restore and compile once
                 _MODELS.clear()
                 _MODELS[key] = cli.open_model(args)

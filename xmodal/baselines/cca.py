@@ -28,6 +28,7 @@ import numpy as np
 
 from xmodal import evaluate
 from xmodal.data.schema import COMPONENTS
+from xmodal.models.dual_encoder import DualEncoder
 from xmodal.run import Run, check_config, read_record
 from xmodal.training import sharding
 
@@ -93,10 +94,6 @@ def text_features(feats: dict[str, np.ndarray], text: str) -> np.ndarray:
     return feats[text]
 
 
-def branch_features(model: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    return model.branch_features(batch)
-
-
 def feature_run(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> tuple[Run, Any]:
     """(the run whose encoders give the features, its state): this config's model freshly
     initialised, or the trained run in `cca.features_from` (its architecture and text / image
@@ -121,7 +118,7 @@ def extract_features(
     """(feature run, its state, training-pair features, `eval.split` features)."""
     check_config(config)
     features, state = feature_run(config, workdir, sharding.make_mesh())
-    extract = features.embedder(branch_features)
+    extract = features.embedder(DualEncoder.branch_features)
     limit = config.cca.max_train_pairs or None
     train = extract.split(state, features.data_dir, "train", config, limit=limit)
     test = extract.split(state, features.data_dir, config.eval.split, config)

@@ -195,11 +195,11 @@ class DualEncoder(nnx.Module):
         merged = self.recipe_encoder.merge_components(feats)
         return l2_normalize(self.recipe_proj(merged.astype(jnp.float32)))
 
-    @property
-    def decoder_vocab_size(self) -> int:
-        return self._require_decoder().vocab_size
+    def check_decoder(self) -> None:
+        """A clear error for a model trained without the cross decoder."""
+        self._decoder()
 
-    def _require_decoder(self) -> CrossDecoder:
+    def _decoder(self) -> CrossDecoder:
         if self.cross_decoder is None:
             raise ValueError(
                 "this model has no cross decoder (model.cross_decoder.enabled=False): train "
@@ -211,13 +211,13 @@ class DualEncoder(nnx.Module):
         """uint8 photos -> the cross decoder's memory from the photo alone (no recipe tokens, as
         in the training drop) and its validity mask."""
         tokens, _ = self.encode_image(images)
-        return self._require_decoder().memory(tokens, None)
+        return self._decoder().memory(tokens, None)
 
     def decoder_logits(
         self, tokens: jax.Array, memory: jax.Array, memory_valid: jax.Array
     ) -> jax.Array:
         """Decoder tokens [B, L] over a memory -> next-token logits [B, L, V] float32."""
-        return self._require_decoder()(tokens, memory, memory_valid)
+        return self._decoder()(tokens, memory, memory_valid)
 
     def recipe_ssl(self, feats: Mapping[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
         """H-T Sec. 3.2: {'a->b': (normalised g_ab(e_a), normalised e_b)} for all ordered pairs
@@ -350,8 +350,8 @@ def build_model(
     """The dual encoder described by `config.model` (see configs/*.py).
 
     `model.image` and `model.recipe` choose the encoders (`build_image_encoder`,
-    `build_recipe_encoder`); `config.model.vit` may name a standard size with `variant='B/16'`
-    (see `VIT_VARIANTS`), explicit fields next to it override the variant. H-T's SSL heads exist
+    `build_recipe_encoder`; standard ViT sizes: `VIT_VARIANTS`, e.g. configs.common.VIT_B16).
+    H-T's SSL heads exist
     for the hierarchical encoder when `model.ssl_head` is set; `model.num_classes` > 0 adds the
     shared class head; `model.freeze_image` stops gradients into the image backbone for the whole
     run. The model starts in train mode (dropout on, BatchNorm on batch statistics).

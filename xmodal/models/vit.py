@@ -9,7 +9,6 @@ the fused kernel in three) and timm's `attn.proj` is `attn.out`.
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,13 +31,6 @@ VIT_VARIANTS: dict[str, dict[str, int]] = {
     "B/32": dict(patch_size=32, width=768, depth=12, num_heads=12, mlp_dim=3072),
     "L/16": dict(patch_size=16, width=1024, depth=24, num_heads=16, mlp_dim=4096),
 }
-
-
-def vit_variant(name: str, **overrides: Any) -> dict[str, Any]:
-    """Architecture fields of a standard variant ('B/16', ...), with optional overrides."""
-    if name not in VIT_VARIANTS:
-        raise ValueError(f"unknown ViT variant {name!r}; choose from {sorted(VIT_VARIANTS)}")
-    return {**VIT_VARIANTS[name], **overrides}
 
 
 class PatchEmbed(nnx.Module):

@@ -2,7 +2,8 @@
 device of every process, results gathered in record order.
 
 Validation, `--mode=eval|embed`, search galleries and CCA's features all go through it; what is
-computed per batch is a method of the model (`DualEncoder.embed_pairs` by default).
+computed per batch is a method of the model (`DualEncoder.embed_pairs` by default; CCA:
+`DualEncoder.branch_features`).
 """
 
 from __future__ import annotations
@@ -16,21 +17,18 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from xmodal.data import pipeline, schema
+from xmodal.models.dual_encoder import DualEncoder
 from xmodal.training import sharding
 from xmodal.training.state import StateLayout, TrainState
 
 BatchFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
 
 
-def pair_embeddings(model: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    return model.embed_pairs(batch)
-
-
 class Embedder:
     """`outputs(model, batch) -> {name: [B, ...]}` over a split, jit-compiled with the state's
     own shardings (a data-parallel or FSDP state goes in as it was trained)."""
 
-    def __init__(self, layout: StateLayout, mesh: Any, outputs: BatchFn = pair_embeddings):
+    def __init__(self, layout: StateLayout, mesh: Any, outputs: BatchFn = DualEncoder.embed_pairs):
         self.mesh = mesh
         graphdef = layout.graphdef
 
@@ -67,17 +65,14 @@ class Embedder:
             limit=limit,
         )
         parts: dict[str, list[np.ndarray]] = {}
-        indices = []
         for batch in sharding.DevicePrefetcher(iter(ds), self.mesh, config.data.prefetch):
             out = self._run(state.params, state.model_state, batch)
-            out = {k: multihost_utils.process_allgather(v, tiled=True) for k, v in out.items()}
-            index, valid = (
-                np.asarray(multihost_utils.process_allgather(batch[k], tiled=True))
-                for k in (schema.INDEX, schema.VALID)
-            )
-            indices.append(index[valid])
+            out[schema.INDEX] = batch[schema.INDEX]
+            valid = batch[schema.VALID]
+            out, valid = multihost_utils.process_allgather((out, valid), tiled=True)
             for k, v in out.items():
-                parts.setdefault(k, []).append(np.asarray(v)[valid])
+                parts.setdefault(k, []).append(np.asarray(v)[np.asarray(valid)])
+        indices = parts.pop(schema.INDEX)
         order = np.argsort(np.concatenate(indices), kind="stable")
         result = {k: np.concatenate(v)[order] for k, v in parts.items()}
         if len(order) != n:

@@ -211,9 +211,7 @@ class StateLayout:
         shardings = state_shardings(
             abstract, mesh, fsdp=config.train.fsdp, fsdp_min_size=config.train.fsdp_min_size
         )
-        return cls(
-            graphdef, with_shardings(abstract, shardings), shardings, tx, config, vocab_size
-        )
+        return cls(graphdef, with_shardings(abstract, shardings), shardings, tx, config, vocab_size)
 
     def init(self) -> TrainState:
         """A freshly initialised state, created directly in its shardings."""
