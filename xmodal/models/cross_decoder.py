@@ -35,11 +35,6 @@ from xmodal.models.layers import (
 )
 
 
-def causal_mask(length: int) -> jax.Array:
-    """[1, 1, L, L] boolean: position i attends to positions <= i."""
-    return jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
-
-
 class MemoryDrop(nnx.Module):
     """Per-example Bernoulli keep flags for the recipe memory tokens (the 'dropout' RNG stream).
 
@@ -87,11 +82,10 @@ class DecoderBlock(nnx.Module):
         self.mlp = Mlp(width, mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs)
         self.drop = Dropout(dropout, rngs=rngs)
 
-    def __call__(
-        self, x: jax.Array, memory: jax.Array, self_mask: jax.Array, memory_mask: jax.Array
-    ) -> jax.Array:
-        """x [B, L, W]; memory [B, M, W]; masks boolean, broadcastable to [B, heads, L, L|M]."""
-        x = x + self.drop(self.self_attn(self.norm1(x), mask=self_mask))
+    def __call__(self, x: jax.Array, memory: jax.Array, memory_mask: jax.Array) -> jax.Array:
+        """x [B, L, W] (causal self-attention); memory [B, M, W]; memory_mask boolean,
+        broadcastable to [B, heads, L, M]."""
+        x = x + self.drop(self.self_attn(self.norm1(x), is_causal=True))
         h = self.norm2(x)
         x = x + self.drop(self.cross_attn(h, memory, memory, mask=memory_mask))
         return x + self.drop(self.mlp(self.norm3(x)))
@@ -188,10 +182,9 @@ class CrossDecoder(nnx.Module):
         if length > self.max_len:
             raise ValueError(f"decoder input of {length} tokens exceeds max_len {self.max_len}")
         x = self.token_embed(tokens) + self.pos_embed[:length].astype(self.dtype)
-        self_mask = causal_mask(length)
         memory_mask = memory_valid[:, None, None, :]
         for block in self.blocks:
-            x = block(x, memory, self_mask, memory_mask)
+            x = block(x, memory, memory_mask)
         return self.head(self.norm(x)).astype(jnp.float32)
 
 

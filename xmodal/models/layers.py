@@ -64,19 +64,52 @@ def dot_product_attention(
     *,
     mask: jax.Array | None = None,
     implementation: AttentionImpl = "auto",
+    is_causal: bool = False,
     **unused: Any,
 ) -> jax.Array:
     """`attention_fn` for `nnx.MultiHeadAttention` that calls `jax.nn.dot_product_attention`.
 
     nnx hands us q/k/v as [B, T, N, H] (the layout jax.nn expects) and a mask broadcastable to
-    [B, N, Tq, Tk]. Attention-probability dropout is not supported by the fused kernels, so the
-    blocks apply dropout on the residual branches instead (`unused` swallows nnx's dropout args).
+    [B, N, Tq, Tk]. cuDNN's fused kernel turns a boolean mask into a bias that must be
+    [B, N or 1, Tq, Tk] (a [B, 1, 1, Tk] padding mask fails at lowering: "Bias must have same seq
+    length as QKV"), so the mask is broadcast to that form here, for every attention site at once
+    (XLA fuses the broadcast), and odd sequence lengths are padded for it (`even_lengths`). Causal
+    attention is `is_causal`, which the kernel handles without a mask. Attention-probability
+    dropout is not supported by the fused kernels, so the blocks apply dropout on the residual
+    branches instead (`unused` swallows nnx's dropout args).
     """
     del unused
-    if mask is not None and mask.dtype != jnp.bool_:
-        mask = mask.astype(jnp.bool_)
     impl = attention_implementation(implementation, query.dtype)
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=impl)
+    tq = query.shape[1]
+    if mask is not None:
+        heads = mask.shape[-3] if mask.ndim == 4 else 1
+        shape = (query.shape[0], heads, tq, key.shape[1])
+        mask = jnp.broadcast_to(mask.astype(jnp.bool_), shape)
+    if impl == "cudnn":
+        query, key, value, mask = even_lengths(query, key, value, mask)
+    out = jax.nn.dot_product_attention(
+        query, key, value, mask=mask, is_causal=is_causal, implementation=impl
+    )
+    return out[:, :tq]
+
+
+def even_lengths(
+    query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """cuDNN's fused backward pass needs even sequence lengths (ViT's 197 tokens, H-T's 15-token
+    lines): pad an odd query length with one row (the caller drops its output) and an odd key
+    length with one key that the [B, N, Tq, Tk] mask hides. Even inputs pass through."""
+    b, tq, tk = query.shape[0], query.shape[1], key.shape[1]
+    pad_q, pad_k = tq % 2, tk % 2
+    if not (pad_q or pad_k):
+        return query, key, value, mask
+    if mask is None:
+        mask = jnp.ones((b, 1, tq, tk), jnp.bool_)
+    query = jnp.pad(query, ((0, 0), (0, pad_q), (0, 0), (0, 0)))
+    key, value = (jnp.pad(x, ((0, 0), (0, pad_k), (0, 0), (0, 0))) for x in (key, value))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_q), (0, pad_k)), constant_values=False)
+    mask = mask.at[:, :, tq:, :tk].set(True)  # the extra query row attends to the real keys
+    return query, key, value, mask
 
 
 def key_padding_mask(valid: jax.Array) -> jax.Array:
@@ -152,7 +185,7 @@ def attention_layer(
     width: int, num_heads: int, *, dtype: Dtype, attention: AttentionImpl, rngs: nnx.Rngs
 ) -> nnx.MultiHeadAttention:
     """Multi-head attention routed through `jax.nn.dot_product_attention` (cuDNN-capable), shared
-    by encoder self-attention and decoder self-/cross-attention."""
+    by encoder self-attention and decoder self-/cross-attention (`is_causal=True` at the call)."""
     if width % num_heads:
         raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
     return nnx.MultiHeadAttention(
