@@ -12,6 +12,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from xmodal import distributed
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics and results go (default: runs/<method>-<preset>)."
@@ -27,18 +29,20 @@ _SPLIT = flags.DEFINE_string("split", None, "Eval split (default: config.eval.sp
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Eval checkpoint: best | latest | <step> (default: config.eval.checkpoint)."
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (default: $JAX_COORDINATOR_ADDRESS)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the job (default: $JAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's id in [0, num_processes) (default: $JAX_PROCESS_ID)."
+)
 flags.mark_flags_as_required(["config"])
 
 
 def default_workdir(config) -> str:
     return os.path.join("runs", f"{config.method}-{config.preset}")
-
-
-def maybe_initialize_distributed() -> None:
-    """Join a multi-host job when launched as one; a no-op on a single machine."""
-    markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
-    if any(os.environ.get(m) for m in markers):
-        jax.distributed.initialize()
 
 
 def enable_compilation_cache() -> None:
@@ -54,7 +58,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
     enable_compilation_cache()
-    maybe_initialize_distributed()
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)
     if config.method == "cca":  # closed form: fit and evaluate in one go, no training loop

@@ -11,6 +11,7 @@ host as uint8; the model normalises them. Decoding runs in Grain worker processe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -324,18 +325,19 @@ def train_dataset(
     split: str = "train",
     decoder_targets: DecoderTargets | None = None,
 ) -> grain.IterDataset:
-    """Endless shuffled batches of `batch_size` (this process's share of the global batch)."""
+    """Endless shuffled batches of `batch_size`: this process's rows of each global batch.
+
+    The examples are ordered (and augmented, each from its own index) the same way whatever the
+    number of processes; process p of P reads rows [p * batch_size, (p + 1) * batch_size) of
+    every global batch of `batch_size * P`. So a run on 2 processes x 2 devices sees the same
+    global batches as one process with 4 devices.
+    """
     source = open_split(data_dir, split)
-    if len(source) < process_count:
-        raise ValueError(f"split {split!r} has {len(source)} recipes, fewer than processes")
     fraction = data_config.labelled_fraction
     if fraction >= 0:  # AdaMine: a fixed share of class-labelled pairs in every batch
-        ds = _class_aware(
-            source, data_dir, split, fraction, batch_size, seed, process_index, process_count
-        )
+        ds = _class_aware(source, data_dir, split, fraction, batch_size * process_count, seed)
     else:
-        ds = grain.MapDataset.source(source).seed(seed)
-        ds = ds[process_index::process_count].shuffle().repeat()
+        ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
     ds = ds.random_map(
         TrainExample(
             TextLimits.from_config(data_config),
@@ -344,7 +346,27 @@ def train_dataset(
             crop=data_config.train_crop,
         )
     )
+    ds = process_rows(ds, batch_size, process_index, process_count)
     return _batches(ds, batch_size, data_config.num_workers)
+
+
+def process_rows(
+    ds: grain.MapDataset, batch_size: int, process_index: int, process_count: int
+) -> grain.MapDataset:
+    """Process `process_index`'s rows of every global batch of `batch_size * process_count`
+    consecutive elements of `ds` (the identity on one process)."""
+    if process_count == 1:
+        return ds
+    global_batch = batch_size * process_count
+    offset = process_index * batch_size
+    rows = len(ds) // global_batch * batch_size
+    return grain.MapDataset.range(rows).map(
+        functools.partial(_global_row, ds, batch_size, global_batch, offset)
+    )
+
+
+def _global_row(ds: grain.MapDataset, local: int, global_batch: int, offset: int, i: int) -> Any:
+    return ds[i // local * global_batch + offset + i % local]
 
 
 def _class_aware(
@@ -354,21 +376,18 @@ def _class_aware(
     fraction: float,
     batch_size: int,
     seed: int,
-    process_index: int,
-    process_count: int,
 ) -> grain.MapDataset:
-    """Records ordered by `ClassAwareOrder` over this process's slice of the split."""
+    """Records ordered by `ClassAwareOrder` in global batches of `batch_size`."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"data.labelled_fraction must be in [0, 1] (or < 0: off), got {fraction}")
-    mine = np.arange(process_index, len(source), process_count)
-    class_ids = class_aware.split_class_ids(data_dir, split, source)[mine]
+    every = np.arange(len(source))
     order = class_aware.ClassAwareOrder(
-        class_ids,
+        class_aware.split_class_ids(data_dir, split, source),
         batch_size=batch_size,
         labelled_per_batch=round(fraction * batch_size),
-        seed=seed + process_index,
+        seed=seed,
     )
-    return grain.MapDataset.source(class_aware.OrderedRecords(source, mine, order)).seed(seed)
+    return grain.MapDataset.source(class_aware.OrderedRecords(source, every, order)).seed(seed)
 
 
 def text_only_dataset(
@@ -387,11 +406,9 @@ def text_only_dataset(
     Raises FileNotFoundError when the dataset has no such split (see `records.shard_paths`).
     """
     source = open_split(data_dir, split)
-    if len(source) < process_count:
-        raise ValueError(f"split {split!r} has {len(source)} recipes, fewer than processes")
-    ds = grain.MapDataset.source(source).seed(seed + 1)
-    ds = ds[process_index::process_count].shuffle().repeat()
+    ds = grain.MapDataset.source(source).seed(seed + 1).shuffle().repeat()
     ds = ds.map(TextOnlyExample(TextLimits.from_config(data_config), prefix))
+    ds = process_rows(ds, batch_size, process_index, process_count)
     return _batches(ds, batch_size, data_config.num_workers)
 
 

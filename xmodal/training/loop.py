@@ -88,13 +88,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run = Run.create(config, workdir)
     mesh = run.mesh
     run.check_compatible()
-    run.write_record()
     manager = run.manager()
-    host_iter = train_iterator(run)
     latest = manager.latest_step()
     if latest is not None:
+        run.check_same_processes()
+    run.write_record()
+    host_iter = train_iterator(run)
+    if latest is not None:
         state = run.restore(latest, manager=manager, data_iterator=host_iter)
-        print(f"resumed from {checkpointing.checkpoint_dir(workdir)} at step {latest}")
+        if jax.process_index() == 0:
+            print(f"resumed from {checkpointing.checkpoint_dir(workdir)} at step {latest}")
     else:
         state = run.init_state()
 
@@ -128,11 +131,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step % config.train.eval_every == 0 or is_last:
             val = validate(run, state)
             writer.write(step, val)
-            progress.write(
-                f"step {step}: val medR {val['val_medR_i2r']:.1f} / {val['val_medR_r2i']:.1f}  "
-                f"R@1 {val['val_R@1_i2r']:.1f} / {val['val_R@1_r2i']:.1f} (i2r / r2i, "
-                f"{val['val_pairs']:.0f} pairs)"
-            )
+            if jax.process_index() == 0:
+                progress.write(
+                    f"step {step}: val medR {val['val_medR_i2r']:.1f} / {val['val_medR_r2i']:.1f}  "
+                    f"R@1 {val['val_R@1_i2r']:.1f} / {val['val_R@1_r2i']:.1f} (i2r / r2i, "
+                    f"{val['val_pairs']:.0f} pairs)"
+                )
         if step % config.train.checkpoint_every == 0 or is_last or val is not None:
             checkpointing.save(manager, step, state, batches.get_state(), metrics=val)
     progress.close()

@@ -1,0 +1,155 @@
+"""Two JAX processes x 2 CPU devices (gloo collectives) run the real entry point — training with
+FSDP, validations and checkpoints, a resume, `--mode=eval` — and match one process x 4 devices
+step for step. Subprocesses: the process boundary is what is tested."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = [
+    "--config=configs/tnlbt.py:tiny",
+    "--config.train.fsdp=True",
+    "--config.train.fsdp_min_size=512",
+    "--config.train.eval_every=3",
+    "--config.train.checkpoint_every=3",
+    "--config.train.log_every=2",
+    "--config.train.val_pairs=32",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update(
+        PYTHONPATH=REPO,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
+        **extra,
+    )
+    return env
+
+
+def _main(args: list[str], *, processes: int, devices: int) -> list[str]:
+    """Run `python -m xmodal.main ARGS` as `processes` processes of `devices` devices each;
+    returns each process's output (all must exit 0)."""
+    cmd = [sys.executable, "-m", "xmodal.main", *args]
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=_env(devices)
+            if processes == 1
+            else _env(
+                devices,
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES=str(processes),
+                JAX_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
+def _curve(workdir: str) -> list[tuple[int, str, float]]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    keys = ("loss", "val_recall@1", "val_medR_i2r")
+    return [(r["step"], k, r[k]) for r in rows for k in keys if k in r]
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)):
+            out[prefix + k] = v
+    return out
+
+
+def _eval(workdir: str) -> dict:
+    with open(os.path.join(workdir, "eval_test.json")) as f:
+        return json.load(f)
+
+
+def test_two_processes_match_one_through_train_resume_and_eval(tiny_data, tmp_path):
+    data = f"--config.data.dir={tiny_data}"
+    two, one = str(tmp_path / "two"), str(tmp_path / "one")
+    outs = _main(
+        [*TRAIN, data, f"--workdir={two}", "--config.train.num_steps=6"], processes=2, devices=2
+    )
+    assert "step 6: val" in outs[0] and "step 6: val" not in outs[1]  # process 0 prints
+    _main([*TRAIN, data, f"--workdir={two}", "--config.train.num_steps=8"], processes=2, devices=2)
+    _main([*TRAIN, data, f"--workdir={one}", "--config.train.num_steps=8"], processes=1, devices=4)
+
+    got, want = _curve(two), _curve(one)
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    for (step, key, a), (_, _, b) in zip(got, want, strict=True):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5), (step, key)
+    assert _flat(_eval(two)) == pytest.approx(_flat(_eval(one)), rel=1e-4)
+
+    os.remove(os.path.join(two, "eval_test.json"))
+    _main(
+        [*TRAIN, data, f"--workdir={two}", "--mode=eval", "--checkpoint=latest"],
+        processes=2,
+        devices=2,
+    )
+    assert _eval(two)["step"] == 8
+    assert _flat(_eval(two)) == pytest.approx(_flat(_eval(one)), rel=1e-4)
+    with open(os.path.join(two, "config.json")) as f:
+        assert json.load(f)["run"]["processes"] == 2
+
+
+def test_resume_with_another_process_count_is_refused(tiny_data, tmp_path):
+    workdir = str(tmp_path / "run")
+    args = [*TRAIN, f"--config.data.dir={tiny_data}", f"--workdir={workdir}"]
+    _main([*args, "--config.train.num_steps=3"], processes=2, devices=2)
+    proc = subprocess.run(
+        [sys.executable, "-m", "xmodal.main", *args, "--config.train.num_steps=6"],
+        cwd=REPO,
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    assert "written by 2 process(es), this run has 1" in proc.stderr
+
+
+def test_a_coordinator_without_the_process_count_is_a_clear_error(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xmodal.main",
+            "--config=configs/tnlbt.py:tiny",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=REPO,
+        env=_env(1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "set JAX_NUM_PROCESSES and JAX_PROCESS_ID" in proc.stderr
