@@ -45,17 +45,12 @@ def test_even_lengths_keeps_the_attention(tq, tk, masked, causal):
     if masked:
         valid = np.arange(tk)[None] < np.array([[tk], [tk // 2], [1]])  # padded keys
         mask = jnp.broadcast_to(key_padding_mask(jnp.asarray(valid)), (3, 1, tq, tk))
-    pq, pk, pv, pmask = even_lengths(q, k, v, mask)
-    assert (
-        pq.shape[1] % 2 == 0
-        and pk.shape[1] % 2 == 0
-        and pmask.shape[-2:]
-        == (
-            pq.shape[1],
-            pk.shape[1],
-        )
-    )
-    got = jax.nn.dot_product_attention(pq, pk, pv, mask=pmask, is_causal=causal)[:, :tq]
+    pq, pk, pv, pmask, lengths = even_lengths(q, k, v, mask)
+    assert pq.shape[1] % 2 == 0 and pk.shape[1] % 2 == 0
+    assert (pmask is None) == (mask is None) and (lengths is None) == (mask is not None)
+    got = jax.nn.dot_product_attention(
+        pq, pk, pv, mask=pmask, is_causal=causal, key_value_seq_lengths=lengths
+    )[:, :tq]
     np.testing.assert_allclose(np.asarray(got), _brute(q, k, v, mask, causal), atol=1e-5)
 
 

@@ -85,31 +85,41 @@ def dot_product_attention(
         heads = mask.shape[-3] if mask.ndim == 4 else 1
         shape = (query.shape[0], heads, tq, key.shape[1])
         mask = jnp.broadcast_to(mask.astype(jnp.bool_), shape)
+    key_lengths = None
     if impl == "cudnn":
-        query, key, value, mask = even_lengths(query, key, value, mask)
+        query, key, value, mask, key_lengths = even_lengths(query, key, value, mask)
     out = jax.nn.dot_product_attention(
-        query, key, value, mask=mask, is_causal=is_causal, implementation=impl
+        query,
+        key,
+        value,
+        mask=mask,
+        is_causal=is_causal,
+        key_value_seq_lengths=key_lengths,
+        implementation=impl,
     )
     return out[:, :tq]
 
 
 def even_lengths(
     query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
     """cuDNN's fused backward pass needs even sequence lengths (ViT's 197 tokens, H-T's 15-token
     lines): pad an odd query length with one row (the caller drops its output) and an odd key
-    length with one key that the [B, N, Tq, Tk] mask hides. Even inputs pass through."""
+    length with one key, hidden by the [B, N, Tq, Tk] mask when there is one, else by key
+    lengths (returned; no bias for the kernel to read). Even inputs pass through.
+
+    Returns (query, key, value, mask, key lengths or None)."""
     b, tq, tk = query.shape[0], query.shape[1], key.shape[1]
     pad_q, pad_k = tq % 2, tk % 2
     if not (pad_q or pad_k):
-        return query, key, value, mask
-    if mask is None:
-        mask = jnp.ones((b, 1, tq, tk), jnp.bool_)
+        return query, key, value, mask, None
     query = jnp.pad(query, ((0, 0), (0, pad_q), (0, 0), (0, 0)))
     key, value = (jnp.pad(x, ((0, 0), (0, pad_k), (0, 0), (0, 0))) for x in (key, value))
+    if mask is None:
+        return query, key, value, None, jnp.full((b,), tk, jnp.int32)
     mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_q), (0, pad_k)), constant_values=False)
     mask = mask.at[:, :, tq:, :tk].set(True)  # the extra query row attends to the real keys
-    return query, key, value, mask
+    return query, key, value, mask, None
 
 
 def key_padding_mask(valid: jax.Array) -> jax.Array:
