@@ -41,11 +41,6 @@ _DOT = re.compile(
     r": \(tensor<([^>]*)>, tensor<([^>]*)>\) -> tensor<([^>]*)>"
 )
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:preset] to lower.")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch (0: the config's).")
-_OUT = flags.DEFINE_string("out", "", "Also write the report as JSON here.")
-
-
 def _dims(tensor: str) -> tuple[list[int], str]:
     *shape, dtype = tensor.split("x")
     return [int(d) for d in shape], dtype
@@ -125,10 +120,18 @@ def lower_all(config: Any, batch_size: int) -> dict[str, dict[str, Any]]:
     return report
 
 
+def _define_flags() -> None:
+    """Defined when run as a script only: the tests import this module next to other tools."""
+    config_flags.DEFINE_config_file("config", None, "Config file[:preset] to lower.")
+    flags.DEFINE_integer("batch_size", 0, "Global batch (0: the config's).")
+    flags.DEFINE_string("out", "", "Also write the report as JSON here.")
+    flags.mark_flags_as_required(["config"])
+
+
 def main(argv: list[str]) -> None:
     del argv
-    config = _CONFIG.value
-    batch_size = _BATCH.value or config.train.batch_size
+    config, out = flags.FLAGS.config, flags.FLAGS.out
+    batch_size = flags.FLAGS.batch_size or config.train.batch_size
     report = lower_all(config, batch_size)
     print(f"{config.method}:{config.preset}  batch {batch_size}  (CUDA, cuDNN attention, bf16)")
     for name, r in report.items():
@@ -141,12 +144,12 @@ def main(argv: list[str]) -> None:
             f"{r['cudnn_attention_calls']}  matmul GFLOP by dtype: {dots}  "
             f"(f32 share {100 * r['f32_matmul_share']:.2f}%)"
         )
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
+    if out:
+        with open(out, "w") as f:
             json.dump({"config": f"{config.method}:{config.preset}", **report}, f, indent=2)
     sys.exit(0 if all(r["ok"] for r in report.values()) else 1)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
+    _define_flags()
     app.run(main)
