@@ -91,7 +91,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.data.max_ingredient_tokens = 8  # tokens per ingredient line (built-in: <= 8 words)
     c.data.max_instruction_tokens = 15  # tokens per instruction line
     c.data.max_decoder_tokens = 48  # cross decoder target: BOS ingredients <title> title EOS
-    c.data.num_workers = 0  # Grain worker processes; 0 decodes in the main process
+    # Grain worker processes: "0" decodes in the main process (threads), "N" spawns N, "auto" one
+    # per core this process may use beyond two (xmodal.data.pipeline.worker_count).
+    c.data.num_workers = "0"
     c.data.prefetch = 2  # batches prefetched to device
     c.data.num_classes = BUILTIN_CLASSES  # the dataset's classes incl. 0; Recipe1M: 1048
     c.data.labelled_fraction = -1.0  # >= 0: that share of every batch is class-labelled (AdaMine)

@@ -28,6 +28,7 @@ PAPER = {
     "train.eval_every": 2_000,
     "train.checkpoint_every": 2_000,
     "eval.batch_size": 1024,
+    "data.num_workers": "auto",
 }
 
 PRESETS: dict[str, dict] = {

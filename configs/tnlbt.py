@@ -73,6 +73,7 @@ PRESETS: dict[str, dict] = {
         "model.cross_decoder.num_heads": 8,
         "model.cross_decoder.mlp_dim": 2048,
         "data.max_decoder_tokens": 64,
+        "data.num_workers": "auto",  # a GPU's appetite needs every core decoding JPEGs
         "model.dtype": "bfloat16",
         "train.batch_size": 768,
         "train.num_steps": 100_000,

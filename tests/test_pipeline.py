@@ -1,13 +1,14 @@
 """Grain pipelines on hand-written shards: shapes, determinism, padding, iterator checkpointing."""
 
 import io
+import os
 
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
-from configs import common
+from configs import common, tnlbt
 from xmodal.data import pipeline, records
 
 
@@ -54,7 +55,7 @@ def _config(**overrides):
             max_instructions=2,
             max_ingredient_tokens=2,
             max_instruction_tokens=3,
-            num_workers=0,
+            num_workers="0",
         )
     )
     c.update(overrides)
@@ -196,3 +197,19 @@ def test_random_batch_matches_the_train_pipeline(data_dir):
     for k, v in fake.items():
         assert (v.shape, v.dtype) == (real[k].shape, real[k].dtype), k
     assert fake["title"].min() >= 1 and fake["title"].max() < 10  # never padding, in vocab
+
+
+def test_num_workers_auto_is_sized_to_this_process_cores(monkeypatch):
+    """b16's data.num_workers='auto': two of the cores this process may use stay with the step;
+    a malformed value is refused when the config is checked, naming the field."""
+    from xmodal.run import check_config
+
+    for cores, want in ((2, 0), (3, 0), (4, 2), (16, 14), (96, 32)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _, n=cores: set(range(n)))
+        assert pipeline.worker_count("auto") == want
+    assert pipeline.worker_count("6") == 6 and pipeline.worker_count(0) == 0
+    config = tnlbt.get_config("b16")
+    assert config.data.num_workers == "auto"
+    config.data.num_workers = "many"
+    with pytest.raises(ValueError, match=r"data\.num_workers"):
+        check_config(config)

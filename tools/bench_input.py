@@ -63,7 +63,7 @@ def _stages(data_dir: str, image_size: int, n: int = 200) -> dict[str, float]:
 
 
 def _run(data_dir: str, config, workers: int) -> dict[str, float]:
-    config.data.num_workers = workers
+    config.data.num_workers = str(workers)
     ds = pipeline.train_dataset(data_dir, config.data, batch_size=FLAGS.batch_size, seed=0)
     it = iter(ds)
     for _ in range(FLAGS.warmup):

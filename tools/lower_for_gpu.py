@@ -41,6 +41,7 @@ _DOT = re.compile(
     r": \(tensor<([^>]*)>, tensor<([^>]*)>\) -> tensor<([^>]*)>"
 )
 
+
 def _dims(tensor: str) -> tuple[list[int], str]:
     *shape, dtype = tensor.split("x")
     return [int(d) for d in shape], dtype

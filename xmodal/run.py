@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from xmodal.data import info as data_info
+from xmodal.data.pipeline import worker_count
 from xmodal.models.dual_encoder import DualEncoder
 from xmodal.training import checkpointing, sharding
 from xmodal.training import state as state_lib
@@ -50,6 +51,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     the cross decoder's loss needs the decoder; a class head needs the dataset's classes.
     """
     method, t, m = config.method, config.train, config.model
+    worker_count(config.data.num_workers)  # a bad value fails here, not in the first batch
     if method == "cca":
         on = [
             name

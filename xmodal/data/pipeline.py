@@ -297,7 +297,20 @@ def open_split(data_dir: str, split: str) -> grain.sources.ArrayRecordDataSource
     return grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, split))
 
 
-def _batches(ds: grain.MapDataset, batch_size: int, num_workers: int) -> grain.IterDataset:
+def worker_count(num_workers: str | int) -> int:
+    """`data.num_workers` as a number: "auto" keeps two of the cores this process may use (its
+    CPU affinity: a SLURM or container share, not the whole host) for the train step's dispatch
+    and Grain's read threads and gives the rest to decoding workers, up to 32; 0 below 4 cores."""
+    value = str(num_workers).strip()
+    if value == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return min(32, (cores or 1) - 2) if (cores or 1) >= 4 else 0
+    if not value.isdigit():
+        raise ValueError(f"data.num_workers must be 'auto' or a count >= 0, got {num_workers!r}")
+    return int(value)
+
+
+def _batches(ds: grain.MapDataset, batch_size: int, num_workers: str | int) -> grain.IterDataset:
     """Batches read one batch ahead with a thread per core (up to Grain's 16).
 
     Grain's default read-ahead of 500 elements costs host CPU for every element it returns (it
@@ -309,8 +322,9 @@ def _batches(ds: grain.MapDataset, batch_size: int, num_workers: int) -> grain.I
     threads = min(16, os.cpu_count() or 1)
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=batch_size)
     ds = ds.to_iter_dataset(options).batch(batch_size, drop_remainder=True)
-    if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    workers = worker_count(num_workers)
+    if workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return ds
 
 
