@@ -42,10 +42,16 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def _main(args: list[str], *, processes: int, devices: int) -> list[str]:
-    """Run `python -m xmodal.main ARGS` as `processes` processes of `devices` devices each;
-    returns each process's output (all must exit 0)."""
-    cmd = [sys.executable, "-m", "xmodal.main", *args]
+def _main(
+    args: list[str],
+    *,
+    processes: int,
+    devices: int,
+    program: tuple[str, ...] = ("-m", "xmodal.main"),
+) -> list[str]:
+    """Run `python -m xmodal.main ARGS` (or another `program`) as `processes` processes of
+    `devices` devices each; returns each process's output (all must exit 0)."""
+    cmd = [sys.executable, *program, *args]
     port = _free_port()
     procs = [
         subprocess.Popen(
@@ -153,3 +159,31 @@ def test_a_coordinator_without_the_process_count_is_a_clear_error(tmp_path):
         timeout=300,
     )
     assert proc.returncode != 0 and "set JAX_NUM_PROCESSES and JAX_PROCESS_ID" in proc.stderr
+
+
+def test_bench_train_measures_the_per_process_batch_of_a_two_process_job(tiny_data, tmp_path):
+    """bench_train joins the job like xmodal.main (before: `jax.distributed.initialize()` without
+    the process count, which stops), runs the step over the 4 global devices, and times each
+    process's pipeline making its half of the global batch; only process 0 prints and writes."""
+    out = tmp_path / "bench.json"
+    args = [
+        "--config=configs/tnlbt.py:tiny",
+        "--config.model.vit.depth=1",
+        "--config.data.max_ingredients=3",
+        "--config.data.max_instructions=3",
+        "--config.model.cross_decoder.enabled=False",  # its compile is not what is under test
+        "--config.loss.cross_decoder=0.0",
+        f"--config.data.dir={tiny_data}",
+        "--mode=pipeline",
+        "--steps=2",
+        "--warmup=1",
+        f"--out={out}",
+    ]
+    outs = _main(args, processes=2, devices=2, program=("tools/bench_train.py",))
+    assert "examples/s" in outs[0] and "examples/s" not in outs[1]
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert report["processes"] == 2 and row["devices"] == 4
+    assert row["per_process_batch"] == report["batch_size"] // 2
+    assert row["host_pipeline_examples_per_sec_per_process"] > 0
+    assert "batch 8 per process" in outs[0]

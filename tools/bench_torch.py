@@ -4,9 +4,12 @@ batch and input sizes as tools/bench_train.py, with the same metrics and JSON la
   python tools/bench_torch.py --config=configs/tnlbt.py:b16 [--amp=bf16|none] [--compile]
       [--steps=20] [--warmup=3] [--out=FILE.json]
 
-AMP: bf16 autocast (GPU, and CPU where it works), float32 master weights, fused AdamW on GPU,
-the same gradient clipping. Synthetic data on the device (the model alone), like bench_train's
-synthetic mode. One device (the issue's comparison is per GPU).
+The same model and objective as the JAX step: the config's cross decoder (with its targets in
+the batch) and margin schedule (the step number is passed, so a linear margin moves). AMP: bf16
+autocast, float32 master weights, fused AdamW on GPU, the same gradient clipping and weight
+decay. --compile wraps the whole step (zero_grad, forward, loss, backward, clipping, optimizer)
+in one `torch.compile`, as the JAX step is one jit. Synthetic data on the device (the model
+alone), like bench_train's synthetic mode. One device (the comparison is per GPU).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ml_collections import config_flags
 from tools import torch_reference as ref
 from xmodal import perf
 from xmodal.data.pipeline import TextLimits
+from xmodal.run import decoder_trains
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _AMP = flags.DEFINE_enum("amp", "bf16", ["bf16", "none"], "Autocast dtype.")
@@ -48,6 +52,8 @@ def synthetic_batch(config, vocab: int, device: torch.device) -> dict[str, torch
         return torch.randint(1, vocab, shape, generator=g)
 
     batch = {name: ids(*shape) for name, shape in TextLimits.from_config(d).shapes(b).items()}
+    if decoder_trains(config):  # the JAX benchmark feeds the decoder's targets too
+        batch["decoder_tokens"] = ids(b, d.max_decoder_tokens)
     batch["image"] = torch.randint(0, 256, (b, d.image_size, d.image_size, 3), generator=g).to(
         torch.uint8
     )
@@ -68,17 +74,26 @@ def main(argv: list[str]) -> None:
         weight_decay=config.train.weight_decay,
         fused=device.type == "cuda",
     )
-    forward = torch.compile(model) if _COMPILE.value else model
     amp = _AMP.value == "bf16"
     batch = synthetic_batch(config, _VOCAB.value, device)
+    total = config.train.num_steps
+    step_number = [0]
 
-    def step() -> torch.Tensor:
+    def train_step(step: torch.Tensor) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = ref.tnlbt_loss(forward(batch), config.loss)
+            loss = ref.tnlbt_loss(model(batch), config.loss, step, total)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         opt.step()
+        return loss
+
+    compiled = torch.compile(train_step) if _COMPILE.value else train_step
+
+    def step() -> torch.Tensor:
+        # A 0-d tensor, not an int: a Python int would be specialised on and recompile each step.
+        loss = compiled(torch.tensor(float(step_number[0]), device=device))
+        step_number[0] += 1
         return loss
 
     def sync() -> None:
@@ -104,7 +119,7 @@ def main(argv: list[str]) -> None:
     sync()
     window = time.perf_counter() - start
     b = config.train.batch_size
-    flops = perf.train_flops_per_example(config)["train"]
+    flops = perf.train_flops_per_example(config, vocab_size=_VOCAB.value)["train"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak = next((v for k, v in _PEAKS.items() if k in name), None) if amp else None
     eps = _STEPS.value * b / window
@@ -118,7 +133,7 @@ def main(argv: list[str]) -> None:
         "model_flops_per_example": flops,
         "mfu": flops * eps / peak if peak else None,
         "params": params,
-        "final_loss": float(loss),
+        "final_loss": float(loss.detach()),
     }
     header = {
         "framework": f"torch {torch.__version__}",

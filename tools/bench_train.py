@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from xmodal import perf
+from xmodal import distributed, perf
 from xmodal.data import info as data_info
 from xmodal.data import pipeline
 from xmodal.run import Run, decoder_trains
@@ -51,7 +51,6 @@ _TRACE_DIR = flags.DEFINE_string(
     "TensorBoard / XProf or the .trace.json.gz in Perfetto) to see which ops take the step.",
 )
 flags.mark_flags_as_required(["config"])
-_MULTI_HOST_MARKERS = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
 def synthetic_batch(config: Any, vocab_size: int, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -77,9 +76,12 @@ def synthetic_batch(config: Any, vocab_size: int, mesh: jax.sharding.Mesh) -> di
 
 
 def peak_memory(devices: list[jax.Device]) -> int | None:
-    """Largest peak bytes in use over the devices; None where the backend keeps no stats (CPU)."""
+    """Largest peak bytes in use over this process's devices (another process's cannot be asked);
+    None where the backend keeps no stats (CPU)."""
     peaks = []
     for dev in devices:
+        if dev.process_index != jax.process_index():
+            continue
         stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
         if stats and "peak_bytes_in_use" in stats:
             peaks.append(int(stats["peak_bytes_in_use"]))
@@ -93,19 +95,30 @@ def training_batches(config: Any, data_dir: str, mesh: jax.sharding.Mesh) -> Any
 
 
 def host_pipeline_rate(config: Any, data_dir: str, mesh: jax.sharding.Mesh, batches: int) -> float:
-    """Examples/s of the Grain pipeline alone on this host (decode + augment + batch)."""
+    """Examples/s of this process's Grain pipeline alone (decode + augment + batch), counted in
+    the per-process batches it makes (the global batch over the processes)."""
     it = training_batches(config, data_dir, mesh)
-    next(it)  # start-up (worker spawn) is not throughput
+    per_process = sharding.check_batch_size(config.train.batch_size, mesh)
+    first = next(it)  # start-up (worker spawn) is not throughput
+    if len(first["image"]) != per_process:
+        raise AssertionError(f"{len(first['image'])} rows per process, expected {per_process}")
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
-    return batches * config.train.batch_size / (time.perf_counter() - start)
+    return batches * per_process / (time.perf_counter() - start)
 
 
 def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: int) -> dict:
+    if jax.process_count() > 1 and num_devices != jax.device_count():
+        raise ValueError(
+            f"--devices={num_devices}: a job of {jax.process_count()} processes benchmarks all "
+            f"{jax.device_count()} devices (a sub-mesh would leave processes without devices)"
+        )
     mesh = sharding.make_mesh(num_devices)
-    sharding.check_batch_size(config.train.batch_size, mesh)
-    result: dict[str, Any] = {"devices": num_devices}
+    result: dict[str, Any] = {
+        "devices": num_devices,
+        "per_process_batch": sharding.check_batch_size(config.train.batch_size, mesh),
+    }
     if mode == "pipeline":
         data_dir = data_info.resolve_data_dir(config.data)
         vocab = data_info.load_info(data_dir)["vocab_size"]
@@ -113,12 +126,15 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
         batches = sharding.DevicePrefetcher(host, mesh, config.data.prefetch)
         next_batch = lambda: next(batches)
         first = next_batch()
-        result["host_pipeline_examples_per_sec"] = host_pipeline_rate(config, data_dir, mesh, steps)
+        result["host_pipeline_examples_per_sec_per_process"] = host_pipeline_rate(
+            config, data_dir, mesh, steps
+        )
     else:
         vocab = _VOCAB.value
         first = synthetic_batch(config, vocab, mesh)
         next_batch = lambda: first
 
+    result["vocab_size"] = vocab
     layout = state_lib.StateLayout.create(config, vocab, mesh)
     graphdef, state, tx, shardings = layout.graphdef, layout.init(), layout.tx, layout.shardings
     jitted = jax.jit(
@@ -166,8 +182,9 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
 
 
 def add_utilisation(config: Any, row: dict) -> None:
-    flops = perf.train_flops_per_example(config)
+    flops = perf.train_flops_per_example(config, vocab_size=row["vocab_size"])
     row["model_flops_per_example"] = flops["train"]
+    row["model_flops_per_example_decoder"] = flops["decoder"]
     device = jax.devices()[0]
     peak = perf.peak_flops(device, config.model.dtype)
     row["peak_flops_per_device"] = peak
@@ -183,7 +200,8 @@ def fmt(v: Any, spec: str) -> str:
 def print_table(rows: list[dict], header: dict) -> None:
     print(
         f"{header['device_kind']} | {header['config']} | mode={header['mode']} | "
-        f"batch={header['batch_size']} | dtype={header['dtype']} | remat={header['remat']} | "
+        f"batch={header['batch_size']} | processes={header['processes']} | "
+        f"dtype={header['dtype']} | remat={header['remat']} | "
         f"fsdp={header['fsdp']} | accum={header['grad_accum_steps']}"
     )
     cols = (
@@ -200,18 +218,18 @@ def print_table(rows: list[dict], header: dict) -> None:
             f"{r['model_flops_per_example'] / 1e9:>9.3f} / {fmt(xla, '<9.3f')}  "
             f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''}"
         )
-        if "host_pipeline_examples_per_sec" in r:
+        if "host_pipeline_examples_per_sec_per_process" in r:
             print(
                 f"         host pipeline alone: "
-                f"{r['host_pipeline_examples_per_sec']:.1f} examples/s"
+                f"{r['host_pipeline_examples_per_sec_per_process']:.1f} examples/s per process "
+                f"(batch {r['per_process_batch']} per process)"
             )
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if any(os.environ.get(m) for m in _MULTI_HOST_MARKERS):  # as xmodal.main does
-        jax.distributed.initialize()
+    distributed.initialize()  # joins a multi-process job as xmodal.main does; else nothing
     config = _CONFIG.value
     counts = [int(n) for n in _DEVICES.value] or [jax.device_count()]
     rows = []
@@ -225,6 +243,7 @@ def main(argv: list[str]) -> None:
         "config": f"{config.method}:{config.preset}",
         "mode": _MODE.value,
         "batch_size": config.train.batch_size,
+        "processes": jax.process_count(),
         "dtype": config.model.dtype,
         "attention": config.model.attention,
         "remat": config.model.remat,

@@ -1,11 +1,15 @@
-"""Reference PyTorch TNLBT (ViT + H-T + triplet + H-T recipe SSL losses), for benchmarks only.
+"""Reference PyTorch TNLBT (ViT + H-T + triplet + H-T recipe SSL losses, and the extensions:
+dynamic margins and the cross decoder), for benchmarks only.
 
 Written to match xmodal's JAX model layer for layer (same widths, depths, pre-LN blocks with
 separate q/k/v projections, learned positions, masked means, float32 projections and losses), so
-both frameworks do the same FLOPs on the same shapes; `tests/test_torch_reference.py` checks the
-parameter counts agree. Not a dependency of the package. Attention is
-`F.scaled_dot_product_attention` (PyTorch picks flash / memory-efficient kernels on GPU), which
-is what a careful PyTorch user would write; timm is not needed.
+both frameworks do the same FLOPs on the same shapes and train the same objective: the config's
+triplet reduction, margin schedule (constant, linear, adaptive) and cross decoder (teacher-forced
+cross-entropy over image tokens + the recipe embedding, recipe tokens dropped per example).
+`tests/test_bench_train.py` checks the parameter counts agree and the margins equal the JAX ones.
+Not a dependency of the package. Attention is `F.scaled_dot_product_attention` (PyTorch picks
+flash / memory-efficient kernels on GPU), which is what a careful PyTorch user would write; timm
+is not needed.
 """
 
 from __future__ import annotations
@@ -17,10 +21,53 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmodal.data.decoder_targets import decoder_vocab_size
+
 COMPONENTS = ("title", "ingredients", "instructions")
 SSL_PAIRS = tuple(itertools.permutations(COMPONENTS, 2))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v/out projections (xmodal.models.layers)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
+        self.out = nn.Linear(width, width)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        b, t, w = x.shape
+
+        def heads(p: nn.Linear, y: torch.Tensor) -> torch.Tensor:
+            return p(y).view(b, y.shape[1], self.heads, w // self.heads).transpose(1, 2)
+
+        a = F.scaled_dot_product_attention(
+            heads(self.query, x),
+            heads(self.key, kv),
+            heads(self.value, kv),
+            attn_mask=mask,
+            is_causal=is_causal,
+        )
+        return self.out(a.transpose(1, 2).reshape(b, t, w))
+
+
+class Mlp(nn.Module):
+    def __init__(self, width: int, mlp_dim: int, dropout: float):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, mlp_dim), nn.Linear(mlp_dim, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(F.gelu(self.fc1(x))))
 
 
 class Block(nn.Module):
@@ -28,27 +75,73 @@ class Block(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.heads = heads
         self.norm1 = nn.LayerNorm(width, eps=1e-6)
-        self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
-        self.out = nn.Linear(width, width)
+        self.attn = Attention(width, heads)
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
-        self.fc1, self.fc2 = nn.Linear(width, mlp_dim), nn.Linear(mlp_dim, width)
+        self.mlp = Mlp(width, mlp_dim, dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, t, w = x.shape
         h = self.norm1(x)
+        x = x + self.drop(self.attn(h, h, mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
 
-        def heads(p: nn.Linear) -> torch.Tensor:
-            return p(h).view(b, t, self.heads, w // self.heads).transpose(1, 2)
 
-        a = F.scaled_dot_product_attention(
-            heads(self.query), heads(self.key), heads(self.value), attn_mask=mask
+class DecoderBlock(nn.Module):
+    """Pre-LN decoder block (xmodal.models.cross_decoder.DecoderBlock): causal self-attention,
+    cross-attention to the memory, MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.self_attn = nn.LayerNorm(width, eps=1e-6), Attention(width, heads)
+        self.norm2, self.cross_attn = nn.LayerNorm(width, eps=1e-6), Attention(width, heads)
+        self.norm3, self.mlp = nn.LayerNorm(width, eps=1e-6), Mlp(width, mlp_dim, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor
+    ) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.drop(self.self_attn(h, h, is_causal=True))
+        x = x + self.drop(self.cross_attn(self.norm2(x), memory, memory_mask))
+        return x + self.drop(self.mlp(self.norm3(x)))
+
+
+class CrossDecoder(nn.Module):
+    """TNLBT's cross decoder (xmodal.models.cross_decoder.CrossDecoder): generates the recipe's
+    ingredients and title from the image tokens followed by the recipe embedding projected to
+    `recipe_tokens` memory tokens, dropped per example with probability `recipe_drop`."""
+
+    def __init__(self, vocab: int, image_width: int, embed_dim: int, dec: Any, max_len: int):
+        super().__init__()
+        self.recipe_tokens, self.recipe_drop = dec.recipe_tokens, dec.recipe_drop
+        self.token_embed = nn.Embedding(vocab, dec.width)
+        self.pos_embed = nn.Parameter(torch.randn(max_len, dec.width) * 0.02)
+        self.image_proj = nn.Linear(image_width, dec.width)
+        self.recipe_proj = nn.Linear(embed_dim, dec.recipe_tokens * dec.width)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(dec.width, dec.num_heads, dec.mlp_dim, dec.dropout)
+            for _ in range(dec.depth)
         )
-        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, t, w)))
-        y = self.fc2(self.drop(F.gelu(self.fc1(self.norm2(x)))))
-        return x + self.drop(y)
+        self.norm = nn.LayerNorm(dec.width, eps=1e-6)
+        self.head = nn.Linear(dec.width, vocab)
+
+    def forward(
+        self, tokens: torch.Tensor, image_tokens: torch.Tensor, recipe: torch.Tensor
+    ) -> torch.Tensor:
+        b = tokens.shape[0]
+        keep = torch.ones(b, dtype=torch.bool, device=tokens.device)
+        if self.training and self.recipe_drop:
+            keep = torch.rand(b, device=tokens.device) >= self.recipe_drop
+        rec = self.recipe_proj(recipe).view(b, self.recipe_tokens, -1)
+        rec = rec * keep[:, None, None].to(rec.dtype)
+        memory = torch.cat([self.image_proj(image_tokens), rec.to(image_tokens.dtype)], 1)
+        valid = torch.cat([keep.new_ones(b, image_tokens.shape[1]), keep[:, None].expand(
+            b, self.recipe_tokens)], 1)  # fmt: skip
+        x = self.token_embed(tokens) + self.pos_embed[: tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x, memory, valid[:, None, None, :])
+        return self.head(self.norm(x)).float()
 
 
 class Encoder(nn.Module):
@@ -82,9 +175,10 @@ class ViT(nn.Module):
         self.encoder = Encoder(width, depth, heads, mlp)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """-> all output tokens [B, 1 + N, width] (the CLS token first)."""
         x = self.proj(images).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], 1)
-        return self.encoder(x + self.pos_embed)[:, 0]
+        return self.encoder(x + self.pos_embed)
 
 
 class Pooled(nn.Module):
@@ -149,12 +243,19 @@ class DualEncoder(nn.Module):
         self.ssl_heads = nn.ModuleDict(
             {f"{a}_to_{b}": nn.Linear(t.width, t.width) for a, b in SSL_PAIRS}
         )
+        dec = config.model.cross_decoder
+        self.cross_decoder = None
+        if dec.enabled:
+            self.cross_decoder = CrossDecoder(
+                decoder_vocab_size(vocab_size), v.width, d, dec, config.data.max_decoder_tokens
+            )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         images = (batch["image"].permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
-        pooled = self.image_encoder(images)
+        tokens = self.image_encoder(images)
+        pooled = tokens[:, 0]
         feats = self.recipe_encoder(batch["title"], batch["ingredients"], batch["instructions"])
         with torch.autocast(images.device.type, enabled=False):  # f32 heads, as in xmodal
             image = F.normalize(self.image_proj(pooled.float()), dim=-1)
@@ -166,26 +267,90 @@ class DualEncoder(nn.Module):
                 )
                 for a, b in SSL_PAIRS
             }
-        return {"image": image, "recipe": recipe, "ssl": ssl}
+        out = {"image": image, "recipe": recipe, "ssl": ssl}
+        if self.cross_decoder is not None and "decoder_tokens" in batch:
+            targets = batch["decoder_tokens"]  # teacher forcing (cross_decoder.teacher_forcing)
+            inputs = targets[:, :-1]
+            out["decoder_logits"] = self.cross_decoder(inputs, tokens, recipe)
+            out["decoder_targets"] = targets[:, 1:]
+        return out
 
 
-def triplet_loss(q: torch.Tensor, c: torch.Tensor, margin: float) -> torch.Tensor:
-    """In-batch triplet costs reduced over violating triplets (training.losses, 'violating')."""
-    sims = q @ c.T
+def triplet_costs(q: torch.Tensor, c: torch.Tensor, margin: torch.Tensor | float) -> torch.Tensor:
+    """[B, B] hinge costs with the diagonal zeroed (training.losses.triplet_costs)."""
+    sims = q.float() @ c.float().T
     costs = (margin + sims - sims.diagonal()[:, None]).clamp(min=0)
-    costs = costs.masked_fill(torch.eye(len(q), dtype=torch.bool, device=q.device), 0.0)
-    return costs.sum() / (costs > 0).sum().clamp(min=1)
+    return costs.masked_fill(torch.eye(len(q), dtype=torch.bool, device=q.device), 0.0)
 
 
-def tnlbt_loss(outputs: dict[str, Any], loss_config: Any) -> torch.Tensor:
-    m = loss_config.margin  # a constant margin (dynamic margins are not in the reference)
-    m = m if isinstance(m, (int, float)) else m.start
-    loss = loss_config.triplet * (
-        triplet_loss(outputs["image"], outputs["recipe"], m)
-        + triplet_loss(outputs["recipe"], outputs["image"], m)
+def reduce_costs(costs: torch.Tensor, reduction: str) -> torch.Tensor:
+    """training.losses.reduce_costs: violating, hardest or mean."""
+    if reduction == "violating":
+        return costs.sum() / (costs > 0).sum().clamp(min=1)
+    if reduction == "hardest":
+        return costs.max(1).values.mean()
+    if reduction == "mean":
+        n = len(costs)
+        return costs.sum() / max(n * (n - 1), 1)
+    raise ValueError(f"unknown triplet reduction {reduction!r}")
+
+
+def margins(
+    settings: Any,
+    image: torch.Tensor,
+    recipe: torch.Tensor,
+    step: torch.Tensor | float,
+    total_steps: int,
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """The (image->recipe, recipe->image) margins (training.losses.retrieval_margins)."""
+    kind, start = settings.kind, settings.start
+    if kind == "constant":
+        return start, start
+    if kind == "linear":
+        frac = (
+            torch.as_tensor(step, dtype=torch.float32) / max(settings.steps or total_steps, 1)
+        ).clamp(0.0, 1.0)
+        m = start + (settings.end - start) * frac
+        return m, m
+    if kind == "adaptive":
+
+        def adaptive(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            costs = triplet_costs(q.detach(), c.detach(), start)
+            active = (costs > 0).float().sum() / max(len(q) * (len(q) - 1), 1)
+            return settings.min + (settings.max - settings.min) * (1.0 - active)
+
+        return adaptive(image, recipe), adaptive(recipe, image)
+    raise ValueError(f"unknown margin kind {kind!r}")
+
+
+def tnlbt_loss(
+    outputs: dict[str, Any],
+    loss_config: Any,
+    step: torch.Tensor | float = 0.0,
+    total_steps: int = 1,
+) -> torch.Tensor:
+    """training.losses.compute_losses for TNLBT's terms: triplets with the margin schedule,
+    H-T's recipe SSL at the base margin, and the cross decoder's cross-entropy."""
+    red = loss_config.reduction
+    m_i2r, m_r2i = margins(
+        loss_config.margin, outputs["image"], outputs["recipe"], step, total_steps
     )
-    ssl = [triplet_loss(p, t, m) for p, t in outputs["ssl"].values()]
-    return loss + loss_config.recipe_ssl * sum(ssl) / len(ssl)
+    loss = loss_config.triplet * (
+        reduce_costs(triplet_costs(outputs["image"], outputs["recipe"], m_i2r), red)
+        + reduce_costs(triplet_costs(outputs["recipe"], outputs["image"], m_r2i), red)
+    )
+    base = loss_config.margin.start
+    ssl = [reduce_costs(triplet_costs(p, t, base), red) for p, t in outputs["ssl"].values()]
+    loss = loss + loss_config.recipe_ssl * sum(ssl) / len(ssl)
+    if loss_config.cross_decoder and "decoder_logits" in outputs:
+        logits = outputs["decoder_logits"]
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            outputs["decoder_targets"].reshape(-1),
+            ignore_index=0,  # PAD
+        )
+        loss = loss + loss_config.cross_decoder * ce
+    return loss
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,6 +1,6 @@
-"""Performance accounting: analytic training FLOPs of the TNLBT model, peak FLOP/s per device
-kind (for model FLOPs utilisation), and a counter of XLA compilations (to prove a step compiles
-once). Used by tools/bench_train.py and the tests; nothing here runs on the training hot path.
+"""Performance accounting: analytic training FLOPs of the TNLBT model (its cross decoder
+included), peak FLOP/s per device kind (for model FLOPs utilisation), and a counter of XLA
+compilations (to prove a step compiles once). Used by tools/bench_train.py and the tests; nothing here runs on the training hot path.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from typing import Any
 
 import jax
 from jax import monitoring
+
+from xmodal.data import decoder_targets
+from xmodal.run import decoder_trains
 
 # Dense peak FLOP/s per device from the vendors' datasheets (no sparsity). MFU is reported against
 # the peak of the compute dtype: bf16 tensor cores for bfloat16, and for float32 the TF32 tensor
@@ -45,12 +48,35 @@ def _transformer_forward_flops(tokens: int, width: int, mlp_dim: int, depth: int
     return float(depth * per_layer)
 
 
-def train_flops_per_example(config: Any, batch_size: int | None = None) -> dict[str, float]:
+def cross_decoder_forward_flops(config: Any, vocab_size: int) -> float:
+    """Forward FLOPs of the cross decoder on one example (teacher forcing: L = max_decoder_tokens
+    - 1 inputs) over a memory of the 1 + N image tokens and `recipe_tokens` recipe tokens: the
+    memory projections, per block causal self-attention (4 W^2 per token + 2 L^2 W), cross-
+    attention (q / out on L tokens, k / v on M memory tokens, 2 L M W for the two matmuls) and the
+    MLP, then the output head over the decoder's vocabulary (the tokenizer's plus its separators:
+    at H-T's ~16k words the head alone is a third of a b16 decoder)."""
+    d, m = config.data, config.model
+    dec, vit = m.cross_decoder, m.vit
+    w, length = dec.width, d.max_decoder_tokens - 1
+    image_tokens = 1 + (d.image_size // vit.patch_size) ** 2
+    memory = image_tokens + dec.recipe_tokens
+    flops = 2.0 * image_tokens * vit.width * w + 2.0 * m.embed_dim * dec.recipe_tokens * w
+    per_block = 2.0 * length * (4 * w * w + 2 * w * dec.mlp_dim) + 4.0 * length**2 * w
+    per_block += 2.0 * (length + memory) * 2 * w * w + 4.0 * length * memory * w
+    flops += dec.depth * per_block
+    return flops + 2.0 * length * w * decoder_targets.decoder_vocab_size(vocab_size)
+
+
+def train_flops_per_example(
+    config: Any, batch_size: int | None = None, vocab_size: int | None = None
+) -> dict[str, float]:
     """Analytic FLOPs of one training example of the TNLBT dual encoder on padded shapes (what the
     compiled step computes). Backward = 2 x forward, so training = 3 x forward (Kaplan et al. 2020,
-    "6 N" per token). The in-batch loss adds 2 B D per direction and per example.
+    "6 N" per token). The in-batch loss adds 2 B D per direction and per example. When the run
+    trains the cross decoder its FLOPs are in (`cross_decoder_forward_flops`; they depend on the
+    vocabulary, so `vocab_size` is then required).
 
-    Returns {'vit', 'recipe', 'heads', 'loss', 'forward', 'train'} FLOPs per example.
+    Returns {'vit', 'recipe', 'heads', 'loss', 'decoder', 'forward', 'train'} FLOPs per example.
     """
     d, m = config.data, config.model
     vit, text = m.vit, m.text
@@ -79,12 +105,18 @@ def train_flops_per_example(config: Any, batch_size: int | None = None) -> dict[
     heads_fwd += 2.0 * ssl_heads * text.width * text.width
     # Similarities: image<->recipe (B x D, both directions) and six SSL pairs (B x text.width).
     loss_fwd = 2.0 * b * (2 * m.embed_dim + 6 * text.width)
-    forward = vit_fwd + recipe_fwd + heads_fwd + loss_fwd
+    decoder_fwd = 0.0
+    if decoder_trains(config):
+        if vocab_size is None:
+            raise ValueError("the cross decoder trains: its FLOPs need vocab_size")
+        decoder_fwd = cross_decoder_forward_flops(config, vocab_size)
+    forward = vit_fwd + recipe_fwd + heads_fwd + loss_fwd + decoder_fwd
     return {
         "vit": 3 * vit_fwd,
         "recipe": 3 * recipe_fwd,
         "heads": 3 * heads_fwd,
         "loss": 3 * loss_fwd,
+        "decoder": 3 * decoder_fwd,
         "forward": forward,
         "train": 3 * forward,
     }
