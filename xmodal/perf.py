@@ -1,6 +1,7 @@
 """Performance accounting: analytic training FLOPs of the TNLBT model (its cross decoder
 included), peak FLOP/s per device kind (for model FLOPs utilisation), and a counter of XLA
-compilations (to prove a step compiles once). Used by tools/bench_train.py and the tests; nothing here runs on the training hot path.
+compilations (to prove a step compiles once). Used by tools/bench_train.py and the tests; nothing
+here runs on the training hot path.
 """
 
 from __future__ import annotations
