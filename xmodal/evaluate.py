@@ -5,6 +5,11 @@ Bag protocol (Salvador et al. 2017; Carvalho et al. 2018, Sec. 4.2): draw bags o
 recipe all N images by cosine similarity; report medR (median 1-based rank of the true match) and
 R@1/5/10 (% of queries ranked <= K), mean and std over bags. Ties count against the model.
 Next to the bags, the whole split is ranked at once under the label "full" (std 0: one draw).
+
+A diverged model embeds to NaN, and NaN compares false with everything: counted naively, every
+query would rank 0, better than first (medR 0, R@1 100%). So a pair whose true similarity is NaN
+ranks last, and the protocol's entry points refuse non-finite embeddings outright
+(`check_finite`), naming the split, the side and how many rows.
 """
 
 from __future__ import annotations
@@ -31,18 +36,28 @@ RANK_MAX_SIMILARITIES = 2**27
 FULL_SPLIT = "full"  # label of the whole-split numbers next to "1k" / "10k"
 
 
+class NonFiniteEmbeddings(ValueError):
+    """Embeddings holding NaN or Inf: any number scored from them would be meaningless."""
+
+
 @jax.jit
 def _chunk_ranks(queries: jax.Array, candidates: jax.Array, true_index: jax.Array) -> jax.Array:
     sims = jnp.dot(queries, candidates.T, precision=jax.lax.Precision.HIGHEST)
     true_sim = jnp.take_along_axis(sims, true_index[:, None], axis=1)
-    return jnp.sum(sims >= true_sim, axis=1).astype(jnp.int32)
+    # A NaN candidate compares false, so it never counts against a finite match; a NaN match
+    # would count nothing and rank 0, so it ranks last instead.
+    ranks = jnp.sum(sims >= true_sim, axis=1)
+    return jnp.where(jnp.isnan(true_sim[:, 0]), sims.shape[1], ranks).astype(jnp.int32)
 
 
 def retrieval_ranks(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """1-based rank of candidate i for query i under cosine similarity, ties counted against.
 
     Inputs need not be normalised. Rank = number of candidates at least as similar as the true
-    match (the match itself included), so an all-equal row ranks last. Runs on the default device:
+    match (the match itself included), so an all-equal row ranks last. Non-finite rows are not
+    refused here (validation during training must still get a number): a query whose true
+    similarity is NaN (a NaN or Inf row on either side) ranks last (N), and a NaN candidate never
+    counts against another query's finite match. Runs on the default device:
     the whole similarity matrix in one call when it fits `RANK_MAX_SIMILARITIES` (a 10k bag
     does), else in equal query blocks (one compilation per candidate count).
     """
@@ -66,7 +81,30 @@ def retrieval_ranks(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    # Squares summed in float64: in float32 they overflow past ~1e19 and would zero a finite row.
+    norm = np.sqrt(np.einsum("...d,...d->...", x, x, dtype=np.float64))[..., None]
+    scale = (1.0 / np.maximum(norm, 1e-12)).astype(np.float32)  # no float64 copy of x
+    with np.errstate(invalid="ignore"):  # Inf * 0: a NaN row, which the ranks handle
+        return x * scale
+
+
+def nonfinite_rows(x: np.ndarray) -> int:
+    """How many rows of `x` [N, D] hold a NaN or an Inf."""
+    x = np.asarray(x)
+    return int(np.count_nonzero(~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))))
+
+
+def check_finite(image: np.ndarray, recipe: np.ndarray, *, split: str | None = None) -> None:
+    """Refuse to score embeddings holding NaN or Inf (a diverged model or a corrupt checkpoint),
+    naming the split, the side and how many rows, instead of reporting a meaningless number."""
+    sides = {"image": image, "recipe": recipe}
+    bad = [f"{n} of {len(x)} {side} rows" for side, x in sides.items() if (n := nonfinite_rows(x))]
+    if bad:
+        where = f"the {split!r} split" if split else "the embeddings"
+        raise NonFiniteEmbeddings(
+            f"non-finite embeddings in {where}: {' and '.join(bad)} hold NaN or Inf (the model "
+            "diverged, or its checkpoint is corrupt); refusing to score them"
+        )
 
 
 def rank_metrics(ranks: np.ndarray) -> dict[str, float]:
@@ -92,8 +130,10 @@ def bag_metrics(
     """{direction: {bag label: {metric: {mean, std}}}}; bags larger than the split are left out.
 
     Each bag is drawn once (without replacement) and used for both directions. With `full`, the
-    whole split is also ranked as one bag under the label "full" (std 0).
+    whole split is also ranked as one bag under the label "full" (std 0). Non-finite embeddings
+    are refused (`check_finite`).
     """
+    check_finite(image, recipe)
     n = len(image)
     if len(bag_sizes) != len(num_bags):
         raise ValueError(f"bag_sizes {bag_sizes} and num_bags {num_bags} differ in length")
@@ -147,6 +187,7 @@ def evaluate_state(run: Run, state: Any, *, split: str | None = None) -> dict[st
     config = run.config
     split = split or config.eval.split
     image, recipe = run.embed_split(state, split)
+    check_finite(image, recipe, split=split)
     results = {
         "step": int(state.step),
         "split": split,
@@ -197,6 +238,7 @@ def embed_checkpoint(
     split = split or run.config.eval.split
     state = run.restore(which)
     image, recipe = run.embed_split(state, split)
+    check_finite(image, recipe, split=split)
     ids = np.array([m["id"] for m in data_info.split_metadata(run.data_dir, split)], np.str_)
     path = os.path.join(workdir, f"embeddings_{split}.npz")
     if jax.process_index() == 0:

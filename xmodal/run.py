@@ -32,6 +32,11 @@ from xmodal.training.embed import BatchFn, Embedder
 
 CONFIG_FILE = "config.json"  # WORKDIR/config.json: everything a run did
 RUN_RECORD = "run"  # its key for what the run resolved (not config fields)
+RECORD_KEYS = ("method", "data", "model", "train", "eval")  # what reopening a run reads
+RECORD_HINT = (
+    "it is the record training wrote: restore it from a copy, or move it aside and pass "
+    "--config=configs/<method>.py[:preset] with the run's settings"
+)
 INIT_ONLY_FIELDS = ("model.image_init",)  # model fields that only matter at init, not for shapes
 # (config data field, dataset_info limits field): the prepared records hold at most this much.
 TEXT_LIMITS = (
@@ -125,14 +130,17 @@ def _resolve_data_dir(data_config: ml_collections.ConfigDict) -> str:
 
 
 def read_record(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """(config, run record) from WORKDIR/config.json; a clear error when it is missing."""
+    """(config, run record) from WORKDIR/config.json; a clear error when it is missing or is
+    not a config (truncated, hand-edited, another tool's file)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{path!r} is missing: {workdir!r} is not a training workdir; pass --config too"
         )
-    with open(path) as f:
-        raw = json.load(f)
+    raw = data_info.read_json(path, keys=RECORD_KEYS, hint=RECORD_HINT)
+    flat = [k for k in RECORD_KEYS if k != "method" and not isinstance(raw[k], dict)]
+    if flat or not isinstance(raw.get(RUN_RECORD, {}), dict):
+        raise ValueError(f"{path}: {', '.join(flat) or RUN_RECORD} is not a section; {RECORD_HINT}")
     record = raw.pop(RUN_RECORD, {})
     return ml_collections.ConfigDict(raw), record
 

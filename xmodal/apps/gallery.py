@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,10 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xmodal import evaluate
 from xmodal.data import info as data_info
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SEARCH_BLOCK = 1 << 18  # gallery rows scored per device call (bounds memory for huge galleries)
+GALLERY_FIELDS = ("kind", "embeddings", "items", "skipped", "step")  # the arrays of a saved one
 ITEM_FIELDS = ("id", "title", "ingredients", "instructions", "clean_ingredients", "class_id")
 
 
@@ -45,6 +48,11 @@ class Gallery:
             raise ValueError(f"gallery kind must be 'image' or 'recipe', got {self.kind!r}")
         if len(self.embeddings) != len(self.items):
             raise ValueError(f"{len(self.embeddings)} embeddings but {len(self.items)} items")
+        if bad := evaluate.nonfinite_rows(self.embeddings):  # NaN would outrank every match
+            raise evaluate.NonFiniteEmbeddings(
+                f"{bad} of {len(self.items)} {self.kind} embeddings hold NaN or Inf (the model "
+                "diverged, or its checkpoint is corrupt); refusing to search them"
+            )
 
     def save(self, path: str) -> str:
         np.savez(
@@ -59,14 +67,20 @@ class Gallery:
 
     @classmethod
     def load(cls, path: str) -> Gallery:
-        with np.load(path) as f:
-            return cls(
-                kind=str(f["kind"]),
-                embeddings=f["embeddings"],
-                items=json.loads(str(f["items"])),
-                step=int(f["step"]),
-                skipped=json.loads(str(f["skipped"])),
-            )
+        """A gallery `save`d by `search index`; anything else is one ValueError naming `path`."""
+        try:
+            with np.load(path) as f:
+                fields = {k: f[k] for k in GALLERY_FIELDS}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as e:
+            raise ValueError(
+                f"{path} is not a gallery .npz written by `search index`: {e}"
+            ) from None
+        items, skipped = (
+            data_info.parse_json(str(fields[k]), f"{k!r} of {path}") for k in ("items", "skipped")
+        )
+        if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+            raise ValueError(f"'items' of {path} is not a JSON list of objects")
+        return cls(str(fields["kind"]), fields["embeddings"], items, int(fields["step"]), skipped)
 
 
 def split_galleries(model: Any, split: str, *, limit: int | None = None) -> tuple[Gallery, Gallery]:
@@ -113,8 +127,7 @@ def photo_gallery(model: Any, folder: str) -> Gallery:
 def load_recipes(path: str) -> list[dict[str, Any]]:
     """A JSON recipe or list of recipes: {'title': str, 'ingredients': [str | {'text': str}],
     'instructions': [...]} (Recipe1M's layer1 entries work as they are)."""
-    with open(path) as f:
-        data = json.load(f)
+    data = data_info.read_json(path, kind=(dict, list))
     recipes = data if isinstance(data, list) else [data]
     out = []
     for i, r in enumerate(recipes):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmodal.apps.retrieval import read_photo
 from xmodal.data import decoder_targets, pipeline, records, schema
 from xmodal.data import tokenizer as tokenizer_lib
 from xmodal.run import Run
@@ -138,16 +139,9 @@ class Predictor:
         ]
 
     def load_image(self, path_or_bytes: str | bytes) -> np.ndarray:
-        """A photo file (or JPEG bytes) -> the model's uint8 input (centre crop, as in eval)."""
-        data = path_or_bytes
-        if isinstance(data, str):
-            with open(data, "rb") as f:
-                data = f.read()
-        try:
-            img = pipeline.open_image(data, self.image_size)
-        except Exception as e:  # PIL raises several types for a file that is not an image
-            raise ValueError(f"cannot read {str(path_or_bytes)[:200]!r} as an image: {e}") from e
-        return pipeline.center_crop(img, self.image_size)
+        """A photo file (or its bytes) -> the model's uint8 input (`retrieval.read_photo`:
+        upright, centre crop as in eval; a bomb or a non-photo is a ValueError)."""
+        return read_photo(path_or_bytes, self.image_size)
 
 
 def ingredient_scores(

@@ -253,6 +253,7 @@ def build_report(
     """The report's HTML for `split` embedded with `model` (an `inference.RetrievalModel`)."""
     config = model.config
     image, recipe = model.embed_split(split, limit=limit)
+    evaluate.check_finite(image, recipe, split=split)
     items = data_info.split_metadata(
         model.data_dir,
         split,

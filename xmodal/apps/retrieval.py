@@ -17,20 +17,26 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
-from xmodal.data import pipeline, records, tokenizer
+from xmodal.data import photos, pipeline, records, tokenizer
 from xmodal.data.schema import COMPONENTS
 from xmodal.run import Run
 from xmodal.training import sharding
 
 
-def read_photo(path: str, image_size: int) -> np.ndarray:
-    """A photo file -> uint8 [S, S, 3]: EXIF orientation applied, RGB, eval center crop."""
-    with Image.open(path) as img:
-        img.draft("RGB", (image_size, image_size))
-        img = ImageOps.exif_transpose(img).convert("RGB")
-        return pipeline.center_crop(img, image_size)
+def read_photo(source: str | bytes, image_size: int) -> np.ndarray:
+    """A photo file (or its bytes) -> uint8 [S, S, 3]: EXIF orientation applied, RGB, eval
+    center crop. A file that is no photo, or one past `photos.MAX_PIXELS` (a decompression
+    bomb, refused before decoding), is a ValueError naming it."""
+    name = source if isinstance(source, str) else f"{len(source)} bytes"
+    try:
+        with photos.open_photo(source) as img:
+            img.draft("RGB", (image_size, image_size))
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            return pipeline.center_crop(img, image_size)
+    except Exception as e:  # Pillow raises many types for bytes that are not a usable photo
+        raise ValueError(f"cannot read {name[:200]!r} as an image: {e}") from None
 
 
 def _bucket(n: int, multiple: int, cap: int) -> int:

@@ -1,4 +1,6 @@
-"""Find the prepared data of a run and read what `prepare` recorded about it."""
+"""Find the prepared data of a run and read what `prepare` recorded about it; `read_json` reads
+any JSON file the project is handed (dataset info, a run's config, search inputs) with one clear
+error naming the file."""
 
 from __future__ import annotations
 
@@ -10,6 +12,45 @@ from typing import Any
 from xmodal.data import records
 
 RAW_MARKERS = ("layer1.json", "layer2.json")
+INFO_KEYS = ("splits", "vocab_size")  # what every use of prepared data reads
+
+
+def parse_json(text: str | bytes, source: str, *, hint: str = "") -> Any:
+    """`json.loads(text)`; malformed JSON is a ValueError naming `source`, the line and column
+    (not a bare JSONDecodeError traceback), with `hint` (what the file is, how to redo it)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"at line {e.lineno}, column {e.colno}" if e.doc.strip() else "(empty)"
+        raise _error(f"{source} is not valid JSON {where}: {e.msg}", hint) from None
+    except UnicodeDecodeError as e:
+        raise _error(f"{source} is not UTF-8 text: {e.reason}", hint) from None
+
+
+def read_json(
+    path: str, *, kind: type | tuple[type, ...] = dict, keys: Sequence[str] = (), hint: str = ""
+) -> Any:
+    """The JSON file `path`, checked to be a `kind` (dict: a JSON object) at the top level
+    holding `keys`; every fault is one ValueError naming the file."""
+    with open(path, "rb") as f:
+        data = parse_json(f.read(), path, hint=hint)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(data, kinds):
+        want = " or ".join(_json_name(k) for k in kinds)
+        raise _error(f"{path} holds a JSON {_json_name(type(data))}, expected a JSON {want}", hint)
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise _error(f"{path} lacks {', '.join(map(repr, missing))}", hint)
+    return data
+
+
+def _json_name(kind: type) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(kind, "number" if kind in (int, float) else kind.__name__)
+
+
+def _error(message: str, hint: str) -> ValueError:
+    return ValueError(f"{message}; {hint}" if hint else message)
 
 
 def load_info(data_dir: str) -> dict[str, Any]:
@@ -28,8 +69,8 @@ def load_info(data_dir: str) -> dict[str, Any]:
             f"{path!r} is missing: {data_dir!r} is not a prepared data dir (or its preparation "
             "did not finish); run `python -m xmodal.data.prepare` into it"
         )
-    with open(path) as f:
-        return json.load(f)
+    hint = f"prepare {data_dir!r} again with `python -m xmodal.data.prepare`"
+    return read_json(path, keys=INFO_KEYS, hint=hint)
 
 
 def resolve_data_dir(data_config: Any) -> str:

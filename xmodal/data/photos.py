@@ -9,6 +9,7 @@ What we skip (and report with a reason): a missing or empty file, bytes no decod
 truncated or corrupt image data, and a "photo" of more than `max_pixels` pixels (a decompression
 bomb). Pillow's own bomb check (a warning above `Image.MAX_IMAGE_PIXELS`, an error above twice
 that) is replaced by that one explicit limit, so no photo warns and every refusal is reported.
+`open_photo` is that check alone: the query photos of search and predict go through it too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import threading
 import warnings
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -24,6 +27,7 @@ JPEG_QUALITY = 90
 MAX_PIXELS = 200_000_000  # ~ 14k x 14k; past this a "photo" is a decompression bomb
 LARGE_PIXELS = 12_000_000  # photos of at least this many pixels are counted as "large"
 _ORIENTATION = 0x0112
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 class PhotoError(Exception):
@@ -36,15 +40,22 @@ class Photo:
     repairs: list[str]  # what was fixed on the way, e.g. ["PNG bytes under a .jpg name"]
 
 
-def _open(path: str, max_pixels: int) -> Image.Image:
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # our explicit limit below replaces Pillow's warn/error pair
-    try:
-        img = Image.open(path)
-    except UnidentifiedImageError:
-        raise PhotoError("not an image: no decoder recognises the bytes") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+def open_photo(source: str | bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The photo at `source` (a path, its bytes or a binary file), opened lazily: its size is
+    checked against `max_pixels` from the header, before a pixel is decoded or allocated, so a
+    decompression bomb costs nothing. Raises PhotoError (the reason) for one that cannot be used.
+    """
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    with _PIL_LIMIT_LOCK:  # another thread must not save our None as the limit to restore
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # our explicit limit below replaces Pillow's warn/error pair
+        try:
+            img = Image.open(source)
+        except UnidentifiedImageError:
+            raise PhotoError("not an image: no decoder recognises the bytes") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
     w, h = img.size
     if w * h > max_pixels:
         img.close()
@@ -78,7 +89,7 @@ def load_photo(path: str, short_side: int, max_pixels: int = MAX_PIXELS) -> Phot
     if os.path.getsize(path) == 0:
         raise PhotoError("empty image file")
     repairs: list[str] = []
-    img = _open(path, max_pixels)
+    img = open_photo(path, max_pixels)
     try:
         with warnings.catch_warnings():
             # e.g. "possibly corrupt EXIF data": the pixels decode fine, so the photo is kept

@@ -24,6 +24,7 @@ import ijson
 
 PARTITIONS = ("train", "val", "test")
 LAYER1, LAYER2, DET_INGRS, CLASSES = "layer1.json", "layer2.json", "det_ingrs.json", "classes1M.pkl"
+MAX_CLASSES = 1 << 20  # Recipe1M has 1048; a larger index is a forged or broken classes1M.pkl
 
 # C0/C1 controls, zero-width and bidi marks, line/paragraph separators, BOM, lone surrogates.
 _CONTROL = re.compile(
@@ -129,24 +130,64 @@ def iter_json_list(path: str) -> Iterator[Any]:
             raise ValueError(f"{path} is not UTF-8 text: {e.reason}") from None
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds only what pickle's own opcodes make (dict, list, tuple, str, bytes, int, float,
+    bool, None); any class or function a pickle names is refused before it can run.
+
+    classes1M.pkl is two dicts of ids, indices and names (im2recipe's scripts/bigrams.py), none
+    of which needs a global; a plain `pickle.load` would run whatever code a forged one holds."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(
+            f"refused global {module}.{name}: only plain dicts, lists, strings and numbers are read"
+        )
+
+
 def load_classes(path: str) -> tuple[dict[str, int], list[str]]:
-    """classes1M.pkl: two pickles in sequence: recipe id -> class index, class index -> name."""
+    """classes1M.pkl: two pickles in sequence: recipe id -> class index, class index -> name
+    (a dict or a list), read with `_PlainUnpickler`; a wrong shape is a ValueError naming it."""
     try:
         with open(path, "rb") as f:
-            id2class = pickle.load(f)
-            names = pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+            reader = _PlainUnpickler(f, encoding="utf-8")
+            id2class, names = reader.load(), reader.load()
+    except Exception as e:  # no code runs in here: any failure is the bytes' (truncated, forged)
         raise ValueError(
-            f"cannot read {path}: expected two pickles (id->class, class->name): {e}"
-        ) from e
+            f"cannot read {path}: expected two pickles (id->class, class->name): "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    return _class_labels(id2class, path), _class_table(names, path)
+
+
+def _class_labels(id2class: Any, path: str) -> dict[str, int]:
+    ok = isinstance(id2class, dict) and all(
+        isinstance(k, str | int) and _is_int(v) for k, v in id2class.items()
+    )
+    if not ok:
+        raise ValueError(f"{path}: the first pickle must map recipe ids to class indices (ints)")
+    return {str(k): v for k, v in id2class.items()}
+
+
+def _class_table(names: Any, path: str) -> list[str]:
     if isinstance(names, dict):
-        size = max((int(k) for k in names), default=-1) + 1
-        table = [str(names.get(i, names.get(str(i), ""))) for i in range(size)]
+        if not all(
+            (_is_int(k) or (isinstance(k, str) and k.isascii() and k.isdigit()))
+            and isinstance(v, str)
+            for k, v in names.items()
+        ):
+            raise ValueError(f"{path}: the second pickle must map class indices to names (str)")
+        by_index = {int(k): v for k, v in names.items()}
+        if max(by_index, default=0) >= MAX_CLASSES:
+            raise ValueError(f"{path}: class index {max(by_index)} >= {MAX_CLASSES}")
+        table = [by_index.get(i, "") for i in range(max(by_index, default=-1) + 1)]
+    elif isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
+        table = list(names)
     else:
-        table = [str(n) for n in names]
-    if not table:
-        table = ["background"]
-    return {str(k): int(v) for k, v in id2class.items()}, table
+        raise ValueError(f"{path}: the second pickle must be class names (a dict or a list)")
+    return table or ["background"]
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _texts(items: Any) -> list[str]:
