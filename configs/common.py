@@ -159,12 +159,17 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # constant uses `start`; linear ramps start -> end over `steps` (0: the whole run); adaptive
     # sets each direction's margin in [min, max] from the share of triplets active at `start`.
     c.loss.margin = dict(kind="constant", start=0.3, end=0.5, steps=0, min=0.2, max=0.5)
-    c.loss.reduction = "violating"  # violating (adaptive mining) | hardest | mean
+    # Triplet reduction: violating (AdaMine's adaptive mining) | hardest (VSE++) | mean (over the
+    # B(B-1) triplets) | batch_mean (over the B x B matrix: H-T's TripletLoss; training.losses).
+    c.loss.reduction = "violating"
     c.loss.recipe_ssl = 0.0  # H-T component self-supervision
     c.loss.cross_decoder = 0.0  # weight of the cross decoder's cross-entropy (needs the decoder)
     c.loss.semantic = 0.0  # AdaMine lambda for L_sem
     c.loss.semantic_margin = 0.3
     c.loss.semantic_reduction = "violating"  # violating | mean (AdaMine_avg)
+    # Semantic positives per query: all = every other item of its class (AdaMine's Eq. 4) | first
+    # = the first in batch order (the released code's `semantic_multimodal`).
+    c.loss.semantic_positives = "all"
     c.loss.pairwise = 0.0  # im2recipe / PWC++ pairwise cosine loss weight
     c.loss.pos_margin = 0.0
     c.loss.neg_margin = 0.9
@@ -193,6 +198,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
+    # A step with a non-finite loss or gradient never updates the state; then: stop = raise an
+    # error naming the step and loss terms (nothing saved after the last good checkpoint) |
+    # skip = leave that update out and count it (`nonfinite_steps` in the metrics).
+    c.train.on_nonfinite = "stop"
     c.train.val_pairs = 500  # val pairs embedded for the periodic retrieval check
     c.train.eval_at_end = True  # score the test split when training finishes (eval_test.json)
 

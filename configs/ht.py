@@ -1,6 +1,7 @@
 """H-T (Salvador et al., CVPR 2021): hierarchical transformer recipe encoder + ResNet-50 or
-ViT-B/16, bidirectional triplet loss over all violating in-batch negatives (margin 0.3), and the
-self-supervised recipe component losses; Adam(W) at 1e-4 in the paper.
+ViT-B/16, bidirectional triplet loss over every in-batch negative (margin 0.3) averaged over the
+B x B matrix as the released TripletLoss does (`loss.reduction=batch_mean`), and the
+self-supervised recipe component losses with the same loss; Adam(W) at 1e-4 in the paper.
 
 Presets: default (CPU first run, small ResNet), tiny (tests), r50 (paper, ResNet-50), vit
 (paper, ViT-B/16). `--config.model.image=vit|resnet` switches the image branch of any preset.
@@ -47,4 +48,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = common.base_config("ht")  # ResNet-50 + H-T text encoder, linear SSL heads
     c.loss.triplet = 1.0
     c.loss.recipe_ssl = 1.0
+    c.loss.reduction = "batch_mean"  # H-T's TripletLoss (training.losses.reduce_costs)
     return common.apply_arg(c, arg, PRESETS)

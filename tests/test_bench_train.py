@@ -144,7 +144,7 @@ def test_torch_reference_has_the_jax_models_parameter_count():
 
 
 @pytest.mark.parametrize("kind", ["constant", "linear", "adaptive"])
-@pytest.mark.parametrize("reduction", ["violating", "hardest", "mean"])
+@pytest.mark.parametrize("reduction", ["violating", "hardest", "mean", "batch_mean"])
 def test_torch_reference_trains_the_jax_objective(kind, reduction):
     """The reference's triplet terms under each margin schedule and reduction equal
     xmodal.training.losses' on the same embeddings (so both benchmarks train one objective)."""

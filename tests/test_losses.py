@@ -45,7 +45,43 @@ def _brute_direction(queries, candidates, margin, reduction):
         return sum(flat) / max(active, 1)
     if reduction == "hardest":
         return float(np.mean([max(c) for c in per_query]))
+    if reduction == "batch_mean":  # the diagonal's zeros count: B x B entries
+        return sum(flat) / n**2
     return float(np.mean(flat))
+
+
+def _ht_triplet_loss(im, s, margin):
+    """H-T's released TripletLoss.forward (amzn/image-to-recipe-transformers, src/utils/loss.py)
+    by loops: cosine distances D[i, j] = 1 - <im_i, s_j>; MarginRankingLoss(x1, x2, y=1) is
+    max(0, -(x1 - x2) + margin); cost_im compares D[i, j] with D[i, i] (image anchor), cost_s
+    with D[j, j] (recipe anchor j); diagonals cleared; (cost_s + cost_im).mean() over B x B."""
+    n = len(im)
+    dist = [[_cos_dist(im[i], s[j]) for j in range(n)] for i in range(n)]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            total += max(0.0, -(dist[i][j] - dist[i][i]) + margin)  # cost_im
+            total += max(0.0, -(dist[i][j] - dist[j][j]) + margin)  # cost_s
+    return total / (n * n)
+
+
+@pytest.mark.parametrize("margin", [0.1, 0.3, 1.0])
+def test_batch_mean_is_ht_released_triplet_loss(margin):
+    img, rec = _embeddings(11, n=7)
+    got, _ = losses.bidirectional_triplet_loss(
+        jnp.asarray(img), jnp.asarray(rec), margin=margin, reduction="batch_mean"
+    )
+    np.testing.assert_allclose(float(got), _ht_triplet_loss(img, rec, margin), rtol=1e-5)
+
+
+def test_ht_and_paper_size_tnlbt_train_ht_loss():
+    from configs import ht, tnlbt
+
+    for preset in ("default", "tiny", "r50", "vit"):
+        assert ht.get_config(preset).loss.reduction == "batch_mean", preset
+    assert tnlbt.get_config("b16").loss.reduction == "batch_mean"
 
 
 @pytest.mark.parametrize("reduction", losses.REDUCTIONS)
@@ -131,13 +167,22 @@ def test_triplet_gradient_pulls_positive_closer():
 # --- AdaMine semantic triplet, pairwise cosine (im2recipe / PWC++), classification -------------
 
 
-def _brute_semantic(queries, candidates, classes, margin, reduction):
-    """AdaMine Eq. 3-5 by loops: labelled query q, positive p of q's class, negative n of another
-    labelled class; adaptive = sum / #non-zero, mean = sum / #triplets."""
+def _brute_semantic(queries, candidates, classes, margin, reduction, positives="all"):
+    """AdaMine Eq. 3-5 by loops: labelled query q, positive p != q of q's class (every one:
+    the paper's Eq. 4; or only the first in batch order: the released `semantic_multimodal`),
+    negative n of another labelled class; adaptive = sum / #non-zero, mean = sum / #triplets."""
     costs = []
     n = len(queries)
+
+    def is_positive(q, p):
+        if p == q or classes[q] == 0 or classes[p] != classes[q]:
+            return False
+        if positives == "first":
+            return p == min(j for j in range(n) if j != q and classes[j] == classes[q])
+        return True
+
     for q, p, neg in itertools.product(range(n), repeat=3):
-        if classes[q] == 0 or classes[p] != classes[q] or classes[neg] in (0, classes[q]):
+        if not is_positive(q, p) or classes[neg] in (0, classes[q]):
             continue
         d_pos = _cos_dist(queries[q], candidates[p])
         costs.append(max(0.0, margin + d_pos - _cos_dist(queries[q], candidates[neg])))
@@ -152,9 +197,10 @@ def _brute_semantic(queries, candidates, classes, margin, reduction):
 CLASSES = np.array([1, 0, 2, 1, 2, 0, 4, 1], np.int32)
 
 
+@pytest.mark.parametrize("positives", ["all", "first"])
 @pytest.mark.parametrize("reduction", ["violating", "mean"])
 @pytest.mark.parametrize("margin", [0.3, 1.5])
-def test_semantic_loss_matches_brute_force(reduction, margin):
+def test_semantic_loss_matches_brute_force(reduction, margin, positives):
     image, recipe = _embeddings(3, n=len(CLASSES))
     loss, stats = losses.bidirectional_semantic_loss(
         jnp.asarray(image),
@@ -162,10 +208,11 @@ def test_semantic_loss_matches_brute_force(reduction, margin):
         jnp.asarray(CLASSES),
         margin=margin,
         reduction=reduction,
+        positives=positives,
     )
-    expected = _brute_semantic(image, recipe, CLASSES, margin, reduction) + _brute_semantic(
-        recipe, image, CLASSES, margin, reduction
-    )
+    expected = _brute_semantic(
+        image, recipe, CLASSES, margin, reduction, positives
+    ) + _brute_semantic(recipe, image, CLASSES, margin, reduction, positives)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=1e-6)
     assert 0.0 < float(stats["active_sem_i2r"]) <= 1.0
 
@@ -292,3 +339,30 @@ def test_compute_losses_combines_class_aware_terms():
     del outputs["class_id"]
     with pytest.raises(ValueError, match="class_id"):
         losses.compute_losses(outputs, cfg)
+
+
+def test_the_instance_pair_is_not_a_semantic_positive():
+    """Two items of one class, each nearest its own match and as far from the other as from the
+    negative: Eq. 4's only positive of item 0 is item 1 — a violation of the margin; counting the
+    match itself (as before) added satisfied triplets that halved the mean."""
+    classes = np.array([1, 1, 2], np.int32)
+    image = _unit(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    recipe = image.copy()
+    loss, _ = losses.bidirectional_semantic_loss(
+        jnp.asarray(image), jnp.asarray(recipe), jnp.asarray(classes), margin=0.3, reduction="mean"
+    )
+    # Each of items 0, 1: positive at distance 1, negative (item 2) at distance 1: cost 0.3, for
+    # both directions; item 2 has no positive.
+    np.testing.assert_allclose(float(loss), 0.3 + 0.3, rtol=1e-6)
+
+
+def test_unknown_semantic_positives_is_a_clear_error():
+    image, recipe = _embeddings(4, n=4)
+    with pytest.raises(ValueError, match="semantic_positives"):
+        losses.bidirectional_semantic_loss(
+            jnp.asarray(image),
+            jnp.asarray(recipe),
+            jnp.ones(4, jnp.int32),
+            margin=0.3,
+            positives="nearest",
+        )

@@ -284,7 +284,7 @@ def triplet_costs(q: torch.Tensor, c: torch.Tensor, margin: torch.Tensor | float
 
 
 def reduce_costs(costs: torch.Tensor, reduction: str) -> torch.Tensor:
-    """training.losses.reduce_costs: violating, hardest or mean."""
+    """training.losses.reduce_costs: violating, hardest, mean or batch_mean."""
     if reduction == "violating":
         return costs.sum() / (costs > 0).sum().clamp(min=1)
     if reduction == "hardest":
@@ -292,6 +292,8 @@ def reduce_costs(costs: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         n = len(costs)
         return costs.sum() / max(n * (n - 1), 1)
+    if reduction == "batch_mean":
+        return costs.mean()
     raise ValueError(f"unknown triplet reduction {reduction!r}")
 
 

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-REDUCTIONS = ("violating", "hardest", "mean")
+REDUCTIONS = ("violating", "hardest", "mean", "batch_mean")
+SEMANTIC_POSITIVES = ("all", "first")
 MARGIN_KINDS = ("constant", "linear", "adaptive")
 
 
@@ -40,6 +41,9 @@ def reduce_costs(costs: jax.Array, reduction: str) -> jax.Array:
         become satisfied, moving from "average" towards "hardest negative" automatically.
     hardest:   mean over queries of the hardest negative's cost (VSE++).
     mean:      mean over all B(B-1) triplets.
+    batch_mean: mean over the whole B x B matrix, the zeroed diagonal included — H-T's loss
+        (amzn/image-to-recipe-transformers, src/utils/loss.py, `TripletLoss.forward`:
+        `(cost_s + cost_im).mean()`), so `mean` x (B-1)/B.
     """
     if reduction == "violating":
         active = jnp.sum(costs > 0)
@@ -49,6 +53,8 @@ def reduce_costs(costs: jax.Array, reduction: str) -> jax.Array:
     if reduction == "mean":
         n = costs.shape[0]
         return jnp.sum(costs) / max(n * (n - 1), 1)
+    if reduction == "batch_mean":
+        return jnp.sum(costs) / max(costs.shape[0] * costs.shape[1], 1)
     raise ValueError(f"unknown triplet reduction {reduction!r}; choose from {REDUCTIONS}")
 
 
@@ -167,20 +173,37 @@ def recipe_ssl_loss(
 
 
 def semantic_triplet_costs(
-    queries: jax.Array, candidates: jax.Array, classes: jax.Array, margin: float
+    queries: jax.Array,
+    candidates: jax.Array,
+    classes: jax.Array,
+    margin: float,
+    positives: str = "all",
 ) -> tuple[jax.Array, jax.Array]:
-    """AdaMine's semantic triplets (Carvalho et al., SIGIR 2018, Eq. 3), one direction.
+    """AdaMine's semantic triplets (Carvalho et al., SIGIR 2018, Eq. 3-4), one direction.
 
     For query i and candidates p, n of the other modality: cost [m + d(q_i, c_p) - d(q_i, c_n)]_+
-    where p shares the query's class and n has another class. Class 0 is Recipe1M's "no class"
-    (about half the pairs): such items are neither queries, positives nor negatives, since an
-    unlabelled dish may well be of the query's class. Returns (costs [B, B, B] indexed
-    [query, positive, negative], valid [B, B, B] bool marking real triplets). Memory is O(B^3):
-    fine at AdaMine's batch of 100 (1M triplets), ~2 GB at 768.
+    where p shares the query's class and n has another class. The query's own match (p = i) is
+    the instance loss's positive, not a semantic one. `positives`: 'all' = every other item of
+    the class (the paper's Eq. 4); 'first' = only the first of them in batch order (the released
+    code: Cadene/recipe1m.bootstrap.pytorch, recipe1m/models/criterions/triplet.py,
+    `Triplet.semantic_multimodal`, which also keeps only as many negatives per query as the
+    query with the fewest has — an artifact of its rectangular matrix, not kept here). Class 0 is
+    Recipe1M's "no class" (about half the pairs): such items are neither queries, positives nor
+    negatives, since an unlabelled dish may well be of the query's class. Returns (costs
+    [B, B, B] indexed [query, positive, negative], valid [B, B, B] bool marking real triplets).
+    Memory is O(B^3): fine at AdaMine's batch of 100 (1M triplets), ~2 GB at 768.
     """
+    if positives not in SEMANTIC_POSITIVES:
+        raise ValueError(
+            f"loss.semantic_positives must be one of {SEMANTIC_POSITIVES}, got {positives!r}"
+        )
     sims = jnp.einsum("id,jd->ij", queries.astype(jnp.float32), candidates.astype(jnp.float32))
     labelled = classes > 0
+    n = classes.shape[0]
     same = (classes[:, None] == classes[None, :]) & labelled[:, None] & labelled[None, :]
+    same &= ~jnp.eye(n, dtype=bool)  # the instance pair is L_ins's, not a semantic positive
+    if positives == "first":
+        same &= jnp.cumsum(same, axis=1) == 1
     other = (classes[:, None] != classes[None, :]) & labelled[:, None] & labelled[None, :]
     valid = same[:, :, None] & other[:, None, :]
     costs = jax.nn.relu(margin + sims[:, None, :] - sims[:, :, None])
@@ -205,12 +228,13 @@ def bidirectional_semantic_loss(
     *,
     margin: float,
     reduction: str = "violating",
+    positives: str = "all",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """AdaMine's L_sem (Eq. 1, 3): image->recipe plus recipe->image semantic triplet loss, each
     direction normalised on its own (Eq. 4-5). Returns the loss and the share of active triplets."""
     terms, stats = [], {}
     for name, (q, c) in (("i2r", (image, recipe)), ("r2i", (recipe, image))):
-        costs, valid = semantic_triplet_costs(q, c, classes, margin)
+        costs, valid = semantic_triplet_costs(q, c, classes, margin, positives)
         terms.append(reduce_masked_costs(costs, valid, reduction))
         stats[f"active_sem_{name}"] = jnp.sum(costs > 0) / jnp.maximum(jnp.sum(valid), 1)
     return terms[0] + terms[1], stats
@@ -333,6 +357,7 @@ def _class_aware_losses(
             outputs["class_id"],
             margin=loss_config.semantic_margin,
             reduction=loss_config.semantic_reduction,
+            positives=loss_config.semantic_positives,
         )
         total += loss_config.semantic * semantic
         metrics["loss_semantic"] = semantic
