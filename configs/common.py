@@ -78,6 +78,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # empty: the built-in synthetic dataset, generated and prepared on first use
+    # Or a TFDS dataset (xmodal.data.tfds_recipe1m): the --data_dir it was built into; read with
+    # tfds.data_source into the same pipeline. Set data.dir or this, not both.
+    c.data.tfds_dir = ""
     c.data.cache_dir = ""  # where the built-in dataset is cached; empty: ~/.cache/xmodal
     c.data.synthetic = dict(num_recipes=9000, image_size=96, seed=0)
     c.data.image_size = 64

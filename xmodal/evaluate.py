@@ -182,8 +182,8 @@ def format_table(results: dict) -> str:
 
 
 def evaluate_state(run: Run, state: Any, *, split: str | None = None) -> dict[str, Any]:
-    """Embed `split` with `state`, score it with the bag protocol, write
-    WORKDIR/eval_<split>.json (process 0) and print a table."""
+    """Embed `split` of the run's data with `state`, score it with the bag protocol, write
+    WORKDIR/eval_<split>.json (process 0; it names the data dir) and print a table."""
     config = run.config
     split = split or config.eval.split
     image, recipe = run.embed_split(state, split)
@@ -191,6 +191,7 @@ def evaluate_state(run: Run, state: Any, *, split: str | None = None) -> dict[st
     results = {
         "step": int(state.step),
         "split": split,
+        "data_dir": run.data_dir,  # the run's own data, or a new test set it was pointed at
         "n_pairs": len(image),
         **bag_metrics(
             image,

@@ -7,7 +7,10 @@ state's layout (graph definition, abstract state, its data-parallel or FSDP shar
 offers the checkpoint manager, `init_state`, `restore` (best | latest | step, onto any device
 count) and an `Embedder` built with the state's own shardings. `WORKDIR/config.json` is written
 and read only here: the config as given plus a `run` record (the resolved data dir, the
-vocabulary, the devices), so `Run.from_workdir` can reopen a trained run with nothing else.
+vocabulary's size and fingerprint, the devices), so `Run.from_workdir` can reopen a trained run
+with nothing else; the run keeps a copy of its tokenizer as `WORKDIR/tokenizer.json`. A run
+reopened on other data (`--config.data.dir=NEW`: a new test set, a gallery) must share its
+vocabulary (`check_vocabulary`), else the token ids would silently name other words.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -24,6 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from xmodal.data import info as data_info
+from xmodal.data import records, tokenizer
 from xmodal.data.pipeline import worker_count
 from xmodal.models.dual_encoder import DualEncoder
 from xmodal.training import checkpointing, sharding
@@ -96,9 +101,16 @@ def decoder_trains(config: ml_collections.ConfigDict) -> bool:
     return bool(config.model.cross_decoder.enabled and config.loss.cross_decoder)
 
 
-def check_data(config: ml_collections.ConfigDict, info: dict[str, Any], data_dir: str) -> None:
+def check_data(
+    config: ml_collections.ConfigDict,
+    info: dict[str, Any],
+    data_dir: str,
+    *,
+    uses_labels: bool = True,
+) -> None:
     """The config must ask for no more text than `prepare` kept, and a class head must match the
-    dataset's classes (out-of-range labels would give a silently wrong cross-entropy)."""
+    dataset's classes (out-of-range labels would give a silently wrong cross-entropy). A trained
+    run reopened to embed data (`uses_labels=False`) may read data without any class labels."""
     limits = info.get("limits", {})
     over = [
         f"data.{ours}={config.data[ours]} > {limits[theirs]} ({theirs})"
@@ -112,7 +124,8 @@ def check_data(config: ml_collections.ConfigDict, info: dict[str, Any], data_dir
             + ". Lower them in the config, or prepare again with larger --max_* limits"
         )
     heads = config.model.num_classes
-    if heads and heads != info.get("num_classes"):
+    unlabelled_use = not uses_labels and not info.get("num_classes")
+    if heads and heads != info.get("num_classes") and not unlabelled_use:
         raise ValueError(
             f"model.num_classes={heads} but the dataset has {info.get('num_classes')} classes; "
             "set --config.data.num_classes / --config.model.num_classes to match"
@@ -142,7 +155,24 @@ def read_record(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]
     if flat or not isinstance(raw.get(RUN_RECORD, {}), dict):
         raise ValueError(f"{path}: {', '.join(flat) or RUN_RECORD} is not a section; {RECORD_HINT}")
     record = raw.pop(RUN_RECORD, {})
-    return ml_collections.ConfigDict(raw), record
+    return ml_collections.ConfigDict(_with_new_fields(raw)), record
+
+
+def _with_new_fields(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A config recorded before some fields existed, with those at their schema defaults (which
+    keep the behaviour of before), so that every run ever recorded reopens."""
+    from configs import common  # the schema; deferred: configs import the models
+
+    def merge(into: dict[str, Any], over: dict[str, Any]) -> None:
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    out = common.base_config(str(recorded["method"])).to_dict()
+    merge(out, recorded)
+    return out
 
 
 def model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -158,6 +188,13 @@ def model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
     else:  # a switched-off decoder adds no weights
         flat = {k: v for k, v in flat.items() if not k.startswith("model.cross_decoder.")}
     return flat
+
+
+def _vocab_fingerprint(data_dir: str) -> str | None:
+    """`tokenizer.fingerprint` of a data dir, None when it has no tokenizer (or is gone)."""
+    if not os.path.exists(os.path.join(data_dir, records.TOKENIZER_FILE)):
+        return None
+    return tokenizer.fingerprint(data_dir)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -181,6 +218,7 @@ class Run:
     mesh: Mesh
     layout: state_lib.StateLayout
     _pairs: Embedder | None = dataclasses.field(default=None, repr=False)
+    _vocabulary_checked: bool = dataclasses.field(default=False, repr=False)
 
     @classmethod
     def create(
@@ -190,13 +228,15 @@ class Run:
         *,
         mesh: Mesh | None = None,
         data_dir: str | None = None,
+        uses_labels: bool = True,
     ) -> Run:
         """The run of `config` in `workdir` (which may not exist yet); `data_dir` overrides the
-        config's data location (a run reopened on the data it recorded)."""
+        config's data location (a run reopened on the data it recorded); `uses_labels=False`:
+        the data is only embedded (see `check_data`)."""
         check_config(config)
         data_dir = data_dir or _resolve_data_dir(config.data)
         info = data_info.load_info(data_dir)
-        check_data(config, info, data_dir)
+        check_data(config, info, data_dir, uses_labels=uses_labels)
         mesh = mesh or sharding.make_mesh()
         layout = state_lib.StateLayout.create(config, info["vocab_size"], mesh)
         return cls(config, workdir, data_dir, info, mesh, layout)
@@ -210,17 +250,19 @@ class Run:
         mesh: Mesh | None = None,
     ) -> Run:
         """A trained run reopened from WORKDIR/config.json (or with `config`, checked against
-        it): its data unless `config.data.dir` names other data."""
+        it): its data unless `config.data.dir` or `config.data.tfds_dir` names other data, which
+        must have the run's vocabulary (`check_vocabulary`)."""
         recorded, record = None, {}
         if config is None or os.path.exists(os.path.join(workdir, CONFIG_FILE)):
             recorded, record = read_record(workdir)
         config = config or recorded
         data_dir = None
-        if not config.data.dir and os.path.isdir(record.get("data_dir", "")):
+        named = config.data.dir or config.data.tfds_dir
+        if not named and os.path.isdir(record.get("data_dir", "")):
             data_dir = record["data_dir"]
-        run = cls.create(config, workdir, mesh=mesh, data_dir=data_dir)
+        run = cls.create(config, workdir, mesh=mesh, data_dir=data_dir, uses_labels=False)
         if recorded is not None:
-            run.check_compatible(recorded)
+            run.check_compatible(recorded, record)
         return run
 
     @property
@@ -241,22 +283,34 @@ class Run:
         record[RUN_RECORD] = {
             "data_dir": self.data_dir,
             "vocab_size": self.vocab_size,
+            "vocab_fingerprint": _vocab_fingerprint(self.data_dir),
             "devices": self.mesh.size,
             "processes": jax.process_count(),
         }
-        # Written whole, then renamed: the other processes of a job read it meanwhile.
+        # Written whole, then renamed: the other processes of a job read them meanwhile.
+        source = os.path.join(self.data_dir, records.TOKENIZER_FILE)
+        if os.path.exists(source):  # the vocabulary stays with the run: --tokenizer_from=WORKDIR
+            kept = os.path.join(self.workdir, records.TOKENIZER_FILE)
+            shutil.copyfile(source, kept + ".tmp")
+            os.replace(kept + ".tmp", kept)
         path = os.path.join(self.workdir, CONFIG_FILE)
         with open(path + ".tmp", "w") as f:
             json.dump(record, f, indent=2, default=str)
         os.replace(path + ".tmp", path)
 
-    def check_compatible(self, saved: ml_collections.ConfigDict | None = None) -> None:
-        """Refuse to resume or use a checkpoint made by a different model, naming the fields
-        (`saved`: WORKDIR's recorded config when already read)."""
+    def check_compatible(
+        self,
+        saved: ml_collections.ConfigDict | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """Refuse to resume or use a checkpoint made by a different model, naming the fields, or
+        on data of another vocabulary (`saved`, `record`: WORKDIR's recorded config and run
+        record when already read)."""
         if saved is None:
             if not os.path.exists(os.path.join(self.workdir, CONFIG_FILE)):
                 return
-            saved, _ = read_record(self.workdir)
+            saved, record = read_record(self.workdir)
+        self.check_vocabulary(record)
         ours, theirs = model_fields(self.config), model_fields(saved)
         diffs = [
             f"{k}: checkpoint has {theirs.get(k)!r}, this run has {ours.get(k)!r}"
@@ -268,6 +322,38 @@ class Run:
                 f"the checkpoints in {self.workdir!r} were made by another model configuration "
                 f"({saved.get('method')}:{saved.get('preset')}):\n  " + "\n  ".join(diffs)
             )
+
+    def check_vocabulary(self, record: dict[str, Any] | None = None) -> None:
+        """Refuse data whose vocabulary is not the one the run in WORKDIR trained with (the same
+        token id would name another word: silently wrong embeddings), naming both data dirs and
+        both vocabulary sizes. Compares tokenizer fingerprints; for a run recorded before them,
+        the tokenizer in its recorded data dir, else the vocabulary sizes. `record`: WORKDIR's
+        run record when already read; none recorded (a fresh workdir): nothing to check."""
+        if record is None:
+            if not os.path.exists(os.path.join(self.workdir, CONFIG_FILE)):
+                return
+            _, record = read_record(self.workdir)
+        self._vocabulary_checked = True
+        if not record:
+            return
+        their_dir = str(record.get("data_dir", "?"))
+        theirs = record.get("vocab_fingerprint") or _vocab_fingerprint(their_dir)
+        ours = _vocab_fingerprint(self.data_dir)
+        if theirs and ours:
+            same = theirs == ours
+        else:
+            same = record.get("vocab_size", self.vocab_size) == self.vocab_size
+        if same:
+            return
+        their_size = record.get("vocab_size", "?")
+        alike = " (as many, but other words or ids)" if their_size == self.vocab_size else ""
+        raise ValueError(
+            f"vocabulary mismatch: the run in {self.workdir!r} was trained on {their_dir!r} "
+            f"with a vocabulary of {their_size} tokens, but {self.data_dir!r} has another "
+            f"vocabulary of {self.vocab_size} tokens{alike}: its token ids would name other "
+            "words. Prepare that data with the run's vocabulary: python -m xmodal.data.prepare "
+            f"--raw_dir=RAW --out_dir=DIR --tokenizer_from={self.workdir}"
+        )
 
     def check_same_processes(self) -> None:
         """A resume must run on as many processes as the checkpoints were written by: each
@@ -308,6 +394,8 @@ class Run:
     ) -> state_lib.TrainState:
         """The checkpoint `which` (best | latest | step; default `eval.checkpoint`) onto this
         run's devices and layout, and the data iterator's position when given."""
+        if not self._vocabulary_checked:  # a run made with `create` on a trained workdir
+            self.check_vocabulary()
         own = manager is None
         manager = manager or self.manager(read_only=True)
         try:

@@ -99,5 +99,5 @@ class OrderedRecords:
     def __len__(self) -> int:
         return len(self.order)
 
-    def __getitem__(self, t: int) -> bytes:
+    def __getitem__(self, t: int) -> object:
         return self.source[int(self.indices[self.order[t]])]

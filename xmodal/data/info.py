@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from xmodal.data import records
+from xmodal.data import records, tfds_records
 
 RAW_MARKERS = ("layer1.json", "layer2.json")
 INFO_KEYS = ("splits", "vocab_size")  # what every use of prepared data reads
@@ -54,11 +54,26 @@ def _error(message: str, hint: str) -> ValueError:
 
 
 def load_info(data_dir: str) -> dict[str, Any]:
-    """`DATA/dataset_info.json`, with a clear error when the folder is not prepared data."""
+    """`DATA/dataset_info.json` (for a TFDS dataset: the `metadata.json` of its version folder,
+    TFDS owning its dataset_info.json), with a clear error when the folder is not prepared data."""
     path = os.path.join(data_dir, records.DATASET_INFO)
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data dir {data_dir!r} does not exist")
+    if tfds_records.is_dataset_dir(data_dir):
+        hint = (
+            f"{data_dir!r} is a TFDS dataset not built by xmodal.data.tfds_recipe1m (or its "
+            "build did not finish); build it with `python -m xmodal.data.tfds_recipe1m`"
+        )
+        meta = os.path.join(data_dir, tfds_records.METADATA_FILE)
+        if not os.path.exists(meta):
+            raise FileNotFoundError(f"{meta!r} is missing: {hint}")
+        return read_json(meta, keys=INFO_KEYS, hint=hint)
     if not os.path.exists(path):
+        if tfds_records.find_dataset(data_dir):
+            raise FileNotFoundError(
+                f"{data_dir!r} holds a TFDS dataset, not prepared shards; pass "
+                f"--config.data.tfds_dir={data_dir} (and no data.dir)"
+            )
         if any(os.path.exists(os.path.join(data_dir, m)) for m in RAW_MARKERS):
             raise FileNotFoundError(
                 f"{data_dir!r} holds the raw Recipe1M layout, not prepared data; run "
@@ -74,9 +89,18 @@ def load_info(data_dir: str) -> dict[str, Any]:
 
 
 def resolve_data_dir(data_config: Any) -> str:
-    """`config.data.dir`, else the built-in synthetic dataset (made and prepared on first use)."""
+    """`config.data.dir`; else the version folder of the TFDS dataset in `config.data.tfds_dir`
+    (the `--data_dir` it was built into); else the built-in synthetic dataset (made and prepared
+    on first use)."""
+    if data_config.dir and data_config.tfds_dir:
+        raise ValueError(
+            f"data.dir={data_config.dir!r} and data.tfds_dir={data_config.tfds_dir!r} both name "
+            "the data; set one (data.dir: prepared shards, data.tfds_dir: a TFDS dataset)"
+        )
     if data_config.dir:
         return os.path.abspath(os.path.expanduser(data_config.dir))
+    if data_config.tfds_dir:
+        return tfds_records.dataset_dir(data_config.tfds_dir)
     from xmodal.data import synthetic  # deferred: only the built-in route needs the generator
 
     syn = data_config.synthetic

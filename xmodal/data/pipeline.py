@@ -1,4 +1,5 @@
-"""Grain input pipelines: prepared ArrayRecord shards -> fixed-shape numpy batches per process.
+"""Grain input pipelines: prepared ArrayRecord shards (or a TFDS dataset built from them,
+`tfds_records`; `open_split` reads either) -> fixed-shape numpy batches per process.
 
 Train: shuffle (reshuffled every epoch) -> repeat -> this process's slice -> decode a random photo
 of the recipe, random crop (the papers' fixed scale, or Inception-style) + flip -> batch. Eval:
@@ -208,7 +209,7 @@ TRAIN_CROPS = {
 
 
 class TrainExample(grain.transforms.RandomMap):
-    """Record bytes -> one training pair with a random photo of the recipe (and, with `targets`,
+    """A record -> one training pair with a random photo of the recipe (and, with `targets`,
     the cross decoder's target tokens as 'decoder_tokens')."""
 
     def __init__(
@@ -226,7 +227,9 @@ class TrainExample(grain.transforms.RandomMap):
         self._crop, smallest_side = TRAIN_CROPS[crop]
         self._draft = math.ceil(image_size / smallest_side)  # JPEG draft: decode no smaller
 
-    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def random_map(
+        self, element: bytes | records.Recipe, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
         recipe = records.decode_record(element)
         jpeg = recipe["images"][int(rng.integers(len(recipe["images"])))]
         image = self._crop(open_image(jpeg, self._draft), self.image_size, rng)
@@ -237,26 +240,26 @@ class TrainExample(grain.transforms.RandomMap):
 
 
 class TextOnlyExample(grain.transforms.Map):
-    """Record bytes of a recipe without photos -> its text, keys prefixed 'text_only/'."""
+    """A record of a recipe without photos -> its text, keys prefixed 'text_only/'."""
 
     def __init__(self, limits: TextLimits, prefix: str):
         self.limits = limits
         self.prefix = prefix
 
-    def map(self, element: bytes) -> dict[str, np.ndarray]:
+    def map(self, element: bytes | records.Recipe) -> dict[str, np.ndarray]:
         recipe = records.decode_record(element)
         feats = text_features(recipe, self.limits)
         return {self.prefix + k: feats[k] for k in ("title", "ingredients", "instructions")}
 
 
 class EvalExample(grain.transforms.Map):
-    """(index, record bytes or None for padding) -> one eval pair with the recipe's first photo."""
+    """(index, record or None for padding) -> one eval pair with the recipe's first photo."""
 
     def __init__(self, limits: TextLimits, image_size: int):
         self.limits = limits
         self.image_size = image_size
 
-    def map(self, element: tuple[int, bytes | None]) -> dict[str, np.ndarray]:
+    def map(self, element: tuple[int, Any]) -> dict[str, np.ndarray]:
         index, data = element
         if data is None:
             return self._padding()
@@ -289,11 +292,18 @@ class PaddedSource:
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[int, bytes | None]:
+    def __getitem__(self, index: int) -> tuple[int, Any]:
         return (index, self.source[index]) if index < len(self.source) else (index, None)
 
 
-def open_split(data_dir: str, split: str) -> grain.sources.ArrayRecordDataSource:
+def open_split(data_dir: str, split: str) -> Any:
+    """Random access to the records of `split`, the one way every reader opens a split: the
+    prepared shards' msgpack bytes, or for a TFDS dataset (`tfds_records`) its examples as
+    record dicts; `records.decode_record` takes either."""
+    from xmodal.data import tfds_records
+
+    if tfds_records.is_dataset_dir(data_dir):
+        return tfds_records.TfdsSplit(data_dir, split)
     return grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, split))
 
 
@@ -494,5 +504,5 @@ class _Limited:
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index: int) -> bytes:
+    def __getitem__(self, index: int) -> Any:
         return self.source[index]

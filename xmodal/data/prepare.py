@@ -19,6 +19,10 @@ against `DATA/.prepare/plan.json`) keeps the finished shards and produces exactl
 uninterrupted run. Memory holds the recipes' text, the shards in flight and no other photo. Before
 the photos, a timed sample gives an estimate of time and disk for this dataset and full Recipe1M
 (`prepare_estimate`). This module holds the run (plan, resume, dataset_info) and its command line.
+
+Evaluation-only and gallery data (no train partition) take the vocabulary of a trained run:
+`--tokenizer_from=DIR` (the run's workdir, its prepared data or a TFDS dataset) copies that
+tokenizer instead of learning one, so the token ids mean what the model learned they mean.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import multiprocessing
 import os
 import shutil
 from collections import Counter
+from typing import Any
 
 from tqdm import tqdm
 
@@ -83,6 +88,7 @@ def prepare(
     max_instructions: int = 20,
     max_tokens: int = 15,
     max_image_pixels: int = photos.MAX_PIXELS,
+    tokenizer_from: str | None = None,
     source: str | None = None,
     verbose: bool = True,
 ) -> dict:
@@ -90,23 +96,32 @@ def prepare(
 
     Auto values: shards of ~1024 records, one worker per core, and min word count 10 (H-T) when the
     train partition has more than 100k recipes, else 1 (the built-in dataset is too small for 10).
-    Resumes an interrupted run into the same `out_dir` (see the module docstring).
+    `tokenizer_from` (a workdir, prepared data or TFDS dataset): its vocabulary is reused instead
+    of learning one from the train partition, which may then be absent (evaluation-only or
+    gallery data). Resumes an interrupted run into the same `out_dir` (see the module docstring).
     """
     os.makedirs(out_dir, exist_ok=True)
+    vocab_dir = tokenizer.vocabulary_dir(tokenizer_from) if tokenizer_from else None
+    if vocab_dir == os.path.abspath(out_dir):
+        raise ValueError(f"--tokenizer_from={tokenizer_from!r} must not be --out_dir itself")
     raw = read_recipe1m(raw_dir)
     train = [r for r in raw.recipes if r.partition == "train"]
-    if not train:
+    if not train and vocab_dir is None:
         raise ValueError(
-            f"{raw_dir}: no usable recipe in the train partition; nothing to learn from"
+            f"{raw_dir}: no usable recipe in the train partition, so no vocabulary to learn. "
+            "To prepare data for evaluating or searching with a trained run, reuse its "
+            "vocabulary: --tokenizer_from=WORKDIR (or the run's prepared data dir)"
         )
-    min_count = min_word_count or (10 if len(train) > LARGE_TRAIN_SPLIT else 1)
-    limits = dict(
+    if not raw.recipes:
+        raise ValueError(f"{raw_dir}: no usable recipe in any partition")
+    limits: dict[str, int] = dict(
         max_title_tokens=max_title_tokens,
         max_ingredients=max_ingredients,
         max_instructions=max_instructions,
         max_tokens=max_tokens,
-        min_word_count=min_count,
     )
+    if vocab_dir is None:
+        limits["min_word_count"] = min_word_count or (10 if len(train) > LARGE_TRAIN_SPLIT else 1)
     plan = dict(
         version=PLAN_VERSION,
         raw=_raw_fingerprint(raw_dir),
@@ -115,6 +130,8 @@ def prepare(
         max_image_pixels=max_image_pixels,
         limits=limits,
     )
+    if vocab_dir is not None:  # another vocabulary makes other records: start over
+        plan["tokenizer"] = tokenizer.fingerprint(vocab_dir)
     state_dir = os.path.join(out_dir, STATE_DIR)
     plan_path = os.path.join(state_dir, PLAN_FILE)
     resume = os.path.exists(plan_path) and read_json(plan_path) == plan
@@ -123,15 +140,18 @@ def prepare(
         os.makedirs(state_dir)
         write_json(plan, plan_path)
     tok_path = os.path.join(out_dir, records.TOKENIZER_FILE)
-    if os.path.exists(tok_path):
-        tok = tokenizer.load_tokenizer(out_dir)
-    else:
-        tok = tokenizer.build_tokenizer(
-            (t for r in train for t in (r.title, *r.ingredients, *r.instructions)),
-            min_count=min_count,
-        )
-        tokenizer.save_tokenizer(tok, state_dir)  # then renamed: never a half-written file
-        os.replace(os.path.join(state_dir, records.TOKENIZER_FILE), tok_path)
+    if not os.path.exists(tok_path):
+        staged = os.path.join(state_dir, records.TOKENIZER_FILE)
+        if vocab_dir is not None:  # the very file: the same fingerprint
+            shutil.copyfile(os.path.join(vocab_dir, records.TOKENIZER_FILE), staged)
+        else:
+            tok = tokenizer.build_tokenizer(
+                (t for r in train for t in (r.title, *r.ingredients, *r.instructions)),
+                min_count=limits["min_word_count"],
+            )
+            tokenizer.save_tokenizer(tok, state_dir)
+        os.replace(staged, tok_path)  # renamed into place: never a half-written file
+    tok = tokenizer.load_tokenizer(out_dir)
 
     by_part = {p: [r for r in raw.recipes if r.partition == p] for p in PARTITIONS}
     paired = [
@@ -203,17 +223,25 @@ def prepare(
         "limits": limits,
         "source": source or os.path.abspath(raw_dir),
     }
+    if vocab_dir is not None:
+        info["tokenizer_from"] = vocab_dir
     write_json(info, os.path.join(out_dir, records.DATASET_INFO))
     return info
 
 
-def _define_flags() -> None:
-    """Flags are defined only when run as a program, so importing this module never collides with
-    the flags of `xmodal.main`."""
+def define_option_flags() -> None:
+    """The flags of `prepare`'s options and its raw input: shared by this command line and the
+    TFDS builder's (`xmodal.data.tfds_recipe1m`). Defined only when run as a program, so
+    importing this module never collides with the flags of `xmodal.main`."""
     from absl import flags
 
     flags.DEFINE_string("raw_dir", None, "Raw Recipe1M layout (layer1.json, layer2.json, ...).")
-    flags.DEFINE_string("out_dir", None, "Where shards, tokenizer and dataset_info.json go.")
+    flags.DEFINE_string(
+        "tokenizer_from",
+        None,
+        "Reuse the vocabulary of a trained run (its workdir or prepared data dir, or a TFDS "
+        "dataset) instead of learning one: for data without a train split.",
+    )
     flags.DEFINE_integer("image_short_side", 256, "Photos are downscaled to this short side.")
     flags.DEFINE_string(
         "num_shards_per_split", "auto", "'auto' (~1024 recipes a shard) or a count."
@@ -229,6 +257,32 @@ def _define_flags() -> None:
     flags.DEFINE_integer(
         "max_image_pixels", photos.MAX_PIXELS, "Larger photos are skipped as decompression bombs."
     )
+
+
+def options_from_flags() -> dict[str, Any]:
+    """`prepare`'s keyword arguments from the flags of `define_option_flags`."""
+    from absl import flags
+
+    f = flags.FLAGS
+    return dict(
+        image_short_side=f.image_short_side,
+        num_shards_per_split=_auto(f.num_shards_per_split, "num_shards_per_split"),
+        num_workers=_auto(f.num_workers, "num_workers"),
+        min_word_count=_auto(f.min_word_count, "min_word_count"),
+        max_title_tokens=f.max_title_tokens,
+        max_ingredients=f.max_ingredients,
+        max_instructions=f.max_instructions,
+        max_tokens=f.max_tokens,
+        max_image_pixels=f.max_image_pixels,
+        tokenizer_from=f.tokenizer_from,
+    )
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    define_option_flags()
+    flags.DEFINE_string("out_dir", None, "Where shards, tokenizer and dataset_info.json go.")
     flags.mark_flags_as_required(["raw_dir", "out_dir"])
 
 
@@ -245,30 +299,22 @@ def _auto(value: str, name: str) -> int:
     return number
 
 
+def summary(info: dict[str, Any], where: str) -> str:
+    """One line on what a preparation wrote."""
+    counts = ", ".join(
+        f"{k}: {v['recipes']} recipes / {v['images']} images" for k, v in info["splits"].items()
+    )
+    n_skipped = len(info["skipped"])
+    return f"wrote {where}: {counts}; vocabulary {info['vocab_size']}; skipped {n_skipped}"
+
+
 def _main(argv: list[str]) -> None:
     from absl import flags
 
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    f = flags.FLAGS
-    info = prepare(
-        f.raw_dir,
-        f.out_dir,
-        image_short_side=f.image_short_side,
-        num_shards_per_split=_auto(f.num_shards_per_split, "num_shards_per_split"),
-        num_workers=_auto(f.num_workers, "num_workers"),
-        min_word_count=_auto(f.min_word_count, "min_word_count"),
-        max_title_tokens=f.max_title_tokens,
-        max_ingredients=f.max_ingredients,
-        max_instructions=f.max_instructions,
-        max_tokens=f.max_tokens,
-        max_image_pixels=f.max_image_pixels,
-    )
-    counts = ", ".join(
-        f"{k}: {v['recipes']} recipes / {v['images']} images" for k, v in info["splits"].items()
-    )
-    n_skipped = len(info["skipped"])
-    print(f"wrote {f.out_dir}: {counts}; vocabulary {info['vocab_size']}; skipped {n_skipped}")
+    info = prepare(flags.FLAGS.raw_dir, flags.FLAGS.out_dir, **options_from_flags())
+    print(summary(info, flags.FLAGS.out_dir))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,11 @@ def encode_record(recipe: Recipe) -> bytes:
     return msgpack.packb(dict(recipe), use_bin_type=True)
 
 
-def decode_record(data: bytes) -> Recipe:
+def decode_record(data: bytes | Recipe) -> Recipe:
+    """A record as a split source returns it: msgpack bytes of prepared shards, or already the
+    dict (a TFDS dataset's split, `xmodal.data.tfds_records.TfdsSplit`)."""
+    if isinstance(data, dict):
+        return data
     return msgpack.unpackb(data, raw=False)
 
 

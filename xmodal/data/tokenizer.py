@@ -10,6 +10,8 @@ Special tokens take the first ids, matching `xmodal.data.records`: [PAD]=0 [UNK]
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
 
@@ -62,6 +64,39 @@ def load_tokenizer(data_dir: str) -> Tokenizer:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no tokenizer at {path!r}; run xmodal.data.prepare first")
     return Tokenizer.from_file(path)
+
+
+def fingerprint(data_dir: str) -> str:
+    """sha256 of `data_dir/tokenizer.json` read as JSON and written canonically (sorted keys, no
+    spaces): equal fingerprints mean every word has the same id (and text is split the same
+    way), whatever the file's formatting. A run records the one it trained with."""
+    path = os.path.join(data_dir, records.TOKENIZER_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no tokenizer at {path!r}; run xmodal.data.prepare first")
+    with open(path, "rb") as f:
+        data = json.loads(f.read())
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def vocabulary_dir(path: str) -> str:
+    """The folder holding the tokenizer that `prepare --tokenizer_from=PATH` reuses: a prepared
+    data dir, a training workdir (a run keeps a copy of its data's tokenizer next to its
+    config.json), or a TFDS dataset built by `xmodal.data.tfds_recipe1m` (the `--data_dir` it was
+    built into, or its version folder)."""
+    from xmodal.data import tfds_records  # file logic only: TensorFlow Datasets is not imported
+
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(os.path.join(path, records.TOKENIZER_FILE)):
+        return path
+    if os.path.isdir(path) and tfds_records.find_dataset(path):
+        return tfds_records.dataset_dir(path)
+    what = "does not exist" if not os.path.isdir(path) else f"has no {records.TOKENIZER_FILE}"
+    raise FileNotFoundError(
+        f"--tokenizer_from={path!r} {what}: pass a prepared data dir, a TFDS dataset built by "
+        "xmodal.data.tfds_recipe1m, or the workdir of a run trained since runs keep their "
+        "tokenizer (for an older run, its data dir: `run.data_dir` in WORKDIR/config.json)"
+    )
 
 
 def encode(tok: Tokenizer, text: str, max_tokens: int) -> list[int]:
