@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from step_fixtures import VOCAB, micro_config, random_batch
 
-from xmodal.training import accumulate, losses
+from xmodal.training import accumulate, loop, losses
 from xmodal.training import state as state_lib
 
 # pytest-xdist: one worker builds the module's reference gradients.
@@ -111,3 +111,32 @@ def test_remat_gives_the_same_loss_and_gradients(setup, big_batch):
 def test_unknown_remat_policy_is_a_clear_error():
     with pytest.raises(ValueError, match="remat must be one of"):
         state_lib.init_train_state(micro_config(**{"model.remat": "some"}), VOCAB)
+
+
+def test_an_accumulated_step_follows_the_margin_schedule(setup):
+    """The train step with accumulation gives the loss the step: at step 5 of 10 a linear
+    margin 0.1 -> 0.5 is at 0.3, and the loss is the big-batch loss at that margin."""
+    _, graphdef, state, batch = setup
+    config = micro_config(
+        **{
+            "loss.margin.kind": "linear",
+            "loss.margin.start": 0.1,
+            "loss.margin.end": 0.5,
+            "loss.margin.steps": 0,
+            "train.num_steps": 10,
+            "train.grad_accum_steps": MICRO,
+        }
+    )
+    tx = state_lib.make_optimizer(config.train)
+    at_step_5 = state.replace(step=jnp.asarray(5, jnp.int32), opt_state=tx.init(state.params))
+    _, metrics = jax.jit(loop.make_train_step(graphdef, tx, config))(at_step_5, batch)
+
+    def big_batch_loss(params):
+        key = jax.random.key(7, impl=state_lib.RNG_IMPL)
+        out, _ = accumulate.apply_model(graphdef, params, state.model_state, key, batch)
+        return losses.compute_losses(out, config.loss, step=5, total_steps=10)[1]
+
+    reference = jax.jit(big_batch_loss)(state.params)
+    np.testing.assert_allclose(metrics["margin_i2r"], 0.3, rtol=1e-6)
+    np.testing.assert_allclose(metrics["margin_r2i"], 0.3, rtol=1e-6)
+    np.testing.assert_allclose(metrics["loss_triplet"], reference["loss_triplet"], rtol=1e-5)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,48 +113,88 @@ def _vocab(data_dir):
     return _read_json(data_dir, "dataset_info.json")["vocab_size"]
 
 
-def test_killed_run_resumes_at_the_right_step_and_data_position(tiny_data, tmp_path):
-    env = dict(os.environ)  # one CPU device: the kill and resume, not the sharding, is under test
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    # The uninterrupted reference runs beside the killed run: each is mostly single-threaded
-    # start-up (imports, tracing), so the two overlap on two cores.
-    reference_log = tmp_path / "straight.log"
-    with open(reference_log, "w") as log:
-        reference = subprocess.Popen(
-            _main(straight, tiny_data), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    proc = subprocess.Popen(
-        _main(killed, tiny_data),
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+def _start(workdir, data_dir, out=subprocess.PIPE):
+    """`python -m xmodal.main` training to step 40 in `workdir` on one CPU device (the resume,
+    not the sharding, is under test)."""
+    return subprocess.Popen(
+        _main(workdir, data_dir), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True
     )
+
+
+def _checkpointed_step_10(workdir):
+    folder = workdir / "checkpoints"
+    steps = os.listdir(folder) if folder.exists() else []
+    return any(s.isdigit() and int(s) >= 10 for s in steps)
+
+
+def _logged_step_10(workdir):
+    metrics = workdir / "metrics.jsonl"
+    return metrics.exists() and metrics.stat().st_size > 0
+
+
+def _signal_when(cases):
+    """Send each (process, condition, signal) its signal (None: none, just wait) once its
+    condition holds; each process must still be running then."""
+    pending = list(cases)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        steps = os.listdir(killed / "checkpoints") if (killed / "checkpoints").exists() else []
-        if any(s.isdigit() and int(s) >= 10 for s in steps):
-            break
+    while pending and time.time() < deadline:
+        for case in list(pending):
+            proc, condition, sig = case
+            if condition():
+                if sig is not None:
+                    assert proc.poll() is None, f"the run finished before it got {sig.name}"
+                    proc.send_signal(sig)
+                pending.remove(case)
+            else:
+                assert proc.poll() is None, f"the run ended early: {proc.communicate()[0]}"
         time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    manager = checkpointing.make_manager(str(killed), read_only=True)
-    killed_at = manager.latest_step()
-    assert killed_at is not None and 10 <= killed_at < 40
+    assert not pending, "timed out waiting for the runs to train"
 
-    out = subprocess.run(
-        _main(killed, tiny_data), cwd=REPO, env=env, capture_output=True, text=True
+
+def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tiny_data, tmp_path):
+    """SIGKILL (a crash) once checkpoint 10 exists, and SIGTERM (a scheduler's preemption
+    notice) once step 10 is logged. The killed run resumes at its last checkpoint; the
+    preempted one finishes its step, saves it, exits 0 and resumes exactly there. Rerunning the
+    same command, both end with the uninterrupted run's parameters and log each step once.
+    The interrupted runs start once the reference has compiled its step (they load it from the
+    compilation cache) and overlap with it: each is mostly single-threaded start-up."""
+    straight, killed, stopped = tmp_path / "straight", tmp_path / "killed", tmp_path / "stopped"
+    with open(tmp_path / "straight.log", "w") as log:
+        reference = _start(straight, tiny_data, out=log)
+    _signal_when([(reference, lambda: _logged_step_10(straight), None)])
+    crashing, preempted = _start(killed, tiny_data), _start(stopped, tiny_data)
+    _signal_when(
+        [
+            (crashing, lambda: _checkpointed_step_10(killed), signal.SIGKILL),
+            (preempted, lambda: _logged_step_10(stopped), signal.SIGTERM),
+        ]
     )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert f"resumed from {killed / 'checkpoints'} at step {killed_at}" in out.stdout + out.stderr
-    assert reference.wait(timeout=300) == 0, reference_log.read_text()
+    crashing.wait()
+    killed_at = checkpointing.make_manager(str(killed), read_only=True).latest_step()
+    assert killed_at is not None and 10 <= killed_at < 40
+    out = preempted.communicate(timeout=300)[0]
+    assert preempted.returncode == 0, out
+    found = re.search(
+        rf"stopped by SIGTERM after step (\d+): the checkpoint is saved in {stopped}/checkpoints",
+        out,
+    )
+    assert found, out
+    stopped_at = int(found[1])
+    assert 10 < stopped_at < 40
+    assert checkpointing.make_manager(str(stopped), read_only=True).latest_step() == stopped_at
 
-    steps = [r["step"] for r in read_metrics(str(killed)) if "loss" in r]
-    assert steps[-1] == 40 and max(steps) == 40
+    reruns = {workdir: _start(workdir, tiny_data) for workdir in (killed, stopped)}
+    for (workdir, proc), step in zip(reruns.items(), (killed_at, stopped_at), strict=True):
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, out
+        assert f"resumed from {workdir / 'checkpoints'} at step {step}" in out
+        assert [r["step"] for r in read_metrics(str(workdir)) if "loss" in r] == [10, 20, 30, 40]
+    assert reference.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()
     config = tiny_config(tiny_data, **SMALL_RESUME_MODEL)
-    for a, b in zip(_final_params(straight, config), _final_params(killed, config), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    reference_params = _final_params(straight, config)
+    for workdir in (killed, stopped):
+        for a, b in zip(reference_params, _final_params(workdir, config), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=str(workdir))
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):

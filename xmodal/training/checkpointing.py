@@ -3,25 +3,38 @@
 One `CheckpointManager` per workdir: async saves, the latest `keep` checkpoints plus the best one by
 validation recall kept, restore onto any device count through target shardings on the abstract
 state, and the data iterator saved in the same `Composite` so a resume continues at the same batch.
+A resume whose newest checkpoint does not restore (files cut short by a crash or a full disk)
+falls back to the one before, saying so, and moves the bad one aside.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 BEST_METRIC = "val_recall@1"
 STATE = "state"
 DATA = "data"
+UNREADABLE_DIR = "checkpoints_unreadable"  # WORKDIR/checkpoints_unreadable/<step>: moved aside
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was made by another model configuration (no other step will fit either)."""
 
 
 def _best_fn(metrics: dict[str, float]) -> float:
-    return float(metrics[BEST_METRIC])
+    """The keep-best score; a missing or non-finite recall ranks below every real one."""
+    value = float(metrics.get(BEST_METRIC, math.nan))
+    return value if math.isfinite(value) else -math.inf
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -67,10 +80,16 @@ def save(
     data_state: Any | None,
     metrics: dict[str, float] | None = None,
 ) -> None:
-    """Save asynchronously; `data_state` is the iterator position after the last consumed batch."""
+    """Save asynchronously; `data_state` is the iterator position after the last consumed batch.
+
+    Metrics whose recall is not finite are not stored: such a step can never be the best one
+    (`select_step('best')` then ignores it as it ignores steps saved without validation).
+    """
     items = {STATE: ocp.args.StandardSave(state)}
     if data_state is not None:
         items[DATA] = grain.checkpoint.CheckpointSave(FrozenIteratorState(data_state))
+    if metrics is not None and not math.isfinite(float(metrics.get(BEST_METRIC, math.nan))):
+        metrics = None
     manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
@@ -106,16 +125,87 @@ def restore(
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**items))
     except ValueError as e:
-        diffs = shape_mismatches(manager, step, abstract_state)
+        try:
+            diffs = shape_mismatches(manager, step, abstract_state)
+        except Exception:  # unreadable metadata: the restore's own error says more
+            diffs = []
         if not diffs:
             raise
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"the checkpoint at step {step} in {manager.directory} does not fit this model "
             "configuration (made by another model or config?); parameters that differ:\n  "
             + "\n  ".join(diffs[:20])
             + (f"\n  ... and {len(diffs) - 20} more" if len(diffs) > 20 else "")
         ) from e
     return restored[STATE]
+
+
+def restore_newest(
+    manager: ocp.CheckpointManager, abstract_state: Any, data_iterator: Any | None = None
+) -> tuple[int, Any] | None:
+    """(step, state) of the newest checkpoint that restores, the data iterator with it; None
+    when there is none. A step that fails is named in a warning and moved to
+    WORKDIR/checkpoints_unreadable/ (a later save of that step must not collide with it);
+    when no step restores, an error names each one and why. Never a silent fresh start."""
+    failed: dict[int, str] = {}
+    for step in sorted(manager.all_steps(), reverse=True):
+        restored = _try_restore(manager, step, abstract_state, data_iterator)
+        if isinstance(restored, str):
+            failed[step] = restored
+            print(
+                f"warning: the checkpoint at step {step} in {manager.directory} does not "
+                f"restore ({restored}); trying the one before",
+                flush=True,
+            )
+            continue
+        _move_aside(manager, list(failed))
+        return step, restored[0]
+    if failed:
+        raise RuntimeError(
+            f"no checkpoint in {manager.directory} restores:\n  "
+            + "\n  ".join(f"step {step}: {why}" for step, why in failed.items())
+            + "\nmove them away to start this run over, or use another --workdir"
+        )
+    return None
+
+
+def _try_restore(
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iterator: Any | None
+) -> tuple[Any] | str:
+    """(state,) or why the checkpoint of `step` does not restore. The processes of a job agree:
+    one process's bad file fails the step for all, so that they all resume at the same step."""
+    try:
+        result: tuple[Any] | str = (restore(manager, step, abstract_state, data_iterator),)
+    except CheckpointMismatchError:
+        raise  # another model: every step would fail the same way
+    except Exception as e:  # whatever a cut-short or corrupt file raises (tensorstore, json, OS)
+        lines = str(e).strip().splitlines()
+        result = f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+    if jax.process_count() > 1:
+        ok = multihost_utils.process_allgather(np.asarray(not isinstance(result, str)))
+        if not np.all(ok) and not isinstance(result, str):
+            result = "another process of the job could not restore it"
+    return result
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Move unreadable step folders to WORKDIR/checkpoints_unreadable/ (process 0 moves)."""
+    if not steps:
+        return
+    aside = os.path.join(os.path.dirname(str(manager.directory)), UNREADABLE_DIR)
+    if jax.process_index() == 0:
+        os.makedirs(aside, exist_ok=True)
+        for step in steps:
+            target = os.path.join(aside, str(step))
+            while os.path.exists(target):
+                target += "+"
+            os.rename(os.path.join(str(manager.directory), str(step)), target)
+            print(
+                f"warning: moved the unreadable checkpoint of step {step} to {target}", flush=True
+            )
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("xmodal: unreadable checkpoints moved aside")
+    manager.reload()
 
 
 def _path_name(path: tuple) -> str:
@@ -132,9 +222,8 @@ def _path_name(path: tuple) -> str:
 
 def shape_mismatches(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> list[str]:
     """'name: checkpoint has (a, b), this model has (c, d)' for every leaf whose shape differs
-    (or that exists on one side only), read from the checkpoint's metadata."""
-    import jax
-
+    (or that exists on one side only), read from the checkpoint's metadata; [] when the two
+    trees share no name (metadata that could not be read, e.g. after a failed restore)."""
     stored_tree = manager.item_metadata(step)[STATE]
     stored = {
         _path_name(p): tuple(getattr(m, "shape", ()) or ())
@@ -145,6 +234,8 @@ def shape_mismatches(manager: ocp.CheckpointManager, step: int, abstract_state: 
     keys = {_path_name(p) for p, a in leaves if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)}
     wanted = {_path_name(p): tuple(a.shape) for p, a in leaves if _path_name(p) not in keys}
     stored = {k: v for k, v in stored.items() if k not in keys}
+    if not set(stored) & set(wanted):  # metadata not read as this kind of tree: nothing to compare
+        return []
     diffs = []
     for name in sorted(set(stored) | set(wanted)):
         a, b = stored.get(name), wanted.get(name)

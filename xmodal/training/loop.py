@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -15,9 +19,12 @@ from xmodal import evaluate
 from xmodal.data import info as data_info
 from xmodal.data import pipeline, schema
 from xmodal.run import Run, decoder_trains
-from xmodal.training import accumulate, checkpointing, losses, sharding
+from xmodal.training import accumulate, checkpointing, losses, preemption, sharding
 from xmodal.training import state as state_lib
 from xmodal.training.metrics import MetricWriter
+
+NONFINITE = "nonfinite"  # step metric: 1 when the step's loss or gradient was not finite
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def make_train_step(
@@ -25,7 +32,16 @@ def make_train_step(
     tx: optax.GradientTransformation,
     config: ml_collections.ConfigDict,
 ):
-    """Pure step: (state, global batch) -> (new state, scalar metrics)."""
+    """Pure step: (state, global batch) -> (new state, scalar metrics).
+
+    A step whose loss or gradient is not finite leaves the state as it was (only `step`
+    advances) and reports `NONFINITE` = 1; the loop reads the flag when it fetches metrics anyway
+    and stops or counts (`train.on_nonfinite`). Selecting with `jnp.where` rather than wrapping
+    the optimizer in `optax.apply_if_finite` keeps the optimizer state's structure (checkpoints
+    restore under either policy) and also holds back the non-parameter state (batch statistics).
+    The global gradient norm is non-finite exactly when some gradient is (or when the squares
+    overflow float32, an update that clipping would zero anyway), so the check costs no extra pass.
+    """
     loss_config = config.loss
     total_steps = config.train.num_steps
     schedule = state_lib.learning_rate_schedule(config.train)
@@ -34,13 +50,16 @@ def make_train_step(
     accumulate_fn = accumulate.accumulated_grads(config.train.grad_accum)
 
     def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
+        def loss_of_outputs(outputs):  # the margin schedule follows the step
+            return losses.compute_losses(
+                outputs, loss_config, step=state.step, total_steps=total_steps
+            )
+
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.model_state, copy=True)
             model.train()
             nnx.reseed(model, dropout=jax.random.fold_in(state.rng, state.step))
-            loss, metrics = losses.compute_losses(
-                model(batch), loss_config, step=state.step, total_steps=total_steps
-            )
+            loss, metrics = loss_of_outputs(model(batch))
             _, _, model_state = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, model_state)
 
@@ -51,20 +70,27 @@ def make_train_step(
                 state.model_state,
                 jax.random.fold_in(state.rng, state.step),
                 batch,
-                lambda outputs: losses.compute_losses(outputs, loss_config),
+                loss_of_outputs,
                 num_micro,
             )
         else:
             grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+
+        def if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
         new_state = state.replace(
             step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            model_state=model_state,
-            opt_state=opt_state,
+            params=if_finite(optax.apply_updates(state.params, updates), state.params),
+            model_state=if_finite(model_state, state.model_state),
+            opt_state=if_finite(opt_state, state.opt_state),
         )
         metrics["learning_rate"] = schedule(state.step)
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["grad_norm"] = grad_norm
+        metrics[NONFINITE] = jnp.logical_not(finite).astype(jnp.int32)
         return new_state, metrics
 
     return train_step
@@ -80,73 +106,194 @@ def compile_train_step(graphdef, tx, config, state_shardings, mesh):
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train to `config.train.num_steps`, resuming from WORKDIR's latest checkpoint if any.
+def check_workdir(workdir: str) -> None:
+    """Fail before any set-up (data generation, compiles) when WORKDIR cannot hold checkpoints,
+    rather than after the first interval of training."""
+    path = checkpointing.checkpoint_dir(workdir)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise OSError(
+            f"the workdir {os.path.abspath(workdir)!r} is not writable: cannot write in "
+            f"{path!r} ({e.strerror or e}); pick another --workdir or fix its permissions"
+        ) from e
 
-    Returns the last logged metrics and, when `config.train.eval_at_end`, the test results.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train to `config.train.num_steps`, resuming from WORKDIR's newest readable checkpoint.
+
+    SIGTERM / SIGINT stop the run after the current step with a checkpoint
+    (xmodal.training.preemption). Returns the last logged metrics, 'stopped_at' (the step) when
+    stopped so, and, when `config.train.eval_at_end` and not stopped, the test results.
     """
+    watch = NonFiniteWatch(config.train.on_nonfinite)
+    check_workdir(workdir)
     run = Run.create(config, workdir)
     mesh = run.mesh
     run.check_compatible()
     manager = run.manager()
-    latest = manager.latest_step()
-    if latest is not None:
+    if manager.latest_step() is not None:
         run.check_same_processes()
     run.write_record()
     host_iter = train_iterator(run)
-    if latest is not None:
-        state = run.restore(latest, manager=manager, data_iterator=host_iter)
+    resumed = checkpointing.restore_newest(manager, run.layout.abstract, host_iter)
+    if resumed is not None:
+        state = resumed[1]
         if jax.process_index() == 0:
-            print(f"resumed from {checkpointing.checkpoint_dir(workdir)} at step {latest}")
+            print(f"resumed from {manager.directory} at step {resumed[0]}")
     else:
         state = run.init_state()
 
     batches = sharding.DevicePrefetcher(host_iter, mesh, config.data.prefetch)
     layout = run.layout
     step_fn = compile_train_step(layout.graphdef, layout.tx, config, layout.shardings, mesh)
-    writer = MetricWriter(workdir)
     start, total = int(state.step), config.train.num_steps
-    last_logged: dict[str, float] = {}
+    writer = MetricWriter(workdir, start_step=start)
     progress = tqdm(
         total=total, initial=start, desc="train", unit="step", disable=jax.process_index() != 0
     )
-    tick, tick_step = time.perf_counter(), start
-    for step in range(start + 1, total + 1):
-        state, metrics = step_fn(state, next(batches))
-        progress.update(1)
-        is_last = step == total
-        if step % config.train.log_every == 0 or is_last:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            metrics["examples_per_sec"] = (
-                (step - tick_step) * config.train.batch_size / max(now - tick, 1e-9)
-            )
-            tick, tick_step = now, step
-            writer.write(step, metrics)
-            progress.set_postfix(
-                loss=f"{metrics['loss']:.3f}", lr=f"{metrics['learning_rate']:.1e}"
-            )
-            last_logged = metrics
-        val = None
-        if step % config.train.eval_every == 0 or is_last:
-            val = validate(run, state)
-            writer.write(step, val)
-            if jax.process_index() == 0:
-                progress.write(
-                    f"step {step}: val medR {val['val_medR_i2r']:.1f} / {val['val_medR_r2i']:.1f}  "
-                    f"R@1 {val['val_R@1_i2r']:.1f} / {val['val_R@1_r2i']:.1f} (i2r / r2i, "
-                    f"{val['val_pairs']:.0f} pairs)"
+    result: dict[str, Any] = {"train": {}}
+    tick = (time.perf_counter(), start)
+    try:
+        with preemption.StopSignal(start) as stop:
+            for step in range(start + 1, total + 1):
+                state, metrics = step_fn(state, next(batches))
+                watch.add(step, metrics)
+                progress.update(1)
+                is_last, stopping = step == total, stop.reached(step)
+                log_now = step % config.train.log_every == 0 or is_last
+                eval_now = step % config.train.eval_every == 0 or is_last
+                save_now = (
+                    step % config.train.checkpoint_every == 0 or is_last or eval_now or stopping
                 )
-        if step % config.train.checkpoint_every == 0 or is_last or val is not None:
-            checkpointing.save(manager, step, state, batches.get_state(), metrics=val)
-    progress.close()
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-    result: dict[str, Any] = {"train": last_logged}
-    if config.train.eval_at_end:
+                if log_now or eval_now or save_now:
+                    watch.check(manager)  # 'stop' raises before anything is logged or saved
+                if log_now:
+                    result["train"], tick = _log(
+                        step, metrics, tick, config.train.batch_size, watch, writer, progress
+                    )
+                val = _validate_and_report(run, state, step, writer, progress) if eval_now else None
+                if save_now:
+                    checkpointing.save(manager, step, state, batches.get_state(), metrics=val)
+                if stopping:
+                    manager.wait_until_finished()
+                    _say(
+                        progress,
+                        f"stopped by {stop.reason()} after step {step}: the checkpoint is saved "
+                        f"in {manager.directory}; run the same command again to resume",
+                    )
+                    result["stopped_at"] = step
+                    break
+    finally:
+        progress.close()
+        manager.wait_until_finished()  # a good checkpoint in flight completes, error or not
+        manager.close()
+        writer.close()
+    if config.train.eval_at_end and "stopped_at" not in result:
         result["test"] = evaluate.evaluate_state(run, state)
     return result
+
+
+def _log(step, metrics, tick, batch_size, watch, writer, progress):
+    """Write the step's metrics row, with the steps skipped and the throughput since the last
+    row (`tick`: its time and step); returns (the row, the new tick)."""
+    row = {k: float(v) for k, v in jax.device_get(metrics).items() if k != NONFINITE}
+    row["nonfinite_steps"] = watch.take_skipped()
+    now, (then, then_step) = time.perf_counter(), tick
+    row["examples_per_sec"] = (step - then_step) * batch_size / max(now - then, 1e-9)
+    writer.write(step, row)
+    progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['learning_rate']:.1e}")
+    return row, (now, step)
+
+
+def _say(progress, message: str) -> None:
+    """A line for the user from process 0, printed above the progress bar."""
+    if jax.process_index() == 0:
+        progress.write(message)
+
+
+def _validate_and_report(run, state, step, writer, progress) -> dict[str, float]:
+    val = validate(run, state)
+    writer.write(step, val)
+    _say(
+        progress,
+        f"step {step}: val medR {val['val_medR_i2r']:.1f} / {val['val_medR_r2i']:.1f}  "
+        f"R@1 {val['val_R@1_i2r']:.1f} / {val['val_R@1_r2i']:.1f} (i2r / r2i, "
+        f"{val['val_pairs']:.0f} pairs)",
+    )
+    return val
+
+
+class NonFiniteWatch:
+    """Reads the steps' `NONFINITE` flags only when the loop fetches from the devices anyway
+    (log, validation, save; or every `MAX_PENDING` steps, to bound what it holds): no transfer
+    per step. The step already kept the state finite; 'stop' raises naming the first bad step
+    and its loss terms, 'skip' counts."""
+
+    MAX_PENDING = 1000
+
+    def __init__(self, policy: str):
+        if policy not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {policy!r}"
+            )
+        self.policy = policy
+        self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+        self._first_bad: tuple[int, dict[str, jax.Array]] | None = None
+        self._bad = 0  # non-finite steps found since the last check
+        self._skipped = 0  # ... since the last metrics row
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self._pending.append((step, metrics))
+        if len(self._pending) >= self.MAX_PENDING:
+            self._sift()
+
+    def _sift(self) -> None:
+        flags = jax.device_get([m[NONFINITE] for _, m in self._pending])
+        for entry, flag in zip(self._pending, flags, strict=True):
+            if flag:
+                self._first_bad = self._first_bad or entry
+                self._bad += 1
+        self._pending.clear()
+
+    def check(self, manager: Any) -> None:
+        self._sift()
+        first, count = self._first_bad, self._bad
+        self._first_bad, self._bad = None, 0
+        if first is not None and self.policy == "stop":
+            step, metrics = first
+            raise FloatingPointError(
+                nonfinite_message(step, jax.device_get(metrics), manager, count)
+            )
+        self._skipped += count
+
+    def take_skipped(self) -> int:
+        """Steps left out since the last call (the `nonfinite_steps` of a metrics row)."""
+        skipped, self._skipped = self._skipped, 0
+        return skipped
+
+
+def nonfinite_message(step: int, metrics: dict[str, Any], manager: Any, count: int) -> str:
+    """Names the step, the non-finite loss terms (or the gradient) and the checkpoint to go
+    back to."""
+    values = {k: float(v) for k, v in metrics.items()}
+    bad = [k for k, v in values.items() if k.startswith("loss_") and not math.isfinite(v)]
+    if not bad and not math.isfinite(values["loss"]):
+        bad = ["loss"]
+    if not math.isfinite(values["grad_norm"]):
+        bad.append("grad_norm")
+    latest = manager.latest_step()
+    kept = f"step {latest}" if latest is not None else "none yet"
+    more = f" ({count} non-finite steps since the last check)" if count > 1 else ""
+    return (
+        f"step {step}: non-finite "
+        + ", ".join(f"{k}={values[k]}" for k in bad)
+        + f"{more}. Stopped without saving; the latest checkpoint in {manager.directory} "
+        f"({kept}) holds the last good state. Lower train.lr or check the data, or pass "
+        "--config.train.on_nonfinite=skip to leave such updates out"
+    )
 
 
 def train_iterator(run: Run) -> Any:

@@ -1,6 +1,8 @@
 """Scalars to `WORKDIR/metrics.jsonl` (one JSON object per line) and TensorBoard event files.
 
 tensorboardX writes event files without TensorFlow (clu's writers import it). Only process 0 writes.
+A resumed run first forgets what an earlier attempt logged after the step it resumes from (that
+attempt got further than its last checkpoint), so no step appears twice.
 """
 
 from __future__ import annotations
@@ -13,16 +15,30 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
 
 class MetricWriter:
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, *, start_step: int = 0):
+        """`start_step`: the step training starts or resumes from; rows and TensorBoard events
+        of later steps, left by an earlier attempt, are dropped."""
         self._active = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
         if self._active:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            path = os.path.join(workdir, METRICS_FILE)
+            drop_rows_after(path, start_step)
+            self._jsonl = open(path, "a")  # noqa: SIM115
+            # TensorBoard's own restart mechanism: a SessionLog.START event at purge_step hides
+            # every earlier-written event of that step or later. The suffix keeps a writer from
+            # overwriting the file of one opened in the same second (names carry whole seconds).
+            self._tb = SummaryWriter(
+                os.path.join(workdir, TENSORBOARD_DIR),
+                purge_step=start_step + 1,
+                filename_suffix=f".{os.getpid()}.{start_step}",
+            )
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self._active:
@@ -40,8 +56,30 @@ class MetricWriter:
             self._tb.close()
 
 
+def drop_rows_after(path: str, step: int) -> None:
+    """Rewrite `path` (atomically: a crash leaves the old or the new file) without the rows of
+    steps after `step`, and without a line cut short by a crash mid-write."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
+    if len(kept) == len(lines):
+        return
+    with open(path + ".tmp", "w") as f:
+        f.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
+    os.replace(path + ".tmp", path)
+
+
+def _row_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def read_metrics(workdir: str) -> list[dict[str, float]]:
     """All rows of `metrics.jsonl` (for tests and tools)."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = os.path.join(workdir, METRICS_FILE)
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
