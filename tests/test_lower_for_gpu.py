@@ -28,6 +28,22 @@ def _has_cuda_wheels() -> bool:
 HAS_CUDA_WHEELS = _has_cuda_wheels()
 
 
+def test_convolution_flops_count_forward_and_both_gradients():
+    """A ResNet's matrix work is convolutions: each of the three (forward, input and kernel
+    gradients) is 2 x 2*8*8*6 outputs x 3*3*4 MACs here, whatever its dimension layout."""
+    import jax
+    import jax.numpy as jnp
+
+    def conv(x, w):
+        dims = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dims)
+
+    x, w = jnp.ones((2, 8, 8, 4), jnp.bfloat16), jnp.ones((3, 3, 4, 6), jnp.bfloat16)
+    grads = jax.value_and_grad(lambda x, w: conv(x, w).astype(jnp.float32).sum(), (0, 1))
+    text = jax.jit(grads).lower(x, w).as_text()
+    assert lower_for_gpu.matmul_flops(text) == {"bf16": 3 * 2 * (2 * 8 * 8 * 6) * (3 * 3 * 4)}
+
+
 def test_matmul_flops_by_dtype_and_the_f32_share():
     def f(a, b, c, d):
         return (a @ b).sum() + (c @ d).sum()

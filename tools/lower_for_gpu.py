@@ -7,9 +7,9 @@ JAX lowers for a platform whose plugin is installed even when no such device is 
 (`jit(f).trace(...).lower(lowering_platforms=('cuda',))`), and the cuDNN fused-attention rules
 (mask shapes, head sizes) are checked at lowering. Each program runs with `model.attention=cudnn`
 and `model.dtype=bfloat16` (what `auto` picks on a GPU in bf16). Per program it prints: lowered or
-the error; the number of cuDNN fused-attention calls; the matmul FLOPs by operand dtype, and
-fails on a float32 matmul that holds >= 1% of the program's matmul FLOPs (bf16 was asked for; the
-f32 projections and losses stay far below that). Exits 1 on any failure.
+the error; the number of cuDNN fused-attention calls; the matmul and convolution FLOPs by operand
+dtype, and fails on float32 ones that hold >= 1% of the program's matmul + convolution FLOPs
+(bf16 was asked for; the f32 projections and losses stay far below that). Exits 1 on any failure.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ _DOT = re.compile(
     r"stablehlo\.dot_general [^\n]*?contracting_dims = \[([\d, ]*)\] x \[[\d, ]*\][^\n]*?"
     r": \(tensor<([^>]*)>, tensor<([^>]*)>\) -> tensor<([^>]*)>"
 )
+_CONV = re.compile(
+    r"stablehlo\.convolution\([^\n]*?dim_numbers = \[[^\]]*\]x\[([^\]]*)\][^\n]*?"
+    r": \(tensor<([^>]*)>, tensor<([^>]*)>\) -> tensor<([^>]*)>"
+)
 
 
 def _dims(tensor: str) -> tuple[list[int], str]:
@@ -48,13 +52,26 @@ def _dims(tensor: str) -> tuple[list[int], str]:
 
 
 def matmul_flops(hlo_text: str) -> dict[str, float]:
-    """FLOPs of every `dot_general` in StableHLO text, summed by lhs operand dtype."""
+    """FLOPs of every `dot_general` and `convolution` in StableHLO text (the work of the matrix
+    units: a ResNet's is nearly all convolutions), summed by lhs operand dtype."""
     out: dict[str, float] = {}
+
+    def add(dtype: str, flops: float) -> None:
+        out[dtype] = out.get(dtype, 0.0) + flops
+
     for contracting, lhs, _, result in _DOT.findall(hlo_text):
         lhs_shape, dtype = _dims(lhs)
         result_shape, _ = _dims(result)
         k = math.prod(lhs_shape[int(d)] for d in contracting.split(",") if d.strip())
-        out[dtype] = out.get(dtype, 0.0) + 2.0 * math.prod(result_shape) * k
+        add(dtype, 2.0 * math.prod(result_shape) * k)
+    for kernel_dims, lhs, rhs, result in _CONV.findall(hlo_text):
+        _, dtype = _dims(lhs)
+        kernel_shape, _ = _dims(rhs)
+        result_shape, _ = _dims(result)
+        # Each output element sums the kernel's window x input features: the kernel's size
+        # over its output-feature dimension ('o'), whatever the layout (forward or gradients).
+        out_features = kernel_shape[[d.strip() for d in kernel_dims.split(",")].index("o")]
+        add(dtype, 2.0 * math.prod(result_shape) * math.prod(kernel_shape) / out_features)
     return out
 
 
