@@ -73,7 +73,7 @@ PRESETS: dict[str, dict] = {
         "model.cross_decoder.num_heads": 8,
         "model.cross_decoder.mlp_dim": 2048,
         "data.max_decoder_tokens": 64,
-        "data.num_workers": "auto",  # a GPU's appetite needs every core decoding JPEGs
+        "data.num_workers": "auto",  # decoding workers on every core the step does not need
         "loss.reduction": "batch_mean",  # H-T's TripletLoss, on which TNLBT builds
         "model.dtype": "bfloat16",
         "train.batch_size": 768,

@@ -165,8 +165,21 @@ def converted(faulty_raw, tmp_path_factory):
         return out, json.load(f), run.stdout
 
 
-def test_every_fault_is_reported_with_its_reason(converted):
-    _, info, stdout = converted
+# what `faulty_raw` makes prepare repair, by kind (one photo each)
+EXPECTED_REPAIRED = {
+    "CMYK converted to RGB": 1,
+    "L converted to RGB": 1,
+    "PNG bytes under a .jpg name": 1,
+    "RGBA converted to RGB": 1,
+    "WEBP bytes under a .jpg name": 1,
+    "large photo decoded at reduced scale": 1,
+    "rotated upright by EXIF orientation": 1,
+}
+
+
+def assert_faults_reported(info):
+    """`info` (prepare's report on `faulty_raw`, however stored) lists every fault with its
+    reason and nothing else, and counts every repair."""
     reasons = {}
     for s in info["skipped"]:
         reasons.setdefault(s["id"], []).append(s["reason"])
@@ -178,15 +191,12 @@ def test_every_fault_is_reported_with_its_reason(converted):
     assert "no instructions" in reasons["nosteps"][0]
     assert "unknown" in reasons["ghost"][0]
     assert len(info["skipped"]) == len(expected_photo_skips) + 4  # nothing else
-    assert info["repaired"] == {
-        "CMYK converted to RGB": 1,
-        "L converted to RGB": 1,
-        "PNG bytes under a .jpg name": 1,
-        "RGBA converted to RGB": 1,
-        "WEBP bytes under a .jpg name": 1,
-        "large photo decoded at reduced scale": 1,
-        "rotated upright by EXIF orientation": 1,
-    }
+    assert info["repaired"] == EXPECTED_REPAIRED
+
+
+def test_every_fault_is_reported_with_its_reason(converted):
+    _, info, stdout = converted
+    assert_faults_reported(info)
     assert "Full Recipe1M" in stdout  # the estimate is printed before the photos
 
 

@@ -16,7 +16,15 @@ from array_record.python.array_record_data_source import ArrayRecordDataSource
 from conftest import tiny_config
 from data_fixtures import synthetic_raw  # noqa: F401
 from PIL import Image
-from test_prepare_faults import MAX_PIXELS, RECIPE_PHOTOS, SHORT, _photos, faulty_raw  # noqa: F401
+from test_prepare_faults import (  # noqa: F401
+    EXPECTED_REPAIRED,
+    MAX_PIXELS,
+    RECIPE_PHOTOS,
+    SHORT,
+    _photos,
+    assert_faults_reported,
+    faulty_raw,
+)
 
 from xmodal.apps import gallery, search
 from xmodal.data import info as data_info
@@ -95,27 +103,10 @@ def test_tfds_build_of_a_faulty_crawl_keeps_prepares_report(faulty_raw, tmp_path
         verbose=False,
     )
     info = data_info.load_info(version)
-    reasons = {}
-    for s in info["skipped"]:
-        reasons.setdefault(s["id"], []).append(s["reason"])
-    photo_skips = {i: why for i, (_, (kind, why)) in _photos().items() if kind == "skip"}
-    for iid, why in photo_skips.items():
-        assert len(reasons[iid]) == 1 and why in reasons[iid][0], (iid, reasons.get(iid))
-    assert "duplicated" in reasons["good"][0] and "unknown" in reasons["ghost"][0]
-    assert len(info["skipped"]) == len(photo_skips) + 4
-    repaired = {
-        "CMYK converted to RGB": 1,
-        "L converted to RGB": 1,
-        "PNG bytes under a .jpg name": 1,
-        "RGBA converted to RGB": 1,
-        "WEBP bytes under a .jpg name": 1,
-        "large photo decoded at reduced scale": 1,
-        "rotated upright by EXIF orientation": 1,
-    }
+    assert_faults_reported(info)
     import tensorflow_datasets as tfds
 
-    assert tfds.builder_from_directory(version).info.metadata["repaired"] == repaired
-    assert info["repaired"] == repaired
+    assert tfds.builder_from_directory(version).info.metadata["repaired"] == EXPECTED_REPAIRED
     good = {i: size for i, (_, (kind, size)) in _photos().items() if kind == "ok"}
     assert info["splits"] == {
         "train": {"recipes": 3, "images": len(good)},

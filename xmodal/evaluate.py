@@ -126,14 +126,15 @@ def bag_metrics(
     num_bags: Sequence[int] = (10, 5),
     seed: int = 0,
     full: bool = True,
+    split: str | None = None,
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """{direction: {bag label: {metric: {mean, std}}}}; bags larger than the split are left out.
 
     Each bag is drawn once (without replacement) and used for both directions. With `full`, the
     whole split is also ranked as one bag under the label "full" (std 0). Non-finite embeddings
-    are refused (`check_finite`).
+    are refused (`check_finite`, naming `split`).
     """
-    check_finite(image, recipe)
+    check_finite(image, recipe, split=split)
     n = len(image)
     if len(bag_sizes) != len(num_bags):
         raise ValueError(f"bag_sizes {bag_sizes} and num_bags {num_bags} differ in length")
@@ -187,7 +188,6 @@ def evaluate_state(run: Run, state: Any, *, split: str | None = None) -> dict[st
     config = run.config
     split = split or config.eval.split
     image, recipe = run.embed_split(state, split)
-    check_finite(image, recipe, split=split)
     results = {
         "step": int(state.step),
         "split": split,
@@ -200,6 +200,7 @@ def evaluate_state(run: Run, state: Any, *, split: str | None = None) -> dict[st
             num_bags=tuple(config.eval.num_bags),
             seed=config.eval.seed,
             full=config.eval.full_split,
+            split=split,
         ),
     }
     if jax.process_index() == 0:

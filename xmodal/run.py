@@ -16,7 +16,6 @@ vocabulary (`check_vocabulary`), else the token ids would silently name other wo
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from typing import Any
@@ -109,8 +108,9 @@ def check_data(
     uses_labels: bool = True,
 ) -> None:
     """The config must ask for no more text than `prepare` kept, and a class head must match the
-    dataset's classes (out-of-range labels would give a silently wrong cross-entropy). A trained
-    run reopened to embed data (`uses_labels=False`) may read data without any class labels."""
+    dataset's classes when training reads the labels (out-of-range ones would give a silently
+    wrong cross-entropy); a run reopened to embed data (`uses_labels=False`) reads none, so any
+    labels (or none) will do."""
     limits = info.get("limits", {})
     over = [
         f"data.{ours}={config.data[ours]} > {limits[theirs]} ({theirs})"
@@ -124,8 +124,7 @@ def check_data(
             + ". Lower them in the config, or prepare again with larger --max_* limits"
         )
     heads = config.model.num_classes
-    unlabelled_use = not uses_labels and not info.get("num_classes")
-    if heads and heads != info.get("num_classes") and not unlabelled_use:
+    if heads and uses_labels and heads != info.get("num_classes"):
         raise ValueError(
             f"model.num_classes={heads} but the dataset has {info.get('num_classes')} classes; "
             "set --config.data.num_classes / --config.model.num_classes to match"
@@ -257,8 +256,7 @@ class Run:
             recorded, record = read_record(workdir)
         config = config or recorded
         data_dir = None
-        named = config.data.dir or config.data.tfds_dir
-        if not named and os.path.isdir(record.get("data_dir", "")):
+        if not data_info.names_data(config.data) and os.path.isdir(record.get("data_dir", "")):
             data_dir = record["data_dir"]
         run = cls.create(config, workdir, mesh=mesh, data_dir=data_dir, uses_labels=False)
         if recorded is not None:
@@ -293,10 +291,7 @@ class Run:
             kept = os.path.join(self.workdir, records.TOKENIZER_FILE)
             shutil.copyfile(source, kept + ".tmp")
             os.replace(kept + ".tmp", kept)
-        path = os.path.join(self.workdir, CONFIG_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f, indent=2, default=str)
-        os.replace(path + ".tmp", path)
+        data_info.write_json(record, os.path.join(self.workdir, CONFIG_FILE), indent=2, default=str)
 
     def check_compatible(
         self,
@@ -385,25 +380,17 @@ class Run:
             )
         return state
 
-    def restore(
-        self,
-        which: str | int | None = None,
-        *,
-        manager: ocp.CheckpointManager | None = None,
-        data_iterator: Any = None,
-    ) -> state_lib.TrainState:
+    def restore(self, which: str | int | None = None) -> state_lib.TrainState:
         """The checkpoint `which` (best | latest | step; default `eval.checkpoint`) onto this
-        run's devices and layout, and the data iterator's position when given."""
+        run's devices and layout (training resumes through `checkpointing.restore_newest`)."""
         if not self._vocabulary_checked:  # a run made with `create` on a trained workdir
             self.check_vocabulary()
-        own = manager is None
-        manager = manager or self.manager(read_only=True)
+        manager = self.manager(read_only=True)
         try:
             step = checkpointing.select_step(manager, which or self.config.eval.checkpoint)
-            return checkpointing.restore(manager, step, self.layout.abstract, data_iterator)
+            return checkpointing.restore(manager, step, self.layout.abstract)
         finally:
-            if own:
-                manager.close()
+            manager.close()
 
     def embedder(self, outputs: BatchFn = DualEncoder.embed_pairs) -> Embedder:
         """An embedder of `outputs`; the pair embedder is built (and compiled) once per run."""

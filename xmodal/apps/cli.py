@@ -56,23 +56,21 @@ def _value(text: str) -> Any:
         return text  # a plain string, as absl's config flags read it
 
 
-# The two ways to name the data: one given on the command line replaces the other one recorded.
-DATA_LOCATIONS = ("data.dir", "data.tfds_dir")
-
-
 def run_config(args: argparse.Namespace) -> ml_collections.ConfigDict | None:
     """The config the arguments name: --config (else, with overrides, the recorded one) with
     the overrides applied; None = the run's recorded config as it is. Data named by an override
     (`--config.data.dir=NEW`: a new test set or gallery) replaces the recorded data location,
-    whichever of `DATA_LOCATIONS` the run was trained with."""
+    whichever of `data_info.DATA_LOCATIONS` the run was trained with."""
+    from xmodal.data import info as data_info
     from xmodal.run import read_record
 
     config = load_config_file(args.config) if args.config else None
     if args.overrides:
         config = config or read_record(args.workdir)[0]
         overrides = {k: _value(v) for k, v in args.overrides.items()}
-        if any(k in overrides for k in DATA_LOCATIONS):
-            overrides = {**{k: "" for k in DATA_LOCATIONS}, **overrides}
+        locations = [f"data.{k}" for k in data_info.DATA_LOCATIONS]
+        if any(k in overrides for k in locations):
+            overrides = {**dict.fromkeys(locations, ""), **overrides}
         config.update_from_flattened_dict(overrides)
     return config
 

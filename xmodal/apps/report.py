@@ -253,7 +253,6 @@ def build_report(
     """The report's HTML for `split` embedded with `model` (an `inference.RetrievalModel`)."""
     config = model.config
     image, recipe = model.embed_split(split, limit=limit)
-    evaluate.check_finite(image, recipe, split=split)
     items = data_info.split_metadata(
         model.data_dir,
         split,
@@ -271,6 +270,7 @@ def build_report(
             bag_sizes=tuple(config.eval.bag_sizes),
             num_bags=tuple(config.eval.num_bags),
             seed=config.eval.seed,
+            split=split,
         ),
     }
     ranks = {

@@ -89,15 +89,14 @@ class ClassAwareOrder:
 
 
 class OrderedRecords:
-    """Random-access records in a given order: position t -> source[indices[order[t]]]."""
+    """Random-access records in a given order: position t -> source[order[t]]."""
 
-    def __init__(self, source: object, indices: np.ndarray, order: ClassAwareOrder):
+    def __init__(self, source: object, order: ClassAwareOrder):
         self.source = source
-        self.indices = indices
         self.order = order
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, t: int) -> object:
-        return self.source[int(self.indices[self.order[t]])]
+        return self.source[int(self.order[t])]

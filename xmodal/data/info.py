@@ -1,6 +1,6 @@
 """Find the prepared data of a run and read what `prepare` recorded about it; `read_json` reads
 any JSON file the project is handed (dataset info, a run's config, search inputs) with one clear
-error naming the file."""
+error naming the file, and `write_json` writes one atomically."""
 
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ def read_json(
     if missing:
         raise _error(f"{path} lacks {', '.join(map(repr, missing))}", hint)
     return data
+
+
+def write_json(obj: Any, path: str, *, indent: int = 1, default: Any = None) -> None:
+    """Atomic JSON write (a temporary file, then a rename): a reader, another process of the job
+    or a rerun after a crash sees the old file or the whole new one, never half of it."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent, ensure_ascii=False, default=default)
+    os.replace(tmp, path)
 
 
 def _json_name(kind: type) -> str:
@@ -86,6 +95,15 @@ def load_info(data_dir: str) -> dict[str, Any]:
         )
     hint = f"prepare {data_dir!r} again with `python -m xmodal.data.prepare`"
     return read_json(path, keys=INFO_KEYS, hint=hint)
+
+
+# The two ways a config names its data (`data.<field>`); neither set: the built-in dataset.
+DATA_LOCATIONS = ("dir", "tfds_dir")
+
+
+def names_data(data_config: Any) -> bool:
+    """Whether the config names its data (else a reopened run reads the data it recorded)."""
+    return any(data_config[k] for k in DATA_LOCATIONS)
 
 
 def resolve_data_dir(data_config: Any) -> str:

@@ -307,14 +307,22 @@ def open_split(data_dir: str, split: str) -> Any:
     return grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, split))
 
 
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (a SLURM or container share), not the
+    whole host's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def worker_count(num_workers: str | int) -> int:
-    """`data.num_workers` as a number: "auto" keeps two of the cores this process may use (its
-    CPU affinity: a SLURM or container share, not the whole host) for the train step's dispatch
-    and Grain's read threads and gives the rest to decoding workers, up to 32; 0 below 4 cores."""
+    """`data.num_workers` as a number: "auto" keeps two of `usable_cores()` for the train step's
+    dispatch and Grain's read threads and gives the rest to decoding workers, up to 32; 0 below
+    4 cores."""
     value = str(num_workers).strip()
     if value == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return min(32, (cores or 1) - 2) if (cores or 1) >= 4 else 0
+        cores = usable_cores()
+        return min(32, cores - 2) if cores >= 4 else 0
     if not value.isdigit():
         raise ValueError(f"data.num_workers must be 'auto' or a count >= 0, got {num_workers!r}")
     return int(value)
@@ -329,7 +337,7 @@ def _batches(ds: grain.MapDataset, batch_size: int, num_workers: str | int) -> g
     prefetch overlaps decoding with the step; `num_workers` processes add parallelism on larger
     hosts.
     """
-    threads = min(16, os.cpu_count() or 1)
+    threads = min(16, usable_cores())
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=batch_size)
     ds = ds.to_iter_dataset(options).batch(batch_size, drop_remainder=True)
     workers = worker_count(num_workers)
@@ -404,14 +412,13 @@ def _class_aware(
     """Records ordered by `ClassAwareOrder` in global batches of `batch_size`."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"data.labelled_fraction must be in [0, 1] (or < 0: off), got {fraction}")
-    every = np.arange(len(source))
     order = class_aware.ClassAwareOrder(
         class_aware.split_class_ids(data_dir, split, source),
         batch_size=batch_size,
         labelled_per_batch=round(fraction * batch_size),
         seed=seed,
     )
-    return grain.MapDataset.source(class_aware.OrderedRecords(source, every, order)).seed(seed)
+    return grain.MapDataset.source(class_aware.OrderedRecords(source, order)).seed(seed)
 
 
 def text_only_dataset(

@@ -36,14 +36,13 @@ from typing import Any
 from tqdm import tqdm
 
 from xmodal.data import photos, records, schema, tokenizer
+from xmodal.data.info import read_json, write_json
 from xmodal.data.prepare_estimate import estimate, print_estimate
 from xmodal.data.prepare_shards import (
     STATE_DIR,
     photo_batches,
     plan_shards,
-    read_json,
     shard_state,
-    write_json,
     write_shard,
 )
 from xmodal.data.recipe1m import CLASSES, DET_INGRS, LAYER1, LAYER2, PARTITIONS, read_recipe1m

@@ -10,7 +10,6 @@ are loaded per recipe by `load_recipe_photos` in a process pool, at most two sha
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections import Counter, deque
@@ -21,6 +20,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from xmodal.data import photos, records, tokenizer
+from xmodal.data.info import read_json, write_json
 from xmodal.data.recipe1m import RawRecipe
 
 RECORDS_PER_SHARD = 1024  # with --num_shards_per_split=0 (auto)
@@ -114,19 +114,6 @@ def tokenize_recipes(tok: Any, recipes: list[RawRecipe], limits: dict) -> list[r
         )
         for r, title, ingr, instr in zip(recipes, titles, ingredients, instructions, strict=True)
     ]
-
-
-def write_json(obj: Any, path: str) -> None:
-    """Atomic JSON write: a reader sees the old file or the whole new one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
-def read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def write_shard(

@@ -73,8 +73,10 @@ def fingerprint(data_dir: str) -> str:
     path = os.path.join(data_dir, records.TOKENIZER_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no tokenizer at {path!r}; run xmodal.data.prepare first")
+    from xmodal.data.info import parse_json  # deferred: info imports the TFDS record layout
+
     with open(path, "rb") as f:
-        data = json.loads(f.read())
+        data = parse_json(f.read(), path)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
