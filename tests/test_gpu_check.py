@@ -34,13 +34,6 @@ TINY = [
 ]
 
 
-def _has_cuda_plugin() -> bool:
-    try:
-        return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def test_gpu_check_runs_every_stage_at_tiny_size_on_cpu(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "OUT": str(out)}
@@ -76,7 +69,7 @@ def test_gpu_check_runs_every_stage_at_tiny_size_on_cpu(tmp_path):
         assert res["examples_per_sec"] > 0
     else:
         assert rows["torch_eager"]["reason"] == "torch is not installed"
-    if _has_cuda_plugin():  # lowering for CUDA needs the plugin, not the GPU
+    if rows["env"]["result"]["cuda_plugin"]:  # lowering for CUDA needs the plugin, not a GPU
         assert status["lower"] == "ok" and rows["lower"]["result"]["train_step"]["ok"]
     else:
         assert status["lower"] == "skipped"

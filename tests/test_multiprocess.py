@@ -4,11 +4,13 @@ step for step. Subprocesses: the process boundary is what is tested."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -53,25 +55,34 @@ def _main(
     `devices` devices each; returns each process's output (all must exit 0)."""
     cmd = [sys.executable, *program, *args]
     port = _free_port()
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=_env(devices)
-            if processes == 1
-            else _env(
-                devices,
-                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                JAX_NUM_PROCESSES=str(processes),
-                JAX_PROCESS_ID=str(i),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(processes)
-    ]
-    outs = [p.communicate(timeout=900)[0] for p in procs]
+    # Each process's output goes to a file, not a pipe: a process blocked writing to a full
+    # pipe while the others wait for it in a collective would hang the job.
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(processes)]
+        procs = [
+            subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=_env(devices)
+                if processes == 1
+                else _env(
+                    devices,
+                    JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                    JAX_NUM_PROCESSES=str(processes),
+                    JAX_PROCESS_ID=str(i),
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i, log in enumerate(logs)
+        ]
+        for p in procs:
+            p.wait(timeout=900)
+        outs = []
+        for log in logs:
+            log.seek(0)
+            outs.append(log.read())
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-4000:]
     return outs

@@ -7,8 +7,9 @@ batch and input sizes as tools/bench_train.py, with the same metrics and JSON la
 The same model and objective as the JAX step: the config's cross decoder (with its targets in
 the batch) and margin schedule (the step number is passed, so a linear margin moves). AMP: bf16
 autocast, float32 master weights, fused AdamW on GPU, the same gradient clipping and weight
-decay. --compile wraps the whole step (zero_grad, forward, loss, backward, clipping, optimizer)
-in one `torch.compile`, as the JAX step is one jit. Synthetic data on the device (the model
+decay. --compile wraps the whole step function (zero_grad, forward, loss, backward, clipping,
+optimizer) in `torch.compile`, not the model alone (dynamo breaks it at backward() and at the
+optimizer). Synthetic data on the device (the model
 alone), like bench_train's synthetic mode. One device (the comparison is per GPU).
 """
 
@@ -77,7 +78,6 @@ def main(argv: list[str]) -> None:
     amp = _AMP.value == "bf16"
     batch = synthetic_batch(config, _VOCAB.value, device)
     total = config.train.num_steps
-    step_number = [0]
 
     def train_step(step: torch.Tensor) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
@@ -89,11 +89,13 @@ def main(argv: list[str]) -> None:
         return loss
 
     compiled = torch.compile(train_step) if _COMPILE.value else train_step
+    # The step number lives on the device and is advanced there: a tensor made from a host
+    # number each step would be a blocking copy inside the timed window.
+    step_number = torch.zeros((), device=device)
 
     def step() -> torch.Tensor:
-        # A 0-d tensor, not an int: a Python int would be specialised on and recompile each step.
-        loss = compiled(torch.tensor(float(step_number[0]), device=device))
-        step_number[0] += 1
+        loss = compiled(step_number)
+        step_number.add_(1)
         return loss
 
     def sync() -> None:

@@ -42,6 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIN_STAGE_S = 20  # a stage that cannot get this long is not started
 ENV_PROBE = """
 import importlib.util, json, platform, jax
+from xmodal.data.pipeline import usable_cores
 def version(name):
     try:
         from importlib.metadata import version as v
@@ -57,8 +58,8 @@ d = jax.devices()[0]
 print(json.dumps({
     "cuda_plugin": has("jax_plugins.xla_cuda12") or has("jax_plugins.xla_cuda13"),
     "backend": jax.default_backend(), "device_kind": d.device_kind, "devices": jax.device_count(),
-    "python": platform.python_version(), "cpus": len(__import__("os").sched_getaffinity(0)),
-    "torch": importlib.util.find_spec("torch") is not None,
+    "python": platform.python_version(), "cpus": usable_cores(),
+    "torch": has("torch"),
     "versions": {n: version(n) for n in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
                  "grain", "array-record", "ml-collections", "numpy", "torch")},
 }))
@@ -70,8 +71,12 @@ class Stage:
     name: str
     command: list[str]
     cap_s: int
-    json_out: str | None = None  # the file the tool writes (--out / --json)
     skip: str | None = None  # reason it is not run here
+
+
+def stage_json(runs: str, name: str) -> str:
+    """Where stage `name`'s tool is told to write its JSON."""
+    return os.path.join(runs, f"{name}.json")
 
 
 def stages(args: argparse.Namespace, env: dict[str, Any], runs: str) -> list[Stage]:
@@ -79,7 +84,7 @@ def stages(args: argparse.Namespace, env: dict[str, Any], runs: str) -> list[Sta
     their hardware or package is missing."""
     py = sys.executable
     overrides = [f"--config.{kv}" for kv in args.set]
-    out = lambda name: os.path.join(runs, f"{name}.json")
+    out = lambda name: stage_json(runs, name)
     gpu = env.get("backend") == "gpu"
     no_torch = None if env.get("torch") else "torch is not installed"
     result = [
@@ -93,14 +98,12 @@ def stages(args: argparse.Namespace, env: dict[str, Any], runs: str) -> list[Sta
                 f"--out={out('lower')}",
             ],
             120,
-            out("lower"),
             None if gpu or env.get("cuda_plugin") else "no CUDA plugin to lower with",
         ),
         Stage(
             "rank",
             [py, "tools/bench_ranking.py", f"--n={args.rank_n}", f"--out={out('rank')}"],
             60,
-            out("rank"),
         ),
     ]
 
@@ -120,7 +123,7 @@ def stages(args: argparse.Namespace, env: dict[str, Any], runs: str) -> list[Sta
             f"--out={out(name)}",
         ]
         skip = None if gpu or attention != "cudnn" else "cuDNN attention needs a CUDA GPU"
-        return Stage(name, cmd, 150, out(name), skip)
+        return Stage(name, cmd, 150, skip)
 
     def torch_bench(compiled: bool) -> Stage:
         name = "torch_compile" if compiled else "torch_eager"
@@ -136,7 +139,7 @@ def stages(args: argparse.Namespace, env: dict[str, Any], runs: str) -> list[Sta
             f"--out={out(name)}",
             *(["--compile"] if compiled else []),
         ]
-        return Stage(name, cmd, 240 if compiled else 120, out(name), no_torch)
+        return Stage(name, cmd, 240 if compiled else 120, no_torch)
 
     pipeline = Stage(
         "pipeline",
@@ -150,7 +153,6 @@ def stages(args: argparse.Namespace, env: dict[str, Any], runs: str) -> list[Sta
             f"--json={out('pipeline')}",
         ],
         150,
-        out("pipeline"),
     )
     result += [jax_bench("cudnn", "none"), jax_bench("xla", "none")]
     result += [torch_bench(False), torch_bench(True), pipeline]
@@ -181,8 +183,9 @@ def run_stage(stage: Stage, deadline: float, env: dict[str, str], runs: str) -> 
         except subprocess.TimeoutExpired:
             status = f"timeout ({limit} s)"
     row.update(status=status, seconds=round(time.monotonic() - start, 1))
-    if stage.json_out and os.path.exists(stage.json_out):
-        with open(stage.json_out) as f:
+    written = stage_json(runs, stage.name)  # each stage's tool writes its JSON there
+    if os.path.exists(written):
+        with open(written) as f:
             row["result"] = json.load(f)
     if status != "ok":
         with open(log) as f:

@@ -55,7 +55,7 @@ def cross_decoder_forward_flops(config: Any, vocab_size: int) -> float:
     memory projections, per block causal self-attention (4 W^2 per token + 2 L^2 W), cross-
     attention (q / out on L tokens, k / v on M memory tokens, 2 L M W for the two matmuls) and the
     MLP, then the output head over the decoder's vocabulary (the tokenizer's plus its separators:
-    at H-T's ~16k words the head alone is a third of a b16 decoder)."""
+    at H-T's ~16k words the head is about a quarter of a b16 decoder)."""
     d, m = config.data, config.model
     dec, vit = m.cross_decoder, m.vit
     w, length = dec.width, d.max_decoder_tokens - 1
