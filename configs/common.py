@@ -201,9 +201,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
-    # A step with a non-finite loss or gradient never updates the state; then: stop = raise an
-    # error naming the step and loss terms (nothing saved after the last good checkpoint) |
-    # skip = leave that update out and count it (`nonfinite_steps` in the metrics).
+    # A step with a non-finite loss or gradient: stop = raise an error naming the step and loss
+    # terms before anything after it is logged, evaluated or saved | skip = leave that update out
+    # and count it (`nonfinite_steps` in the metrics; costs a select over the state each step).
     c.train.on_nonfinite = "stop"
     c.train.val_pairs = 500  # val pairs embedded for the periodic retrieval check
     c.train.eval_at_end = True  # score the test split when training finishes (eval_test.json)

@@ -150,16 +150,17 @@ def restore_newest(
     failed: dict[int, str] = {}
     for step in sorted(manager.all_steps(), reverse=True):
         restored = _try_restore(manager, step, abstract_state, data_iterator)
-        if isinstance(restored, str):
+        if isinstance(restored, str):  # why it failed (a state is never a string)
             failed[step] = restored
-            print(
-                f"warning: the checkpoint at step {step} in {manager.directory} does not "
-                f"restore ({restored}); trying the one before",
-                flush=True,
-            )
+            if jax.process_index() == 0:
+                print(
+                    f"warning: the checkpoint at step {step} in {manager.directory} does not "
+                    f"restore ({restored}); trying the one before",
+                    flush=True,
+                )
             continue
         _move_aside(manager, list(failed))
-        return step, restored[0]
+        return step, restored
     if failed:
         raise RuntimeError(
             f"no checkpoint in {manager.directory} restores:\n  "
@@ -171,11 +172,11 @@ def restore_newest(
 
 def _try_restore(
     manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iterator: Any | None
-) -> tuple[Any] | str:
-    """(state,) or why the checkpoint of `step` does not restore. The processes of a job agree:
+) -> Any | str:
+    """The state, or why the checkpoint of `step` does not restore. The processes of a job agree:
     one process's bad file fails the step for all, so that they all resume at the same step."""
     try:
-        result: tuple[Any] | str = (restore(manager, step, abstract_state, data_iterator),)
+        result: Any | str = restore(manager, step, abstract_state, data_iterator)
     except CheckpointMismatchError:
         raise  # another model: every step would fail the same way
     except Exception as e:  # whatever a cut-short or corrupt file raises (tensorstore, json, OS)

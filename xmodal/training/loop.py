@@ -34,18 +34,22 @@ def make_train_step(
 ):
     """Pure step: (state, global batch) -> (new state, scalar metrics).
 
-    A step whose loss or gradient is not finite leaves the state as it was (only `step`
-    advances) and reports `NONFINITE` = 1; the loop reads the flag when it fetches metrics anyway
-    and stops or counts (`train.on_nonfinite`). Selecting with `jnp.where` rather than wrapping
-    the optimizer in `optax.apply_if_finite` keeps the optimizer state's structure (checkpoints
-    restore under either policy) and also holds back the non-parameter state (batch statistics).
-    The global gradient norm is non-finite exactly when some gradient is (or when the squares
-    overflow float32, an update that clipping would zero anyway), so the check costs no extra pass.
+    Every step reports `NONFINITE` = 1 when its loss or gradient is not finite; the loop reads
+    the flag when it fetches metrics anyway (`NonFiniteWatch`). The global gradient norm is
+    non-finite exactly when some gradient is (or when the squares overflow float32, an update
+    that clipping would zero anyway), so the flag costs no extra pass. Under
+    `train.on_nonfinite='stop'` the loop raises before anything after the bad step is logged,
+    evaluated or saved, so the step needs nothing more. Under 'skip' such a step leaves the state
+    as it was (only `step` advances): a `jnp.where` over the state, which adds copies of the state
+    to the compiled step, so only 'skip' pays for it. It keeps
+    the optimizer state's structure, unlike `optax.apply_if_finite` (checkpoints restore under
+    either policy), and also holds back the non-parameter state (batch statistics).
     """
     loss_config = config.loss
     total_steps = config.train.num_steps
     schedule = state_lib.learning_rate_schedule(config.train)
 
+    skip_nonfinite = config.train.on_nonfinite == "skip"
     num_micro = config.train.grad_accum_steps
     accumulate_fn = accumulate.accumulated_grads(config.train.grad_accum)
 
@@ -80,6 +84,8 @@ def make_train_step(
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
 
         def if_finite(new, old):
+            if not skip_nonfinite:  # 'stop' raises before a bad state is used (see above)
+                return new
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
         new_state = state.replace(
@@ -168,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 save_now = (
                     step % config.train.checkpoint_every == 0 or is_last or eval_now or stopping
                 )
-                if log_now or eval_now or save_now:
+                if log_now or save_now:  # save_now includes every validation
                     watch.check(manager)  # 'stop' raises before anything is logged or saved
                 if log_now:
                     result["train"], tick = _log(
