@@ -94,6 +94,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.data.max_ingredient_tokens = 8  # tokens per ingredient line (built-in: <= 8 words)
     c.data.max_instruction_tokens = 15  # tokens per instruction line
     c.data.max_decoder_tokens = 48  # cross decoder target: BOS ingredients <title> title EOS
+    c.data.decoder_order = "recipe"  # the target's ingredients: recipe (as written) | sorted
     # Grain worker processes: "0" decodes in the main process (threads), "N" spawns N, "auto" one
     # per core this process may use beyond two (xmodal.data.pipeline.worker_count).
     c.data.num_workers = "0"

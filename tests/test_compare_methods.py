@@ -1,5 +1,8 @@
 """tools/compare_methods.py: the table picks the largest bag, never the whole-split numbers."""
 
+import json
+import os
+
 from tools import compare_methods
 
 
@@ -21,3 +24,49 @@ def test_table_uses_the_largest_bag_not_the_full_split():
     assert row[1:4] == ["1k", "1165", "10.0 ± 0.0"] and "12.0 ± 0.0" in row
     assert "11.0" not in table and "14.0" not in table
     assert compare_methods.bag_size("10k") == 10_000 and compare_methods.bag_size("50") == 50
+
+
+def _eval(medr_i2r, medr_r2i):
+    return {
+        "n_pairs": 1165,
+        "image_to_recipe": {"1k": _metrics(medr_i2r), "full": _metrics(99.0)},
+        "recipe_to_image": {"1k": _metrics(medr_r2i), "full": _metrics(99.0)},
+    }
+
+
+def test_seed_table_averages_each_config_over_its_seeds():
+    records = [
+        {"name": "a", "seed": 0, "eval": _eval(9.0, 10.0), "seconds": 100.0,
+         "ingredients": {"micro_f1": 0.50, "title_word_f1": 0.2}},
+        {"name": "a", "seed": 1, "eval": _eval(11.0, 12.0), "seconds": 120.0,
+         "ingredients": {"micro_f1": 0.54, "title_word_f1": 0.4}},
+        {"name": "b", "seed": 0, "eval": _eval(20.0, 21.0), "seconds": 50.0},
+        {"name": "b", "seed": 1, "error": "exit status 1"},
+    ]  # fmt: skip
+    lines = compare_methods.seed_table(records).splitlines()
+    head = lines[0].split(" | ")
+    a, b = (line.split(" | ") for line in lines[2:])
+    # medR i2r: mean of 9 and 11 = 10, sample std sqrt(2) = 1.4; F1 in percent
+    assert a[1] == "0,1" and a[head.index("medR i2r")] == "10.0 ± 1.4"
+    assert a[head.index("medR r2i")] == "11.0 ± 1.4"
+    assert a[head.index("ingredient F1")] == "52.0 ± 2.8"
+    assert a[head.index("title word F1")] == "30.0 ± 14.1" and a[-1] == "110 |"
+    # a failed seed is left out of the mean, and a run without a decoder has no F1
+    assert b[1] == "0" and b[head.index("medR i2r")] == "20.0"  # one seed: no spread
+    assert b[head.index("ingredient F1")] == "-"
+
+
+def test_a_run_keeps_its_wall_clock_time_for_tables_collected_later(tmp_path, monkeypatch):
+    def fake_main(cmd, **kwargs):  # stands in for `python -m xmodal.main`: writes the result
+        workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+        os.makedirs(workdir)
+        with open(os.path.join(workdir, "eval_test.json"), "w") as f:
+            json.dump(_eval(9.0, 10.0), f)
+        assert "--config.seed=1" in cmd
+
+    monkeypatch.setattr(compare_methods.subprocess, "run", fake_main)
+    first = compare_methods.run_one("m", "configs/tnlbt.py", str(tmp_path), [], seed="1")
+    assert first["seed"] == 1 and first["seconds"] >= 0.0
+    monkeypatch.setattr(compare_methods.subprocess, "run", None)  # not run again
+    again = compare_methods.run_one("m", "configs/tnlbt.py", str(tmp_path), [], seed="1")
+    assert again["seconds"] == first["seconds"] and again["eval"] == first["eval"]

@@ -1,6 +1,8 @@
 """The cross decoder (xmodal.models.cross_decoder), its targets and its decoding
 (xmodal.apps.predict)."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,6 +184,62 @@ def test_beam_search_scores_match_and_beat_greedy():
         assert float(scores[b]) >= _sequence_logp(dec, img, np.asarray(greedy[b]).tolist()) - 1e-4
 
 
+def _markov_lm(seed, vocab, length):
+    """A fixed random Markov language model as a `LogitsFn`: the logits after position j depend on
+    (j, token j), so every sequence's probability is known in closed form."""
+    table = jax.random.normal(jax.random.key(seed), (length, vocab, vocab)) * 2.0
+
+    def logits_fn(tokens, memory, valid):
+        return table[jnp.arange(tokens.shape[1]), tokens]
+
+    return table, logits_fn
+
+
+def _best_by_brute_force(table, length, alpha):
+    """Every sequence the decoder can write (tokens until EOS, then PAD), scored as beam search
+    ranks them: summed log-probability / ((5 + generated tokens) / 6) ** alpha."""
+    logp = np.asarray(jax.nn.log_softmax(table, axis=-1))
+    vocab = logp.shape[-1]
+    best, best_key = None, -np.inf
+    for k in range(1, length):  # k generated tokens
+        for words in itertools.product(range(vocab), repeat=k):
+            if schema.EOS_ID in words[:-1] or (k < length - 1 and words[-1] != schema.EOS_ID):
+                continue
+            seq = [schema.BOS_ID, *words]
+            total = sum(logp[j, seq[j], seq[j + 1]] for j in range(k))
+            key = total / ((5 + k) / 6) ** alpha
+            if key > best_key:
+                best, best_key = seq + [schema.PAD_ID] * (length - 1 - k), key
+    return best
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_wide_beam_search_finds_the_best_length_normalised_sequence(alpha):
+    vocab, length = 5, 4  # 5 ** 3 = 125 sequences: a beam of 125 keeps every one of them
+    table, lm = _markov_lm(7, vocab, length)
+    memory, valid = jnp.zeros((1, 1, 1)), jnp.ones((1, 1), jnp.bool_)
+    best, _ = predict.beam_decode(lm, memory, valid, length, beam=125, alpha=alpha)
+    assert np.asarray(best[0]).tolist() == _best_by_brute_force(table, length, alpha)
+
+
+def test_a_length_penalty_lets_beam_search_prefer_the_longer_list():
+    """After BOS: EOS 0.4, word 0.6; after the word: EOS 0.6. The plain sum prefers stopping at
+    once (log 0.4 > 2 log 0.6); divided by ((5 + n) / 6) ** 1 the two-token answer wins."""
+    vocab, length, word = 5, 4, 4
+    probs = np.full((length, vocab, vocab), 1e-6, np.float32)
+    probs[0, schema.BOS_ID, [schema.EOS_ID, word]] = [0.4, 0.6]
+    probs[1, word, [schema.EOS_ID, word]] = [0.6, 0.4]
+    logits = jnp.log(jnp.asarray(probs))
+    lm = lambda tokens, memory, valid: logits[jnp.arange(tokens.shape[1]), tokens]
+    memory, valid = jnp.zeros((1, 1, 1)), jnp.ones((1, 1), jnp.bool_)
+    short, s_score = predict.beam_decode(lm, memory, valid, length, beam=3, alpha=0.0)
+    longer, l_score = predict.beam_decode(lm, memory, valid, length, beam=3, alpha=1.0)
+    assert np.asarray(short[0]).tolist() == [schema.BOS_ID, schema.EOS_ID, 0, 0]
+    assert np.asarray(longer[0]).tolist() == [schema.BOS_ID, word, schema.EOS_ID, 0]
+    assert float(s_score[0]) == pytest.approx(np.log(0.4), abs=1e-3)  # plain sums returned
+    assert float(l_score[0]) == pytest.approx(2 * np.log(0.6), abs=1e-3)
+
+
 class _WordTokenizer:
     """Stand-in with the `tokenizers` API used by decoder_targets (word-level, fixed vocab)."""
 
@@ -215,6 +273,14 @@ def test_target_encoding_round_trips_and_truncates_with_eos():
         "ingredients": ["olive oil", "garlic", "tomato"],
         "title": "tomato pasta",
     }
+    ordered = decoder_targets.encode_target(
+        tok, ["tomato", "Olive Oil", "garlic"], "pasta", vocab_size=vocab, length=16, order="sorted"
+    )  # alphabetically: garlic, olive oil, tomato
+    assert ordered.tolist()[:8] == [2, 6, ing, 4, 5, ing, 7, ttl]
+    with pytest.raises(ValueError, match="decoder_order must be one of"):
+        decoder_targets.encode_target(
+            tok, ["garlic"], "pasta", vocab_size=vocab, length=9, order="x"
+        )
     short = decoder_targets.encode_target(tok, ["olive oil"], "pasta", vocab_size=vocab, length=3)
     assert short.tolist() == [2, 4, 3]
     with pytest.raises(ValueError, match=">= 3"):

@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_config
 
 from xmodal.apps import predict
-from xmodal.data import pipeline, records, schema
+from xmodal.data import decoder_targets, pipeline, records, schema
 from xmodal.data.schema import TEXT_ONLY_PREFIX
 from xmodal.run import Run, check_config
 from xmodal.training import loop as train
@@ -79,6 +79,18 @@ def test_ingredient_scores_match_brute_force():
         predict.ingredient_scores([["a"], ["b"]], [["a"]])
 
 
+def test_title_scores_count_shared_words():
+    got = predict.title_scores(
+        ["tomato pasta", "garlic garlic soup", "", "green salad"],
+        ["tomato pasta", "garlic soup", "", "fruit tart"],
+    )
+    assert got["title_exact_match"] == pytest.approx(2 / 4)
+    # per title: 1; P 2/3 R 1 -> 0.8; empty pair 1; nothing shared 0
+    assert got["title_word_f1"] == pytest.approx((1 + 0.8 + 1 + 0) / 4)
+    with pytest.raises(ValueError, match="1 predicted titles for 2"):
+        predict.title_scores(["a"], ["a", "b"])
+
+
 def _test_photo(data_dir, path):
     source = pipeline.open_split(data_dir, "test")
     recipe = records.decode_record(source[0])
@@ -117,7 +129,7 @@ def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "xmodal.apps.predict",
+        "xmodal.predict",
         "--config=configs/tnlbt.py:tiny",
         f"--config.data.dir={config.data.dir}",
         f"--workdir={workdir}",
@@ -125,6 +137,7 @@ def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
         "--split=test",
         "--limit=8",
         "--beam=2",
+        "--length_penalty=0.6",
     ]
     env = {**os.environ, "PYTHONPATH": REPO}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -134,7 +147,15 @@ def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
     with open(os.path.join(workdir, "ingredients_test.json")) as f:
         scores = json.load(f)
     assert scores["split"] == "test" and scores["n_recipes"] == 8 and scores["beam"] == 2
-    for k in ("micro_precision", "micro_recall", "micro_f1", "macro_f1", "title_exact_match"):
+    assert scores["length_penalty"] == 0.6
+    for k in (
+        "micro_precision",
+        "micro_recall",
+        "micro_f1",
+        "macro_f1",
+        "title_exact_match",
+        "title_word_f1",
+    ):
         assert 0.0 <= scores[k] <= 1.0
 
 
@@ -175,3 +196,24 @@ def test_text_only_batches_need_the_split(tiny_data, tmp_path):
     )
     with pytest.raises(ValueError, match=r"model\.cross_decoder\.enabled is False"):
         check_config(off)
+
+
+def test_training_batches_list_the_ingredients_in_the_configured_order(tiny_data):
+    from xmodal.data import tokenizer as tokenizer_lib
+    from xmodal.training import sharding
+
+    def first_targets(order):
+        config = tiny_config(  # long enough that no target is cut
+            tiny_data, **{"data.decoder_order": order, "data.max_decoder_tokens": 64}
+        )
+        run = Run.create(config, "", mesh=sharding.make_mesh())
+        tokens = next(train.train_iterator(run))["decoder_tokens"]
+        tok = tokenizer_lib.load_tokenizer(tiny_data)
+        vocab = run.info["vocab_size"]
+        return [decoder_targets.decode_target(tok, row, vocab_size=vocab) for row in tokens]
+
+    written, ordered = first_targets("recipe"), first_targets("sorted")
+    assert [t["title"] for t in written] == [t["title"] for t in ordered]  # the same recipes
+    assert all(t["ingredients"] == sorted(t["ingredients"]) for t in ordered)
+    assert any(t["ingredients"] != sorted(t["ingredients"]) for t in written)
+    assert [sorted(t["ingredients"]) for t in written] == [t["ingredients"] for t in ordered]

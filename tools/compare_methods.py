@@ -10,9 +10,16 @@ Runs each `config[:preset]` for the same number of steps (and, optionally, a wal
         --run="tnlbt-linear=configs/tnlbt.py loss.margin.kind=linear" \
         --run=ht=configs/ht.py --run=adamine=configs/adamine.py --run=je=configs/je.py
 
-A run whose workdir already holds eval_test.json is not repeated (delete it to rerun); extra
+A run whose workdir already holds eval_test.json is not repeated (delete it to rerun; its
+wall-clock time is kept in WORKDIR/compare_run.json for the tables); extra
 `--override=a.b=v` flags are passed to every run (e.g. the data dir). Methods without an iterative
 training loop (CCA) are run the same way: their `--mode=train` fits and evaluates.
+
+`--seeds=0,1,2` runs every --run once per seed (OUT/NAME/seedS, `seed=S` appended to its overrides)
+and adds a second table: each metric's bag mean, averaged over the seeds ± its standard deviation
+across seeds (the spread that decides whether two configs differ). `--predict` also scores each
+run's cross decoder from the photo alone (`python -m xmodal.predict --split=test`, greedy) and adds
+its ingredient micro F1 and title word F1.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import app, flags
 
 _RUN = flags.DEFINE_multi_string(
@@ -34,8 +42,13 @@ _MAX_SECONDS = flags.DEFINE_integer(
     "max_seconds", 0, "Wall-clock cap per run (0: none); a run over it is stopped and reported."
 )
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "a.b=v config overrides for every run.")
+_SEEDS = flags.DEFINE_list("seeds", [], "Run each --run once per seed; adds a table over seeds.")
+_PREDICT = flags.DEFINE_bool(
+    "predict", False, "Score each run's cross decoder too (xmodal.predict --split=test, greedy)."
+)
 
 COLUMNS = (("image_to_recipe", "i2r"), ("recipe_to_image", "r2i"))
+RUN_TIME = "compare_run.json"  # WORKDIR/compare_run.json: the run's wall-clock seconds, command
 METRICS = ("medR", "R@1", "R@5", "R@10")
 
 
@@ -52,11 +65,16 @@ def run_command(config: str, workdir: str, steps: int, overrides: list[str]) -> 
     ]
 
 
-def run_one(name: str, config: str, out: str, overrides: list[str]) -> dict:
-    workdir = os.path.join(out, name)
+def run_one(
+    name: str, config: str, out: str, overrides: list[str], seed: str | None = None
+) -> dict:
+    workdir = os.path.join(out, name) if seed is None else os.path.join(out, name, f"seed{seed}")
     result_path = os.path.join(workdir, "eval_test.json")
-    cmd = run_command(config, workdir, _STEPS.value, [*_OVERRIDE.value, *overrides])
+    seeded = overrides if seed is None else [*overrides, f"seed={seed}"]
+    cmd = run_command(config, workdir, _STEPS.value, [*_OVERRIDE.value, *seeded])
     record: dict = {"name": name, "config": config, "command": " ".join(cmd)}
+    if seed is not None:
+        record["seed"] = int(seed)
     if not os.path.exists(result_path):
         start = time.perf_counter()
         try:
@@ -67,10 +85,31 @@ def run_one(name: str, config: str, out: str, overrides: list[str]) -> dict:
         except subprocess.CalledProcessError as e:
             record["error"] = f"exit status {e.returncode}"
             return record
-        record["seconds"] = time.perf_counter() - start
+        with open(os.path.join(workdir, RUN_TIME), "w") as f:
+            json.dump({"seconds": time.perf_counter() - start, "command": record["command"]}, f)
+    if os.path.exists(os.path.join(workdir, RUN_TIME)):  # kept for tables collected later
+        with open(os.path.join(workdir, RUN_TIME)) as f:
+            record["seconds"] = json.load(f)["seconds"]
     with open(result_path) as f:
         record["eval"] = json.load(f)
+    if _PREDICT.value and has_decoder(workdir):
+        record.update(score_decoder(workdir))
     return record
+
+
+def has_decoder(workdir: str) -> bool:
+    with open(os.path.join(workdir, "config.json")) as f:
+        return bool(json.load(f)["model"]["cross_decoder"]["enabled"])
+
+
+def score_decoder(workdir: str) -> dict:
+    """{'predict_command', 'ingredients'}: the decoder's test-split scores (greedy, photo only)."""
+    path = os.path.join(workdir, "ingredients_test.json")
+    cmd = [sys.executable, "-m", "xmodal.predict", f"--workdir={workdir}", "--split=test"]
+    if not os.path.exists(path):
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    with open(path) as f:
+        return {"predict_command": " ".join(cmd), "ingredients": json.load(f)}
 
 
 def bag_size(label: str) -> int:
@@ -89,12 +128,58 @@ def markdown_table(records: list[dict]) -> str:
             lines.append(f"| {r['name']} | {r.get('error', 'no result')} |")
             continue
         ev = r["eval"]
-        bag = max((b for b in ev[COLUMNS[0][0]] if b != "full"), key=bag_size)
+        bag = largest_bag(ev)
         cells = [r["name"], bag, str(ev["n_pairs"])]
         for direction, _ in COLUMNS:
             m = ev[direction][bag]
             cells += [f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}" for k in METRICS]
         cells.append(f"{r['seconds']:.0f}" if "seconds" in r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def largest_bag(ev: dict) -> str:
+    return max((b for b in ev[COLUMNS[0][0]] if b != "full"), key=bag_size)
+
+
+def seed_table(records: list[dict]) -> str:
+    """One row per --run name: each metric's bag mean averaged over that name's seeds, ± the
+    standard deviation across seeds (ddof=1; none shown for one seed); with --predict, the
+    decoder's F1 the same way."""
+    names = list(dict.fromkeys(r["name"] for r in records))
+    metrics = [(d, k, f"{k} {short}") for d, short in COLUMNS for k in METRICS]
+    decoder = [("micro_f1", "ingredient F1"), ("title_word_f1", "title word F1")]
+    with_decoder = any("ingredients" in r for r in records)
+    head = ["method", "seeds", *(label for *_, label in metrics)]
+    head += [label for _, label in decoder] if with_decoder else []
+    head.append("run s")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        done = [r for r in records if r["name"] == name and "eval" in r]
+        if not done:
+            lines.append(f"| {name} | no result |")
+            continue
+        columns = [  # (values over seeds, scale): F1 in percent like the recalls
+            ([r["eval"][d][largest_bag(r["eval"])][k]["mean"] for r in done], 1.0)
+            for d, k, _ in metrics
+        ]
+        if with_decoder:
+            columns += [
+                ([r["ingredients"][k] for r in done if "ingredients" in r], 100.0)
+                for k, _ in decoder
+            ]
+        cells = [name, ",".join(str(r.get("seed", "-")) for r in done)]
+        for values, scale in columns:
+            if not values:
+                cells.append("-")
+                continue
+            mean = f"{scale * float(np.mean(values)):.1f}"
+            if len(values) == 1:  # one seed: no spread to show
+                cells.append(mean)
+                continue
+            cells.append(f"{mean} ± {scale * float(np.std(values, ddof=1)):.1f}")
+        seconds = [r["seconds"] for r in done if "seconds" in r]
+        cells.append(f"{np.mean(seconds):.0f}" if seconds else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -111,8 +196,11 @@ def main(argv: list[str]) -> None:
         if not sep or not rest.split():
             raise app.UsageError(f"--run must be name=config_path[:preset], got {spec!r}")
         config, *overrides = rest.split()
-        records.append(run_one(name, config, _OUT.value, overrides))
+        for seed in _SEEDS.value or [None]:
+            records.append(run_one(name, config, _OUT.value, overrides, seed))
     table = markdown_table(records)
+    if _SEEDS.value:
+        table += "\n\nOver seeds " + ",".join(_SEEDS.value) + ":\n\n" + seed_table(records)
     print(table)
     with open(os.path.join(_OUT.value, "compare.md"), "w") as f:
         f.write(table + "\n")

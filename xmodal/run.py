@@ -26,8 +26,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from xmodal.data import decoder_targets, records, tokenizer
 from xmodal.data import info as data_info
-from xmodal.data import records, tokenizer
 from xmodal.data.pipeline import worker_count
 from xmodal.models.dual_encoder import DualEncoder
 from xmodal.training import checkpointing, sharding
@@ -61,6 +61,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """
     method, t, m = config.method, config.train, config.model
     worker_count(config.data.num_workers)  # a bad value fails here, not in the first batch
+    decoder_targets.check_order(config.data.decoder_order)
     if method == "cca":
         on = [
             name

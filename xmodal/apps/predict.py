@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,18 +51,27 @@ def greedy_decode(
     return buf
 
 
+def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
+    """GNMT's length normaliser ((5 + |Y|) / 6) ** alpha (Wu et al. 2016, Eq. 14): a beam is ranked
+    by its summed log-probability divided by this, so alpha > 0 stops beam search from preferring
+    short sequences (every added token lowers the plain sum); alpha = 0 ranks by the plain sum."""
+    return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
+
+
 def beam_decode(
     logits_fn: LogitsFn,
     memory: jax.Array,
     memory_valid: jax.Array,
     length: int,
     beam: int,
+    alpha: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search: ([B, length] best sequence, [B] its summed log-probability).
 
-    Each step extends every live beam by every token and keeps the `beam` best of the B x beam x V
-    candidates; a finished beam (EOS emitted) extends only by PAD at no cost, so its score stays.
-    Scores are plain sums of log-probabilities (no length penalty). beam=1 is greedy decoding.
+    Each step extends every live beam by every token and keeps the `beam` candidates of the
+    B x beam x V with the best summed log-probability divided by `length_penalty(generated tokens,
+    alpha)`; a finished beam (EOS emitted) extends only by PAD at no cost, so its score and length
+    stay. The returned score is the plain sum. beam=1 is greedy decoding (for any alpha).
     """
     b = memory.shape[0]
     mem = jnp.repeat(memory, beam, axis=0)
@@ -69,22 +79,26 @@ def beam_decode(
     buf = jnp.zeros((b, beam, length), jnp.int32).at[:, :, 0].set(schema.BOS_ID)
     scores = jnp.full((b, beam), NEG_INF).at[:, 0].set(0.0)  # one live beam at the start
     done = jnp.zeros((b, beam), jnp.bool_)
+    lengths = jnp.zeros((b, beam), jnp.int32)  # generated tokens, EOS included
 
     def step(t, carry):
-        buf, scores, done = carry
+        buf, scores, done, lengths = carry
         logits = logits_fn(buf.reshape(b * beam, length), mem, mem_valid)[:, t - 1]
         vocab = logits.shape[-1]
         pad_only = jnp.full((vocab,), NEG_INF).at[schema.PAD_ID].set(0.0)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, beam, vocab)
         logp = jnp.where(done[..., None], pad_only, logp)
         cand = (scores[..., None] + logp).reshape(b, beam * vocab)
-        scores, flat = jax.lax.top_k(cand, beam)
+        cand_len = jnp.repeat(jnp.where(done, lengths, lengths + 1), vocab, axis=1)
+        _, flat = jax.lax.top_k(cand / length_penalty(cand_len, alpha), beam)
+        scores = jnp.take_along_axis(cand, flat, axis=1)
         origin, token = flat // vocab, (flat % vocab).astype(jnp.int32)
         buf = jnp.take_along_axis(buf, origin[..., None], axis=1).at[:, :, t].set(token)
+        lengths = jnp.take_along_axis(cand_len, flat, axis=1)
         done = jnp.take_along_axis(done, origin, axis=1) | (token == schema.EOS_ID)
-        return buf, scores, done
+        return buf, scores, done, lengths
 
-    buf, scores, _ = jax.lax.fori_loop(1, length, step, (buf, scores, done))
+    buf, scores, _, _ = jax.lax.fori_loop(1, length, step, (buf, scores, done, lengths))
     return buf[:, 0], scores[:, 0]
 
 
@@ -102,7 +116,7 @@ class Predictor:
         model.check_decoder()
         model.eval()
         self._graphdef, self._params = nnx.split(model)
-        self._decode = jax.jit(self._decode_ids, static_argnames="beam")
+        self._decode = jax.jit(self._decode_ids, static_argnames=("beam", "alpha"))
 
     @classmethod
     def from_workdir(
@@ -113,26 +127,34 @@ class Predictor:
         run = Run.from_workdir(workdir, config, mesh=sharding.make_mesh(1))
         return cls(run, run.restore(which))
 
-    def _decode_ids(self, params: Any, images: jax.Array, beam: int) -> jax.Array:
+    def _decode_ids(self, params: Any, images: jax.Array, beam: int, alpha: float) -> jax.Array:
         model = nnx.merge(self._graphdef, params)
         memory, valid = model.photo_memory(images)
         if beam == 1:
             return greedy_decode(model.decoder_logits, memory, valid, self.length)
-        return beam_decode(model.decoder_logits, memory, valid, self.length, beam)[0]
+        return beam_decode(model.decoder_logits, memory, valid, self.length, beam, alpha)[0]
 
-    def predict_ids(self, images: np.ndarray, *, beam: int = 1) -> np.ndarray:
-        """uint8 [B, S, S, 3] (S = data.image_size) -> generated ids [B, max_decoder_tokens]."""
+    def predict_ids(
+        self, images: np.ndarray, *, beam: int = 1, length_penalty: float = 0.0
+    ) -> np.ndarray:
+        """uint8 [B, S, S, 3] (S = data.image_size) -> generated ids [B, max_decoder_tokens];
+        `length_penalty` is beam search's alpha (`length_penalty`), unused by greedy decoding."""
         images = np.asarray(images)
         want = (self.image_size, self.image_size, 3)
         if images.ndim != 4 or images.shape[1:] != want or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [B, {want}], got {images.dtype} {images.shape}")
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
-        return np.asarray(self._decode(self._params, jnp.asarray(images), beam=beam))
+        if not length_penalty >= 0.0:
+            raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
+        alpha = float(length_penalty) if beam > 1 else 0.0
+        return np.asarray(self._decode(self._params, jnp.asarray(images), beam=beam, alpha=alpha))
 
-    def predict(self, images: np.ndarray, *, beam: int = 1) -> list[dict[str, Any]]:
+    def predict(
+        self, images: np.ndarray, *, beam: int = 1, length_penalty: float = 0.0
+    ) -> list[dict[str, Any]]:
         """uint8 photos -> [{'ingredients': [str, ...], 'title': str}, ...]."""
-        ids = self.predict_ids(images, beam=beam)
+        ids = self.predict_ids(images, beam=beam, length_penalty=length_penalty)
         return [
             decoder_targets.decode_target(self.tokenizer, row, vocab_size=self.vocab_size)
             for row in ids
@@ -172,6 +194,27 @@ def ingredient_scores(
     return out
 
 
+def title_scores(predicted: Sequence[str], truth: Sequence[str]) -> dict[str, float]:
+    """Titles compared word by word: the share predicted exactly, and the mean per-title word F1
+    (the words in common counted as a multiset, as SQuAD scores answers; an empty pair scores 1)."""
+    if len(predicted) != len(truth):
+        raise ValueError(f"{len(predicted)} predicted titles for {len(truth)} references")
+    exact, f1s = 0, []
+    for pred, ref in zip(predicted, truth, strict=True):
+        p, r = pred.split(), ref.split()
+        exact += p == r
+        common = sum((Counter(p) & Counter(r)).values())
+        if not p and not r:
+            f1s.append(1.0)
+        else:
+            f1s.append(_f1(common / len(p) if p else 0.0, common / len(r) if r else 0.0))
+    n = len(truth)
+    return {
+        "title_exact_match": exact / n if n else 0.0,
+        "title_word_f1": float(np.mean(f1s)) if n else 0.0,
+    }
+
+
 def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r else 0.0
 
@@ -182,17 +225,20 @@ def evaluate_ingredients(
     *,
     split: str = "test",
     beam: int = 1,
+    length_penalty: float = 0.0,
     batch_size: int = 64,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Predict every recipe of `split` from its first photo and score the ingredient lists against
-    the clean ingredients (normalised by the tokenizer); writes WORKDIR/ingredients_<split>.json."""
+    """Predict every recipe of `split` from its first photo; score the ingredient lists against
+    the clean ingredients and the titles against the titles (both normalised by the tokenizer).
+    Writes WORKDIR/ingredients_<split>.json."""
     source = pipeline.open_split(predictor.run.data_dir, split)
     n = len(source) if limit is None else min(limit, len(source))
     tok = predictor.tokenizer
     predicted: list[list[str]] = []
     truth: list[list[str]] = []
-    titles_right = 0
+    titles: list[str] = []
+    ref_titles: list[str] = []
     batch_size = max(1, min(batch_size, n))
     for start in range(0, n, batch_size):
         recs = [records.decode_record(source[i]) for i in range(start, min(start + batch_size, n))]
@@ -200,21 +246,19 @@ def evaluate_ingredients(
         pad = batch_size - len(recs)  # fixed batch shape: one compilation for the whole split
         if pad:
             images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.uint8)])
-        outs = predictor.predict(images, beam=beam)[: len(recs)]
+        outs = predictor.predict(images, beam=beam, length_penalty=length_penalty)[: len(recs)]
         for r, o in zip(recs, outs, strict=True):
             predicted.append(o["ingredients"])
-            truth.append(
-                [decoder_targets.normalize_ingredient(tok, x) for x in r["clean_ingredients"]]
-            )
-            titles_right += o["title"] == tokenizer_lib.decode(
-                tok, tokenizer_lib.encode(tok, r["title"], 10_000)
-            )
+            truth.append([decoder_targets.normalize_text(tok, x) for x in r["clean_ingredients"]])
+            titles.append(o["title"])
+            ref_titles.append(decoder_targets.normalize_text(tok, r["title"]))
     results = {
         "split": split,
         "beam": beam,
+        "length_penalty": length_penalty if beam > 1 else 0.0,
         "n_recipes": n,
         **ingredient_scores(predicted, truth),
-        "title_exact_match": titles_right / n if n else 0.0,
+        **title_scores(titles, ref_titles),
     }
     if jax.process_index() == 0:
         with open(os.path.join(workdir, f"ingredients_{split}.json"), "w") as f:
@@ -228,12 +272,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[dict[str, A
 
     from xmodal.apps import cli
 
-    p = argparse.ArgumentParser(
-        prog="python -m xmodal.apps.predict", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m xmodal.predict", description=__doc__.split("\n")[0])
     cli.add_run_arguments(p)
     p.add_argument("--image", action="append", default=[], help="photo file (repeatable)")
     p.add_argument("--beam", type=int, default=1, help="beam width; 1 = greedy")
+    p.add_argument(
+        "--length_penalty",
+        type=float,
+        default=0.0,
+        help="beam search's alpha: rank beams by log-probability / ((5 + length) / 6) ** alpha",
+    )
     p.add_argument("--limit", type=int, default=None, help="score only the first N of --split")
     args = cli.parse_args(p, argv)
     if not args.image and not args.split:
@@ -242,12 +290,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | list[dict[str, A
     outs: list[dict[str, Any]] = []
     if args.image:
         images = np.stack([predictor.load_image(path) for path in args.image])
-        outs = predictor.predict(images, beam=args.beam)
+        outs = predictor.predict(images, beam=args.beam, length_penalty=args.length_penalty)
         for path, out in zip(args.image, outs, strict=True):
             print(json.dumps({"image": path, **out}))
     if args.split:
         results = evaluate_ingredients(
-            predictor, args.workdir, split=args.split, beam=args.beam, limit=args.limit
+            predictor,
+            args.workdir,
+            split=args.split,
+            beam=args.beam,
+            length_penalty=args.length_penalty,
+            limit=args.limit,
         )
         print(json.dumps(results, indent=2))
         return results

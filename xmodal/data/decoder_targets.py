@@ -19,6 +19,10 @@ from xmodal.data import schema
 from xmodal.data import tokenizer as tokenizer_lib
 
 EXTRA_TOKENS = 2  # <ing>, <title>
+# data.decoder_order: the order the target lists a recipe's ingredients in. "recipe" keeps the
+# author's; "sorted" lists them alphabetically, so the decoder learns one order for a set instead
+# of guessing each author's (an ingredient list is scored as a set: `apps.predict`).
+ORDERS = ("recipe", "sorted")
 
 
 def ingredient_sep(vocab_size: int) -> int:
@@ -40,17 +44,23 @@ def encode_target(
     *,
     vocab_size: int,
     length: int,
+    order: str = "recipe",
 ) -> np.ndarray:
     """[length] int32: BOS, ingredients separated by <ing>, <title>, title words, EOS, PAD.
 
+    Ingredients come in `order` (`ORDERS`; "sorted": alphabetically by their normalised names).
     Too long a sequence is cut to `length` and keeps its EOS last, so every target ends.
     """
     if length < 3:
         raise ValueError(f"decoder target length must be >= 3 (BOS, EOS, a token), got {length}")
+    check_order(order)
     texts = [t for t in clean_ingredients if t.strip()]
     encoded = tokenizer_lib.encode_batch(tok, [*texts, title], length)
+    names = encoded[:-1]
+    if order == "sorted":
+        names = sorted(names, key=lambda words: tokenizer_lib.decode(tok, words))
     ids: list[int] = [schema.BOS_ID]
-    for i, words in enumerate(encoded[:-1]):
+    for i, words in enumerate(names):
         if i:
             ids.append(ingredient_sep(vocab_size))
         ids.extend(words)
@@ -60,6 +70,11 @@ def encode_target(
     out = np.full((length,), schema.PAD_ID, np.int32)
     out[: len(ids)] = ids
     return out
+
+
+def check_order(order: str) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"data.decoder_order must be one of {ORDERS}, got {order!r}")
 
 
 def decode_target(tok: Any, ids: Sequence[int], *, vocab_size: int) -> dict[str, Any]:
@@ -85,7 +100,7 @@ def decode_target(tok: Any, ids: Sequence[int], *, vocab_size: int) -> dict[str,
     return {"ingredients": names, "title": tokenizer_lib.decode(tok, title)}
 
 
-def normalize_ingredient(tok: Any, name: str) -> str:
-    """An ingredient name as the decoder can write it: tokenised and joined ("Olive Oil" -> "olive
-    oil"), so predictions and references compare word for word."""
+def normalize_text(tok: Any, name: str) -> str:
+    """An ingredient name or a title as the decoder can write it: tokenised and joined ("Olive Oil"
+    -> "olive oil"), so predictions and references compare word for word."""
     return tokenizer_lib.decode(tok, tokenizer_lib.encode(tok, name, 10_000))

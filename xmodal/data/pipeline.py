@@ -179,10 +179,12 @@ class DecoderTargets:
     Holds only the data folder: the tokenizer is loaded on first use inside each Grain worker.
     """
 
-    def __init__(self, data_dir: str, vocab_size: int, length: int):
+    def __init__(self, data_dir: str, vocab_size: int, length: int, order: str = "recipe"):
+        decoder_targets.check_order(order)
         self.data_dir = data_dir
         self.vocab_size = vocab_size
         self.length = length
+        self.order = order
         self._tok: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -197,6 +199,7 @@ class DecoderTargets:
             recipe["title"],
             vocab_size=self.vocab_size,
             length=self.length,
+            order=self.order,
         )
 
 

@@ -130,6 +130,7 @@ _PANTRY = [
     ("paprika", "tsp"), ("ground cumin", "tsp"), ("vanilla extract", "tsp"),
     ("baking powder", "tsp"),
 ]  # fmt: skip
+PANTRY_NAMES = frozenset(name for name, _ in _PANTRY)
 
 # class name | container | base colour | methods | ingredient pool
 _CLASSES = """

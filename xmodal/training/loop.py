@@ -309,7 +309,10 @@ def train_iterator(run: Run) -> Any:
     targets = None
     if decoder_trains(config):
         targets = pipeline.DecoderTargets(
-            data_dir, info["vocab_size"], config.data.max_decoder_tokens
+            data_dir,
+            info["vocab_size"],
+            config.data.max_decoder_tokens,
+            config.data.decoder_order,
         )
     paired = iter(
         pipeline.train_dataset(
