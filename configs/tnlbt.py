@@ -2,9 +2,9 @@
 
 Presets (the part after ':' on the command line):
   (none)    first run on a 2-core CPU: small ViT (conv stem, 4 x 4 tokens) at 64 px on the built-in
-            dataset, TNLBT without the extensions (2x the step cost at this size, nothing
-            measurable gained at equal steps: docs/methods.md); 5-10 minutes on 2 cores with
-            the install and data generation, 1k medR 9.15-9.35 by machine (README, Results).
+            dataset, TNLBT without the extensions (with them, 3 seeds: the same 1k medR at
+            1.5-1.9x the run time; docs/methods.md); 5-10 minutes on 2 cores with the install
+            and data generation, 1k medR 9.15-9.50 by machine (README, Results).
   extended  the same size with both extensions on (the slides' extended TNLBT).
   base      alias of the default: TNLBT without the extensions (constant margin 0.3, no decoder).
   tiny      the smallest model that still learns; used by the tests (patchify stem, extensions on).
