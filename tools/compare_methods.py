@@ -33,6 +33,9 @@ import time
 import numpy as np
 from absl import app, flags
 
+from xmodal.data.info import read_json, write_json
+from xmodal.run import CONFIG_FILE
+
 _RUN = flags.DEFINE_multi_string(
     "run", [], "'name=config_path[:preset] [a.b=v ...]' (overrides for this run only); repeat."
 )
@@ -70,6 +73,7 @@ def run_one(
 ) -> dict:
     workdir = os.path.join(out, name) if seed is None else os.path.join(out, name, f"seed{seed}")
     result_path = os.path.join(workdir, "eval_test.json")
+    run_time = os.path.join(workdir, RUN_TIME)
     seeded = overrides if seed is None else [*overrides, f"seed={seed}"]
     cmd = run_command(config, workdir, _STEPS.value, [*_OVERRIDE.value, *seeded])
     record: dict = {"name": name, "config": config, "command": " ".join(cmd)}
@@ -85,21 +89,18 @@ def run_one(
         except subprocess.CalledProcessError as e:
             record["error"] = f"exit status {e.returncode}"
             return record
-        with open(os.path.join(workdir, RUN_TIME), "w") as f:
-            json.dump({"seconds": time.perf_counter() - start, "command": record["command"]}, f)
-    if os.path.exists(os.path.join(workdir, RUN_TIME)):  # kept for tables collected later
-        with open(os.path.join(workdir, RUN_TIME)) as f:
-            record["seconds"] = json.load(f)["seconds"]
-    with open(result_path) as f:
-        record["eval"] = json.load(f)
+        seconds = time.perf_counter() - start
+        write_json({"seconds": seconds, "command": record["command"]}, run_time)
+    if os.path.exists(run_time):  # kept for tables collected later
+        record["seconds"] = read_json(run_time)["seconds"]
+    record["eval"] = read_json(result_path)
     if _PREDICT.value and has_decoder(workdir):
         record.update(score_decoder(workdir))
     return record
 
 
 def has_decoder(workdir: str) -> bool:
-    with open(os.path.join(workdir, "config.json")) as f:
-        return bool(json.load(f)["model"]["cross_decoder"]["enabled"])
+    return bool(read_json(os.path.join(workdir, CONFIG_FILE))["model"]["cross_decoder"]["enabled"])
 
 
 def score_decoder(workdir: str) -> dict:
@@ -108,8 +109,7 @@ def score_decoder(workdir: str) -> dict:
     cmd = [sys.executable, "-m", "xmodal.predict", f"--workdir={workdir}", "--split=test"]
     if not os.path.exists(path):
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    with open(path) as f:
-        return {"predict_command": " ".join(cmd), "ingredients": json.load(f)}
+    return {"predict_command": " ".join(cmd), "ingredients": read_json(path)}
 
 
 def bag_size(label: str) -> int:

@@ -11,6 +11,7 @@ score (`ceiling_f1`) bounds what the photos allow.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -19,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from xmodal.apps.predict import Predictor, ingredient_scores
-from xmodal.data import decoder_targets, pipeline, records
+from xmodal.apps.predict import Predictor, ingredient_scores, predict_split
+from xmodal.data import decoder_targets
 from xmodal.data.synthetic_recipes import PANTRY_NAMES
 
 
@@ -58,19 +59,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--beam", type=int, default=1)
     args = p.parse_args(argv)
     predictor = Predictor.from_workdir(args.workdir)
-    source = pipeline.open_split(predictor.run.data_dir, args.split)
-    recs = [records.decode_record(source[i]) for i in range(min(args.limit, len(source)))]
-    images = np.stack([predictor.load_image(r["images"][0]) for r in recs])
-    outs = [
-        o
-        for s in range(0, len(recs), 64)
-        for o in predictor.predict(images[s : s + 64], beam=args.beam)
-    ]
-    tok = predictor.tokenizer
-    norm = lambda name: decoder_targets.normalize_text(tok, name)  # as the decoder writes names
-    truth = [[norm(x) for x in r["clean_ingredients"]] for r in recs]
-    pantry = frozenset(norm(x) for x in PANTRY_NAMES)
-    result = error_breakdown([o["ingredients"] for o in outs], truth, pantry)
+    predicted, references = predict_split(
+        predictor, split=args.split, beam=args.beam, limit=args.limit
+    )
+    norm = functools.partial(decoder_targets.normalize_text, predictor.tokenizer)
+    result = error_breakdown(
+        [p["ingredients"] for p in predicted],
+        [r["ingredients"] for r in references],
+        frozenset(norm(x) for x in PANTRY_NAMES),  # as the decoder writes names
+    )
     print(json.dumps(result, indent=2))
     return result
 

@@ -11,6 +11,7 @@ the buffer with the causal mask (no KV cache: the decoder is a few layers over <
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import Counter
@@ -219,6 +220,40 @@ def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r else 0.0
 
 
+def predict_split(
+    predictor: Predictor,
+    *,
+    split: str = "test",
+    beam: int = 1,
+    length_penalty: float = 0.0,
+    batch_size: int = 64,
+    limit: int | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(predictions, references) for the first `limit` recipes of `split`, each recipe from its
+    first photo: `Predictor.predict`'s dicts, and the recipe's clean ingredients and title as the
+    decoder writes them (`decoder_targets.normalize_text`), in the same shape."""
+    source = pipeline.open_split(predictor.run.data_dir, split)
+    n = len(source) if limit is None else min(limit, len(source))
+    norm = functools.partial(decoder_targets.normalize_text, predictor.tokenizer)
+    predicted: list[dict[str, Any]] = []
+    references: list[dict[str, Any]] = []
+    batch_size = max(1, min(batch_size, n))
+    for start in range(0, n, batch_size):
+        recs = [records.decode_record(source[i]) for i in range(start, min(start + batch_size, n))]
+        images = np.stack([predictor.load_image(r["images"][0]) for r in recs])
+        pad = batch_size - len(recs)  # fixed batch shape: one compilation for the whole split
+        if pad:
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.uint8)])
+        predicted += predictor.predict(images, beam=beam, length_penalty=length_penalty)[
+            : len(recs)
+        ]
+        references += [
+            {"ingredients": [norm(x) for x in r["clean_ingredients"]], "title": norm(r["title"])}
+            for r in recs
+        ]
+    return predicted, references
+
+
 def evaluate_ingredients(
     predictor: Predictor,
     workdir: str,
@@ -229,36 +264,25 @@ def evaluate_ingredients(
     batch_size: int = 64,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Predict every recipe of `split` from its first photo; score the ingredient lists against
-    the clean ingredients and the titles against the titles (both normalised by the tokenizer).
+    """Predict every recipe of `split` from its first photo (`predict_split`); score the
+    ingredient lists against the clean ingredients and the titles against the titles.
     Writes WORKDIR/ingredients_<split>.json."""
-    source = pipeline.open_split(predictor.run.data_dir, split)
-    n = len(source) if limit is None else min(limit, len(source))
-    tok = predictor.tokenizer
-    predicted: list[list[str]] = []
-    truth: list[list[str]] = []
-    titles: list[str] = []
-    ref_titles: list[str] = []
-    batch_size = max(1, min(batch_size, n))
-    for start in range(0, n, batch_size):
-        recs = [records.decode_record(source[i]) for i in range(start, min(start + batch_size, n))]
-        images = np.stack([predictor.load_image(r["images"][0]) for r in recs])
-        pad = batch_size - len(recs)  # fixed batch shape: one compilation for the whole split
-        if pad:
-            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.uint8)])
-        outs = predictor.predict(images, beam=beam, length_penalty=length_penalty)[: len(recs)]
-        for r, o in zip(recs, outs, strict=True):
-            predicted.append(o["ingredients"])
-            truth.append([decoder_targets.normalize_text(tok, x) for x in r["clean_ingredients"]])
-            titles.append(o["title"])
-            ref_titles.append(decoder_targets.normalize_text(tok, r["title"]))
+    predicted, references = predict_split(
+        predictor,
+        split=split,
+        beam=beam,
+        length_penalty=length_penalty,
+        batch_size=batch_size,
+        limit=limit,
+    )
+    field = lambda rows, key: [r[key] for r in rows]
     results = {
         "split": split,
         "beam": beam,
         "length_penalty": length_penalty if beam > 1 else 0.0,
-        "n_recipes": n,
-        **ingredient_scores(predicted, truth),
-        **title_scores(titles, ref_titles),
+        "n_recipes": len(references),
+        **ingredient_scores(field(predicted, "ingredients"), field(references, "ingredients")),
+        **title_scores(field(predicted, "title"), field(references, "title")),
     }
     if jax.process_index() == 0:
         with open(os.path.join(workdir, f"ingredients_{split}.json"), "w") as f:
