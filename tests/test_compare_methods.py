@@ -70,3 +70,25 @@ def test_a_run_keeps_its_wall_clock_time_for_tables_collected_later(tmp_path, mo
     monkeypatch.setattr(compare_methods.subprocess, "run", None)  # not run again
     again = compare_methods.run_one("m", "configs/tnlbt.py", str(tmp_path), [], seed="1")
     assert again["seconds"] == first["seconds"] and again["eval"] == first["eval"]
+
+
+def test_decoder_scores_from_another_decoding_are_not_reported_as_greedy(tmp_path, monkeypatch):
+    workdir = str(tmp_path)
+    with open(os.path.join(workdir, "eval_test.json"), "w") as f:
+        json.dump({"n_pairs": 1165}, f)
+    path = os.path.join(workdir, "ingredients_test.json")
+    calls = []
+
+    def fake_predict(cmd, **kwargs):  # stands in for `python -m xmodal.predict --split=test`
+        calls.append(cmd)
+        with open(path, "w") as f:
+            json.dump({"beam": 1, "n_recipes": 1165, "micro_f1": 0.4}, f)
+
+    monkeypatch.setattr(compare_methods.subprocess, "run", fake_predict)
+    for stale in ({"beam": 4, "n_recipes": 1165}, {"beam": 1, "n_recipes": 512}):
+        with open(path, "w") as f:
+            json.dump({**stale, "micro_f1": 0.9}, f)
+        assert compare_methods.score_decoder(workdir)["ingredients"]["micro_f1"] == 0.4
+    assert len(calls) == 2
+    compare_methods.score_decoder(workdir)  # a greedy full-split score is reused
+    assert len(calls) == 2

@@ -114,6 +114,10 @@ def test_predictor_python_api_and_bad_images(decoder_run, tmp_path):
         assert isinstance(o["title"], str) and all(isinstance(x, str) for x in o["ingredients"])
     ids = p.predict_ids(pair)
     assert ids.shape == (2, config.data.max_decoder_tokens) and (ids[:, 0] == schema.BOS_ID).all()
+    p.predict_ids(pair, beam=2, length_penalty=0.6)
+    compiled = p._decode._cache_size()
+    p.predict_ids(pair, beam=2, length_penalty=1.0)  # another penalty: the same compiled search
+    assert p._decode._cache_size() == compiled
     bad = tmp_path / "not_a_photo.jpg"
     bad.write_bytes(b"hello")
     with pytest.raises(ValueError, match=r"cannot read .* as an image"):

@@ -103,11 +103,20 @@ def has_decoder(workdir: str) -> bool:
     return bool(read_json(os.path.join(workdir, CONFIG_FILE))["model"]["cross_decoder"]["enabled"])
 
 
+def is_greedy_test_score(path: str, workdir: str) -> bool:
+    """Whether `path` holds what `score_decoder` reports: greedy over every test-split pair."""
+    if not os.path.exists(path):
+        return False
+    scores = read_json(path)
+    pairs = read_json(os.path.join(workdir, "eval_test.json"))["n_pairs"]
+    return scores["beam"] == 1 and scores["n_recipes"] == pairs
+
+
 def score_decoder(workdir: str) -> dict:
     """{'predict_command', 'ingredients'}: the decoder's test-split scores (greedy, photo only)."""
     path = os.path.join(workdir, "ingredients_test.json")
     cmd = [sys.executable, "-m", "xmodal.predict", f"--workdir={workdir}", "--split=test"]
-    if not os.path.exists(path):
+    if not is_greedy_test_score(path, workdir):  # any other predict run overwrites the file
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return {"predict_command": " ".join(cmd), "ingredients": read_json(path)}
 

@@ -117,7 +117,8 @@ class Predictor:
         model.check_decoder()
         model.eval()
         self._graphdef, self._params = nnx.split(model)
-        self._decode = jax.jit(self._decode_ids, static_argnames=("beam", "alpha"))
+        # alpha is traced: a new length penalty reuses the compiled search (beam sets the shapes)
+        self._decode = jax.jit(self._decode_ids, static_argnames="beam")
 
     @classmethod
     def from_workdir(
@@ -128,7 +129,7 @@ class Predictor:
         run = Run.from_workdir(workdir, config, mesh=sharding.make_mesh(1))
         return cls(run, run.restore(which))
 
-    def _decode_ids(self, params: Any, images: jax.Array, beam: int, alpha: float) -> jax.Array:
+    def _decode_ids(self, params: Any, images: jax.Array, beam: int, alpha: jax.Array) -> jax.Array:
         model = nnx.merge(self._graphdef, params)
         memory, valid = model.photo_memory(images)
         if beam == 1:
@@ -148,7 +149,7 @@ class Predictor:
             raise ValueError(f"beam must be >= 1, got {beam}")
         if not length_penalty >= 0.0:
             raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
-        alpha = float(length_penalty) if beam > 1 else 0.0
+        alpha = jnp.float32(length_penalty if beam > 1 else 0.0)
         return np.asarray(self._decode(self._params, jnp.asarray(images), beam=beam, alpha=alpha))
 
     def predict(
