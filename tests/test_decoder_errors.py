@@ -19,3 +19,28 @@ def test_breakdown_counts_drawn_and_pantry_ingredients_apart():
     # naming a, c and d only: precision 1, recall 3 / 5
     assert got["ceiling_f1"] == pytest.approx(2 * 0.6 / 1.6)
     assert got["micro_precision"] == pytest.approx(2 / 3)  # a, salt of a, salt, b
+
+
+def test_class_pools_hold_each_recipes_core_ingredients():
+    from xmodal.data.synthetic_recipes import PANTRY_NAMES, generate_recipes
+
+    recipes = generate_recipes(60, 3)
+    pools = decoder_errors.class_pools(60, 3)
+    assert set(pools) == {r["id"] for r in recipes}
+    for r in recipes:  # 2-6 of a recipe's first ingredients are drawn from its class's pool
+        drawn = [name for name, *_ in r["dish"]["pieces"]]
+        assert drawn[0] in pools[r["id"]] and drawn[1] in pools[r["id"]]
+        assert not PANTRY_NAMES & set(pools[r["id"]])
+
+
+def test_built_in_recipes_are_regenerated_from_their_seed(tiny_data):
+    from configs import tnlbt
+    from xmodal.data import pipeline, records
+    from xmodal.data.synthetic_recipes import generate_recipes
+
+    c = tnlbt.get_config("tiny").data.synthetic
+    by_id = {r["id"]: r for r in generate_recipes(c.num_recipes, c.seed)}
+    source = pipeline.open_split(tiny_data, "test")
+    for i in range(len(source)):
+        recipe = records.decode_record(source[i])
+        assert by_id[recipe["id"]]["title"] == recipe["title"]

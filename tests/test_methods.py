@@ -65,6 +65,16 @@ def test_adamine_ablation_flags():
         je.get_config("huge")
 
 
+def test_je_first_run_trains_its_backbone_at_cpu_size_and_paper_keeps_im2recipe():
+    """The default preset is the configuration of the JE study (docs/methods.md): a trained
+    ResNet-18 (no ImageNet weights offline) and CPU-sized LSTMs; `paper` is im2recipe's."""
+    first, paper = je.get_config(), je.get_config("paper")
+    assert not first.model.freeze_image and first.model.resnet.depth == 18
+    assert first.model.lstm.instruction_hidden == 256 and first.model.embed_dim == 256
+    assert paper.model.freeze_image and paper.model.resnet.depth == 50
+    assert paper.model.lstm.instruction_hidden == 1024 and paper.model.embed_dim == 1024
+
+
 def test_frozen_then_finetuned_backbone_in_one_compiled_update():
     """train.freeze_image_steps: backbone updates are exactly zero before step N, non-zero
     after, the rest trains throughout, all in one jitted update (the step is traced data)."""

@@ -352,3 +352,11 @@ def make_recipe(rng: np.random.Generator, used_ids: set[str]) -> dict:
             ],
         ),
     )
+
+
+def generate_recipes(num_recipes: int, seed: int) -> list[dict]:
+    """The built-in dataset's recipes (`make_recipe` in order from one generator): the same list
+    for the same arguments, so tools can recover what was drawn for a prepared recipe by its id."""
+    rng = np.random.default_rng(seed)
+    used: set[str] = set()
+    return [make_recipe(rng, used) for _ in range(num_recipes)]

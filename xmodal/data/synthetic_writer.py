@@ -14,10 +14,8 @@ import os
 import pickle
 from typing import Any
 
-import numpy as np
-
 from xmodal.data.synthetic_photos import render_photo
-from xmodal.data.synthetic_recipes import CLASSES, make_recipe
+from xmodal.data.synthetic_recipes import CLASSES, generate_recipes
 
 
 def _dump_json(obj: Any, path: str) -> None:
@@ -32,9 +30,7 @@ def write_raw_dataset(out_dir: str, *, num_recipes: int = 4000, image_size: int 
         raise ValueError(
             f"need num_recipes >= 1 and image_size >= 16, got {num_recipes}, {image_size}"
         )
-    rng = np.random.default_rng(seed)
-    used: set[str] = set()
-    recipes = [make_recipe(rng, used) for _ in range(num_recipes)]
+    recipes = generate_recipes(num_recipes, seed)
     os.makedirs(out_dir, exist_ok=True)
     layer1 = [
         dict(id=r["id"], url=f"http://www.example.com/recipe/{r['id']}", partition=r["partition"],
