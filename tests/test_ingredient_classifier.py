@@ -19,11 +19,15 @@ def test_multi_hot_and_thresholds():
 
 
 def test_trains_and_scores_test_at_the_validation_threshold(tiny_data):
-    config = tiny_config(tiny_data)
-    got = ic.run(config, encoder="config", resnet_width=8, steps=3, seed=0, max_photos=10_000)
+    # Imported with another tool in one process (pytest does): no command-line flags collide.
+    from tools import compare_methods  # noqa: F401
+
+    args = ["--config=configs/tnlbt.py:tiny", f"--config.data.dir={tiny_data}", "--steps=3"]
+    got = ic.main(args)
     assert got["steps"] == 3 and np.isfinite(got["final_loss"])
+    assert got["image_size"] == tiny_config(tiny_data).data.image_size
     assert got["val_threshold"] in ic.THRESHOLDS
     assert got["micro_f1"] == got["test_micro_f1_by_threshold"][str(got["val_threshold"])]
     assert got["labels"] > 0 and got["test_recipes"] > 0
     with pytest.raises(SystemExit, match="max_photos"):
-        ic.run(config, encoder="resnet18", resnet_width=8, steps=1, seed=0, max_photos=10)
+        ic.main([*args, "--encoder=resnet18", "--resnet_width=8", "--max_photos=10"])

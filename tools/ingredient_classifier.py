@@ -32,10 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
+from xmodal.apps import cli
 from xmodal.apps.predict import ingredient_scores
 from xmodal.apps.retrieval import read_photo
 from xmodal.data import decoder_targets, pipeline, records
@@ -44,13 +43,6 @@ from xmodal.data import tokenizer as tokenizer_lib
 from xmodal.models.dual_encoder import build_image_encoder, normalize_images
 
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.61, 0.05), 2).tolist())
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "xmodal config (file[:preset])")
-_ENCODER = flags.DEFINE_enum("encoder", "config", ["config", "resnet18"], "image encoder")
-_RESNET_WIDTH = flags.DEFINE_integer("resnet_width", 32, "ResNet-18's first-stage channels")
-_STEPS = flags.DEFINE_integer("steps", None, "train steps (default: the config's train.num_steps)")
-_SEED = flags.DEFINE_integer("seed", 0, "initialisation and batch-order seed")
-_MAX_PHOTOS = flags.DEFINE_integer("max_photos", 50_000, "refuse larger splits (held in memory)")
 
 
 def load_split(
@@ -200,22 +192,29 @@ def run(
     }
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    config = _CONFIG.value
-    if config is None:
-        raise app.UsageError("--config is required")
-    steps = _STEPS.value or config.train.num_steps
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="configs/<method>.py[:preset]")
+    p.add_argument("--encoder", choices=("config", "resnet18"), default="config")
+    p.add_argument("--resnet_width", type=int, default=32, help="ResNet-18's first-stage channels")
+    p.add_argument("--steps", type=int, default=None, help="default: the config's train.num_steps")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and batch-order seed")
+    p.add_argument("--max_photos", type=int, default=50_000, help="refuse larger splits")
+    args = cli.parse_args(p, argv)
+    config = cli.with_overrides(cli.load_config_file(args.config), args.overrides)
     result = run(
         config,
-        encoder=_ENCODER.value,
-        resnet_width=_RESNET_WIDTH.value,
-        steps=steps,
-        seed=_SEED.value,
-        max_photos=_MAX_PHOTOS.value,
+        encoder=args.encoder,
+        resnet_width=args.resnet_width,
+        steps=args.steps or config.train.num_steps,
+        seed=args.seed,
+        max_photos=args.max_photos,
     )
     print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

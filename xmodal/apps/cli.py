@@ -56,6 +56,15 @@ def _value(text: str) -> Any:
         return text  # a plain string, as absl's config flags read it
 
 
+def with_overrides(
+    config: ml_collections.ConfigDict, overrides: dict[str, str]
+) -> ml_collections.ConfigDict:
+    """`config` with `parse_args`'s `--config.a.b=v` overrides applied (values read as Python
+    literals, else as plain strings)."""
+    config.update_from_flattened_dict({k: _value(v) for k, v in overrides.items()})
+    return config
+
+
 def run_config(args: argparse.Namespace) -> ml_collections.ConfigDict | None:
     """The config the arguments name: --config (else, with overrides, the recorded one) with
     the overrides applied; None = the run's recorded config as it is. Data named by an override
@@ -67,11 +76,10 @@ def run_config(args: argparse.Namespace) -> ml_collections.ConfigDict | None:
     config = load_config_file(args.config) if args.config else None
     if args.overrides:
         config = config or read_record(args.workdir)[0]
-        overrides = {k: _value(v) for k, v in args.overrides.items()}
         locations = [f"data.{k}" for k in data_info.DATA_LOCATIONS]
-        if any(k in overrides for k in locations):
-            overrides = {**dict.fromkeys(locations, ""), **overrides}
-        config.update_from_flattened_dict(overrides)
+        if any(k in args.overrides for k in locations):
+            config.update_from_flattened_dict(dict.fromkeys(locations, ""))
+        config = with_overrides(config, args.overrides)
     return config
 
 
