@@ -44,3 +44,15 @@ def test_built_in_recipes_are_regenerated_from_their_seed(tiny_data):
     for i in range(len(source)):
         recipe = records.decode_record(source[i])
         assert by_id[recipe["id"]]["title"] == recipe["title"]
+
+
+def test_class_pools_of_a_run_and_a_split_of_other_recipes_refused(trained, monkeypatch, capsys):
+    """The tiny run's test split scored with its class pools; the same split against another
+    seed's recipes is refused before predicting, not a KeyError on a recipe id."""
+    _, workdir, _ = trained
+    got = decoder_errors.main([f"--workdir={workdir}", "--limit=8"])
+    assert got["recipes"] == 8 and 0 < got["class_pool_f1"] <= 1
+    real = decoder_errors.class_pools
+    monkeypatch.setattr(decoder_errors, "class_pools", lambda n, seed: real(n, seed + 1))
+    with pytest.raises(SystemExit, match=r"8 of 8 recipes .* are not the built-in dataset's"):
+        decoder_errors.main([f"--workdir={workdir}", "--limit=8"])

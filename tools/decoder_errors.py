@@ -70,9 +70,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--beam", type=int, default=1)
     args = p.parse_args(argv)
     predictor = Predictor.from_workdir(args.workdir)
-    config = predictor.config
-    if config.data.dir:  # the class pools below come from regenerating the built-in recipes
-        raise SystemExit(f"{args.workdir} was trained on {config.data.dir}, not the built-in data")
+    # The class pools come from regenerating the built-in recipes (`data.synthetic`): a split
+    # holding other recipes is refused before anything is predicted.
+    synthetic = predictor.config.data.synthetic
+    pools = class_pools(synthetic.num_recipes, synthetic.seed)
+    source = pipeline.open_split(predictor.run.data_dir, args.split)
+    n = len(source) if args.limit is None else min(args.limit, len(source))
+    ids = [records.decode_record(source[i])["id"] for i in range(n)]
+    foreign = sum(i not in pools for i in ids)
+    if foreign:
+        raise SystemExit(
+            f"{foreign} of {n} recipes of {args.workdir}'s {args.split!r} split are not the "
+            f"built-in dataset's ({synthetic.num_recipes} recipes, seed {synthetic.seed})"
+        )
     predicted, references = predict_split(
         predictor, split=args.split, beam=args.beam, limit=args.limit
     )
@@ -83,11 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         truth,
         frozenset(norm(x) for x in PANTRY_NAMES),  # as the decoder writes names
     )
-    pools = class_pools(config.data.synthetic.num_recipes, config.data.synthetic.seed)
-    source = pipeline.open_split(predictor.run.data_dir, args.split)
-    ids = [records.decode_record(source[i])["id"] for i in range(len(truth))]
-    named = [[norm(x) for x in pools[i]] for i in ids]
-    pool = ingredient_scores(named, truth)
+    pool = ingredient_scores([[norm(x) for x in pools[i]] for i in ids], truth)
     for k in ("precision", "recall", "f1"):
         result[f"class_pool_{k}"] = pool[f"micro_{k}"]
     print(json.dumps(result, indent=2))
