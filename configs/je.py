@@ -20,8 +20,10 @@ PRESETS: dict[str, dict] = {
     # CPU first run on the built-in data (the study of docs/methods.md, "Joint embedding: mismatch
     # rate and classification weights"): the ResNet-18 trained, as there are no ImageNet weights
     # offline and a frozen random backbone would leave the image side a linear map of random
-    # features; the text branch at a CPU size (1.2 s a step on the 2-core CPU; im2recipe's LSTMs
-    # of 300 / 1,024 take 4 s). `paper` keeps the frozen backbone and im2recipe's sizes.
+    # features; the text branch at a CPU size: a step takes 0.57 s on the 2-core CPU, 2.1 s with
+    # im2recipe's LSTMs of 300 / 1,024 (`tools/bench_train.py --config=configs/je.py
+    # --vocab_size=1000 --steps=5 --warmup=1`, docs/methods.md). `paper` keeps the frozen
+    # backbone and im2recipe's sizes.
     "default": {
         "model.resnet.depth": 18,
         "model.resnet.width": 32,
