@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from xmodal.data.synthetic_recipes import CLASSES
+from xmodal.data.builtin.recipes import CLASSES
 from xmodal.models.vit import VIT_VARIANTS
 
 # Recipe1M: 1047 dish classes + class 0 (background / unlabelled), classes1M.pkl.
@@ -78,7 +78,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # empty: the built-in synthetic dataset, generated and prepared on first use
-    # Or a TFDS dataset (xmodal.data.tfds_recipe1m): the --data_dir it was built into; read with
+    # Or a TFDS dataset (xmodal.data.tfds.builder): the --data_dir it was built into; read with
     # tfds.data_source into the same pipeline. Set data.dir or this, not both.
     c.data.tfds_dir = ""
     c.data.cache_dir = ""  # where the built-in dataset is cached; empty: ~/.cache/xmodal

@@ -21,7 +21,7 @@ if not flags.FLAGS.is_parsed():
 def tiny_data(tmp_path_factory):
     """The tiny preset's built-in dataset, generated and prepared once per session."""
     from configs import tnlbt
-    from xmodal.data import synthetic
+    from xmodal.data.builtin import dataset as synthetic
 
     c = tnlbt.get_config("tiny")
     cache = tmp_path_factory.mktemp("cache")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from xmodal.data import synthetic
+from xmodal.data.builtin import dataset as synthetic
 
 EXIF_ORIENTATION = 0x0112
 

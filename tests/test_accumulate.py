@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 from step_fixtures import VOCAB, micro_config, random_batch
 
+from xmodal.runtime import state as state_lib
 from xmodal.training import accumulate, loop, losses
-from xmodal.training import state as state_lib
 
 # pytest-xdist: one worker builds the module's reference gradients.
 pytestmark = pytest.mark.xdist_group("accumulate")

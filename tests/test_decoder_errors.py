@@ -22,7 +22,7 @@ def test_breakdown_counts_drawn_and_pantry_ingredients_apart():
 
 
 def test_class_pools_hold_each_recipes_core_ingredients():
-    from xmodal.data.synthetic_recipes import PANTRY_NAMES, generate_recipes
+    from xmodal.data.builtin.recipes import PANTRY_NAMES, generate_recipes
 
     recipes = generate_recipes(60, 3)
     pools = decoder_errors.class_pools(60, 3)
@@ -36,7 +36,7 @@ def test_class_pools_hold_each_recipes_core_ingredients():
 def test_built_in_recipes_are_regenerated_from_their_seed(tiny_data):
     from configs import tnlbt
     from xmodal.data import pipeline, records
-    from xmodal.data.synthetic_recipes import generate_recipes
+    from xmodal.data.builtin.recipes import generate_recipes
 
     c = tnlbt.get_config("tiny").data.synthetic
     by_id = {r["id"]: r for r in generate_recipes(c.num_recipes, c.seed)}

@@ -26,7 +26,7 @@ from sklearn.datasets import load_sample_image
 
 from xmodal.apps import gallery, qualitative, report, search
 from xmodal.apps.retrieval import RetrievalModel, read_photo
-from xmodal.data import info as data_info
+from xmodal.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = {  # real photographs, loaded from files inside the installed packages
@@ -269,7 +269,7 @@ def test_prepare_train_eval_search_and_report_on_real_photos(tmp_path):
         "L converted to RGB": written["grayscale"],
         "rotated upright by EXIF orientation": 1,
     }
-    test_items = data_info.split_metadata(
+    test_items = pipeline.split_metadata(
         str(data),
         "test",
         fields=("id", "title", "ingredients", "instructions", "clean_ingredients", "images"),

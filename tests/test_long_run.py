@@ -25,9 +25,10 @@ from conftest import tiny_config
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 
 from xmodal.run import Run
-from xmodal.training import checkpointing, loop, losses, preemption, sharding
+from xmodal.runtime import checkpointing, preemption, sharding
+from xmodal.runtime.metrics import MetricWriter, read_metrics
+from xmodal.training import loop, losses
 from xmodal.training.loop import train_and_evaluate
-from xmodal.training.metrics import MetricWriter, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -286,9 +287,9 @@ def test_sigint_asks_to_stop_after_the_step_and_then_acts_at_once():
 # Two processes of one JAX job count steps at their own pace; process 1 gets the signal.
 STOPPER = """
 import sys, time
-from xmodal import distributed
+from xmodal.runtime import distributed
 distributed.initialize()
-from xmodal.training.preemption import StopSignal
+from xmodal.runtime.preemption import StopSignal
 with StopSignal(start=0) as stop:
     assert stop.synced
     for step in range(1, 6000):

@@ -15,8 +15,8 @@ from configs import adamine, common, ht, je
 from xmodal.data import info as data_info
 from xmodal.data import pipeline
 from xmodal.run import check_data
+from xmodal.runtime import state as state_lib
 from xmodal.training import loop as train
-from xmodal.training import state as state_lib
 
 STEPS = 150
 

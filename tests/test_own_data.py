@@ -100,7 +100,7 @@ def test_a_test_only_set_is_prepared_with_the_runs_vocabulary_evaluated_and_sear
     np.testing.assert_allclose(np.linalg.norm(images.embeddings, axis=1), 1, rtol=1e-5)
 
     # The same set as a TFDS dataset with the run's vocabulary, named instead of the recorded data.
-    from xmodal.data import tfds_recipe1m
+    from xmodal.data.tfds import builder as tfds_recipe1m
 
     tfds_dir = str(tmp_path / "tfds")
     tfds_recipe1m.build(test_only_raw, tfds_dir, tokenizer_from=workdir, verbose=False)

@@ -15,8 +15,8 @@ from xmodal.data import pipeline
 from xmodal.models.dual_encoder import abstract_model
 from xmodal.models.layers import count_params
 from xmodal.run import decoder_trains
+from xmodal.runtime import state as state_lib
 from xmodal.training import loop as train
-from xmodal.training import state as state_lib
 
 RESNET50_NO_FC = 23_508_032  # torchvision resnet50: 25,557,032 with its 1000-way fc
 VIT_B16 = 85_798_656  # timm vit_base_patch16_224 without its head (~86M)

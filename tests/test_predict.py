@@ -167,7 +167,7 @@ def test_text_only_batches_resume_where_they_were(tiny_data):
     config = tiny_config(tiny_data, **{"train.text_only_batch_size": 8})
     with open(os.path.join(tiny_data, records.DATASET_INFO)) as f:
         info = json.load(f)
-    from xmodal.training import sharding
+    from xmodal.runtime import sharding
 
     run = Run.create(config, "", mesh=sharding.make_mesh())
     assert run.info == info
@@ -204,7 +204,7 @@ def test_text_only_batches_need_the_split(tiny_data, tmp_path):
 
 def test_training_batches_list_the_ingredients_in_the_configured_order(tiny_data):
     from xmodal.data import tokenizer as tokenizer_lib
-    from xmodal.training import sharding
+    from xmodal.runtime import sharding
 
     def first_targets(order):
         config = tiny_config(  # long enough that no target is cut

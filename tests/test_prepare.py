@@ -9,7 +9,8 @@ from array_record.python.array_record_data_source import ArrayRecordDataSource
 from data_fixtures import SMALL, image_file, synthetic_raw  # noqa: F401
 from PIL import Image
 
-from xmodal.data import photos, prepare, records, synthetic, tokenizer
+from xmodal.data import photos, prepare, records, tokenizer
+from xmodal.data.builtin import dataset as synthetic
 
 SHORT_SIDE = 32
 

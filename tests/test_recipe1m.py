@@ -3,7 +3,7 @@ import pickle
 
 import pytest
 
-from xmodal.data import recipe1m
+from xmodal.data.raw import recipe1m
 
 
 def _entry(rid, partition="train", ingredients=("1 cup rice",), instructions=("Boil.",), title="T"):

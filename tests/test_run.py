@@ -16,9 +16,9 @@ from xmodal import evaluate
 from xmodal.apps import predict, report, search
 from xmodal.data import pipeline, records
 from xmodal.run import Run, check_config
-from xmodal.training import sharding
+from xmodal.runtime import sharding
+from xmodal.runtime.metrics import read_metrics
 from xmodal.training.loop import train_and_evaluate
-from xmodal.training.metrics import read_metrics
 
 METHODS = {"tnlbt": tnlbt, "ht": ht, "adamine": adamine, "je": je, "cca": cca}
 SWITCHES = {

@@ -18,9 +18,9 @@ from PIL import Image
 from xmodal import evaluate
 from xmodal.apps import gallery, qualitative, report, search
 from xmodal.apps.retrieval import RetrievalModel
-from xmodal.data import info as data_info
+from xmodal.data import pipeline
 from xmodal.run import CONFIG_FILE
-from xmodal.training import checkpointing
+from xmodal.runtime import checkpointing
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_eval_named_step_embed_and_clear_errors(trained, tmp_path):
         evaluate.evaluate_checkpoint(config, workdir, which=999)
     path = evaluate.embed_checkpoint(config, workdir, which="latest")
     with np.load(path) as f:
-        ids = [m["id"] for m in data_info.split_metadata(config.data.dir, "test")]
+        ids = [m["id"] for m in pipeline.split_metadata(config.data.dir, "test")]
         assert list(f["ids"]) == ids and f["image"].shape == f["recipe"].shape
         np.testing.assert_allclose(np.linalg.norm(f["image"], axis=1), 1, rtol=1e-5)
     # A checkpoint of another model in a workdir without config.json: a clear error.

@@ -7,8 +7,9 @@ import pytest
 from step_fixtures import VOCAB, micro_config, random_batch
 
 from xmodal import perf
-from xmodal.training import losses, sharding
-from xmodal.training import state as state_lib
+from xmodal.runtime import sharding
+from xmodal.runtime import state as state_lib
+from xmodal.training import losses
 from xmodal.training.loop import compile_train_step
 
 # pytest-xdist: one worker builds the single-device reference.

@@ -7,7 +7,7 @@ import numpy as np
 from data_fixtures import SMALL, image_file, synthetic_raw  # noqa: F401
 from PIL import Image
 
-from xmodal.data import synthetic
+from xmodal.data.builtin import dataset as synthetic
 
 HEX_IMAGE = re.compile(r"^[0-9a-f]{10}\.jpg$")
 

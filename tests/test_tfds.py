@@ -1,4 +1,4 @@
-"""The TFDS route (xmodal.data.tfds_recipe1m, tfds_records): the builder writes exactly prepare's
+"""The TFDS route (xmodal.data.tfds.builder, tfds_records): the builder writes exactly prepare's
 records and report, on the built-in data and on a crawl's faults; `config.data.tfds_dir` feeds
 training, evaluation and search through the same pipeline; no TensorFlow anywhere."""
 
@@ -28,7 +28,8 @@ from test_prepare_faults import (  # noqa: F401
 
 from xmodal.apps import gallery, search
 from xmodal.data import info as data_info
-from xmodal.data import pipeline, prepare, records, tfds_records
+from xmodal.data import pipeline, prepare, records
+from xmodal.data.tfds import records as tfds_records
 from xmodal.training.loop import train_and_evaluate
 
 SPLITS = {"train", "val", "test", "train_text", "val_text", "test_text"}
@@ -52,7 +53,7 @@ def reference(synthetic_raw, tiny_data, tmp_path_factory):  # noqa: F811
 def built(synthetic_raw, tiny_data, tmp_path_factory):  # noqa: F811
     """The same raw data built as a TFDS dataset by the command line, as a user runs it."""
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    cmd = [sys.executable, "-m", "xmodal.data.tfds_recipe1m", f"--raw_dir={synthetic_raw}",
+    cmd = [sys.executable, "-m", "xmodal.data.tfds.builder", f"--raw_dir={synthetic_raw}",
            f"--data_dir={data_dir}", f"--tokenizer_from={tiny_data}",
            "--num_workers=2"]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -92,7 +93,7 @@ def test_tfds_build_holds_exactly_the_prepared_records_and_report(built, referen
 
 
 def test_tfds_build_of_a_faulty_crawl_keeps_prepares_report(faulty_raw, tmp_path):  # noqa: F811
-    from xmodal.data import tfds_recipe1m
+    from xmodal.data.tfds import builder as tfds_recipe1m
 
     version = tfds_recipe1m.build(
         faulty_raw,
@@ -170,10 +171,10 @@ def test_training_eval_and_search_read_the_tfds_dataset(built, reference, tmp_pa
 def test_data_locations_are_named_once_and_clearly(built, tmp_path):
     both = tiny_config(str(tmp_path), **{"data.tfds_dir": built}).data
     with pytest.raises(ValueError, match=r"data.dir=.* and data.tfds_dir=.* both name the data"):
-        data_info.resolve_data_dir(both)
+        data_info.locate(both)
     empty = tiny_config("", **{"data.tfds_dir": str(tmp_path)}).data
-    with pytest.raises(FileNotFoundError, match=r"python -m xmodal.data.tfds_recipe1m --raw_dir"):
-        data_info.resolve_data_dir(empty)
+    with pytest.raises(FileNotFoundError, match=r"python -m xmodal.data.tfds.builder --raw_dir"):
+        data_info.locate(empty)
     with pytest.raises(FileNotFoundError, match=r"holds a TFDS dataset.*--config.data.tfds_dir"):
         data_info.load_info(built)  # given as data.dir
     with pytest.raises(FileNotFoundError, match=r"no split 'nope'.*it has test, test_text"):

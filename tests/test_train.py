@@ -15,8 +15,8 @@ from conftest import tiny_config
 
 from configs import tnlbt
 from xmodal import evaluate
-from xmodal.training import checkpointing, sharding
-from xmodal.training.metrics import read_metrics
+from xmodal.runtime import checkpointing, sharding
+from xmodal.runtime.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +93,7 @@ def _main(workdir, data_dir, *extra):
 
 
 def _final_params(workdir, config):
-    from xmodal.training import state as state_lib
+    from xmodal.runtime import state as state_lib
 
     config.train.num_steps = 40
     _, abstract, _ = state_lib.abstract_train_state(config, _vocab(config.data.dir))

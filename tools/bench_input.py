@@ -25,7 +25,8 @@ import numpy as np
 from absl import app, flags
 
 from configs import tnlbt
-from xmodal.data import pipeline, prepare, records, synthetic
+from xmodal.data import pipeline, prepare, records
+from xmodal.data.builtin import dataset as synthetic
 
 flags.DEFINE_string("workers", "0,1,2", "Comma-separated Grain worker counts.")
 flags.DEFINE_integer("batch_size", 64, "Per-process batch size.")

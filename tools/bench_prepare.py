@@ -18,7 +18,8 @@ import shutil
 import tempfile
 import time
 
-from xmodal.data import prepare, synthetic
+from xmodal.data import prepare
+from xmodal.data.builtin import dataset as synthetic
 
 
 def main() -> None:

@@ -29,13 +29,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from xmodal import distributed, perf
+from xmodal import perf
 from xmodal.data import info as data_info
 from xmodal.data import pipeline
-from xmodal.run import Run, decoder_trains
+from xmodal.run import Run, decoder_trains, resolve_data_dir
+from xmodal.runtime import distributed, sharding
+from xmodal.runtime import state as state_lib
 from xmodal.training import loop as train
-from xmodal.training import sharding
-from xmodal.training import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _MODE = flags.DEFINE_enum("mode", "synthetic", ["synthetic", "pipeline"], "Input source.")
@@ -120,7 +120,7 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
         "per_process_batch": sharding.check_batch_size(config.train.batch_size, mesh),
     }
     if mode == "pipeline":
-        data_dir = data_info.resolve_data_dir(config.data)
+        data_dir = resolve_data_dir(config.data)
         vocab = data_info.load_info(data_dir)["vocab_size"]
         host = training_batches(config, data_dir, mesh)
         batches = sharding.DevicePrefetcher(host, mesh, config.data.prefetch)

@@ -33,7 +33,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from xmodal.data.info import read_json, write_json
+from xmodal.data.jsonio import read_json, write_json
 from xmodal.run import CONFIG_FILE
 
 _RUN = flags.DEFINE_multi_string(

@@ -1,13 +1,13 @@
 """Where the cross decoder's ingredient errors are, on the built-in dataset: how many of the
 ingredients drawn in the photo it names, how many of the pantry ones (salt, oil, ...: in the text
-only, never drawn, `xmodal.data.synthetic_recipes.PANTRY_NAMES`), and how long its lists are.
+only, never drawn, `xmodal.data.builtin.recipes.PANTRY_NAMES`), and how long its lists are.
 
     python tools/decoder_errors.py --workdir=W [--split=test] [--limit=256] [--beam=1]
 
 Prints one JSON object with two references for the decoder's F1: `ceiling_f1`, a decoder naming
 every drawn ingredient and nothing else (perfect sight of every piece, however small), and
 `class_pool_f1` (with its precision and recall), one naming every ingredient its dish class
-draws from (the class's pool, `xmodal.data.synthetic_recipes.CLASSES`) — what knowing the dish
+draws from (the class's pool, `xmodal.data.builtin.recipes.CLASSES`) — what knowing the dish
 class exactly, and not which of its ingredients are on the plate, scores. (The built-in dataset
 only: the recipes are regenerated from the run's `data.synthetic` to find each one's class.)
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 from xmodal.apps.predict import Predictor, ingredient_scores, predict_split
 from xmodal.data import decoder_targets, pipeline, records
-from xmodal.data.synthetic_recipes import CLASSES, PANTRY_NAMES, generate_recipes
+from xmodal.data.builtin.recipes import CLASSES, PANTRY_NAMES, generate_recipes
 
 
 def error_breakdown(

@@ -38,9 +38,9 @@ from xmodal.apps import cli
 from xmodal.apps.predict import ingredient_scores
 from xmodal.apps.retrieval import read_photo
 from xmodal.data import decoder_targets, pipeline, records
-from xmodal.data import info as data_info
 from xmodal.data import tokenizer as tokenizer_lib
 from xmodal.models.dual_encoder import build_image_encoder, normalize_images
+from xmodal.run import resolve_data_dir
 
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.61, 0.05), 2).tolist())
 
@@ -141,7 +141,7 @@ def run(
     config: Any, *, encoder: str, resnet_width: int, steps: int, seed: int, max_photos: int
 ) -> dict[str, Any]:
     """Train the classifier on `config`'s data and score it; the dict `main` prints."""
-    data_dir = data_info.resolve_data_dir(config.data)
+    data_dir = resolve_data_dir(config.data)
     size = config.data.image_size
     load = functools.partial(load_split, data_dir, image_size=size, max_photos=max_photos)
     train_x, train_names = load("train", every_photo=True)

@@ -30,8 +30,8 @@ from ml_collections import config_flags
 from xmodal.apps.predict import greedy_decode
 from xmodal.data import pipeline
 from xmodal.run import decoder_trains
+from xmodal.runtime import state as state_lib
 from xmodal.training import loop
-from xmodal.training import state as state_lib
 
 VOCAB = 16_000  # about H-T's Recipe1M vocabulary
 F32_SHARE_LIMIT = 0.01

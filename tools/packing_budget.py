@@ -19,8 +19,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from xmodal.data import info as data_info
 from xmodal.data import pipeline, records, schema
+from xmodal.run import resolve_data_dir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _SPLIT = flags.DEFINE_string("split", "train", "Prepared split to read.")
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    data_dir = data_info.resolve_data_dir(config.data)
+    data_dir = resolve_data_dir(config.data)
     lengths = line_lengths(data_dir, _SPLIT.value, config.data)
     out = {
         c: budget_report(lengths[c], int(config.model.text.get(field, 0)))

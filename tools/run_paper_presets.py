@@ -28,8 +28,8 @@ from configs import adamine, ht, je, tnlbt
 from xmodal.data import pipeline
 from xmodal.models.layers import count_params
 from xmodal.run import decoder_trains
+from xmodal.runtime import state as state_lib
 from xmodal.training import loop as train
-from xmodal.training import state as state_lib
 
 PRESETS = [
     ("tnlbt", tnlbt, "b16"),

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from xmodal.data import info as data_info
+from xmodal.data import pipeline
 from xmodal.data.schema import DIRECTIONS, IMAGE_TO_RECIPE, RECIPE_TO_IMAGE
 from xmodal.run import Run
 
@@ -241,7 +241,7 @@ def embed_checkpoint(
     state = run.restore(which)
     image, recipe = run.embed_split(state, split)
     check_finite(image, recipe, split=split)
-    ids = np.array([m["id"] for m in data_info.split_metadata(run.data_dir, split)], np.str_)
+    ids = np.array([m["id"] for m in pipeline.split_metadata(run.data_dir, split)], np.str_)
     path = os.path.join(workdir, f"embeddings_{split}.npz")
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xmodal import evaluate
-from xmodal.data import info as data_info
+from xmodal.data import jsonio, pipeline
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SEARCH_BLOCK = 1 << 18  # gallery rows scored per device call (bounds memory for huge galleries)
@@ -76,7 +76,7 @@ class Gallery:
                 f"{path} is not a gallery .npz written by `search index`: {e}"
             ) from None
         items, skipped = (
-            data_info.parse_json(str(fields[k]), f"{k!r} of {path}") for k in ("items", "skipped")
+            jsonio.parse_json(str(fields[k]), f"{k!r} of {path}") for k in ("items", "skipped")
         )
         if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
             raise ValueError(f"'items' of {path} is not a JSON list of objects")
@@ -87,7 +87,7 @@ def split_galleries(model: Any, split: str, *, limit: int | None = None) -> tupl
     """(image gallery, recipe gallery) of a prepared split; row i of both is recipe i (its first
     photo), items carry id, title, ingredients, clean ingredients and class."""
     image, recipe = model.embed_split(split, limit=limit)
-    items = data_info.split_metadata(model.data_dir, split, limit=limit, fields=ITEM_FIELDS)
+    items = pipeline.split_metadata(model.data_dir, split, limit=limit, fields=ITEM_FIELDS)
     for i, item in enumerate(items):
         item["split"], item["index"] = split, i
     return (
@@ -127,7 +127,7 @@ def photo_gallery(model: Any, folder: str) -> Gallery:
 def load_recipes(path: str) -> list[dict[str, Any]]:
     """A JSON recipe or list of recipes: {'title': str, 'ingredients': [str | {'text': str}],
     'instructions': [...]} (Recipe1M's layer1 entries work as they are)."""
-    data = data_info.read_json(path, kind=(dict, list))
+    data = jsonio.read_json(path, kind=(dict, list))
     recipes = data if isinstance(data, list) else [data]
     out = []
     for i, r in enumerate(recipes):

@@ -27,7 +27,7 @@ from xmodal.apps.retrieval import read_photo
 from xmodal.data import decoder_targets, pipeline, records, schema
 from xmodal.data import tokenizer as tokenizer_lib
 from xmodal.run import Run
-from xmodal.training import sharding
+from xmodal.runtime import sharding
 
 NEG_INF = -1e9
 LogitsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from xmodal.data import info as data_info
+from xmodal.data import pipeline
 
 
 def mean_components(
@@ -26,7 +26,7 @@ def mean_components(
 ) -> dict[str, np.ndarray]:
     """Mean feature of each of the model's recipe components (H-T: title / ingredients /
     instructions) over the first `limit` recipes of `split` (text only: no photo is read)."""
-    recipes = data_info.split_metadata(
+    recipes = pipeline.split_metadata(
         model.data_dir, split, limit=limit, fields=("title", "ingredients", "instructions")
     )
     feats = model.encode_recipes(recipes)

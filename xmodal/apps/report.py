@@ -22,7 +22,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from xmodal import evaluate
-from xmodal.data import info as data_info
 from xmodal.data import pipeline, records
 
 PALETTE = [
@@ -253,7 +252,7 @@ def build_report(
     """The report's HTML for `split` embedded with `model` (an `inference.RetrievalModel`)."""
     config = model.config
     image, recipe = model.embed_split(split, limit=limit)
-    items = data_info.split_metadata(
+    items = pipeline.split_metadata(
         model.data_dir,
         split,
         limit=limit,

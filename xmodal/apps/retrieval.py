@@ -22,7 +22,7 @@ from PIL import ImageOps
 from xmodal.data import photos, pipeline, records, tokenizer
 from xmodal.data.schema import COMPONENTS
 from xmodal.run import Run
-from xmodal.training import sharding
+from xmodal.runtime import sharding
 
 
 def read_photo(source: str | bytes, image_size: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from xmodal import evaluate
 from xmodal.data.schema import COMPONENTS
 from xmodal.models.dual_encoder import DualEncoder
 from xmodal.run import Run, check_config, read_record
-from xmodal.training import sharding
+from xmodal.runtime import sharding
 
 TEXTS = (*COMPONENTS, "all")
 # Data fields that fix the input shapes the feature encoders were trained on.

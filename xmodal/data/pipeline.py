@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -25,6 +26,7 @@ from PIL import Image
 
 from xmodal.data import class_aware, decoder_targets, records, schema
 from xmodal.data import tokenizer as tokenizer_lib
+from xmodal.data.tfds import records as tfds_records
 
 CROP_SCALE = (0.5, 1.0)  # area share of the photo kept by the random crop
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -303,8 +305,6 @@ def open_split(data_dir: str, split: str) -> Any:
     """Random access to the records of `split`, the one way every reader opens a split: the
     prepared shards' msgpack bytes, or for a TFDS dataset (`tfds_records`) its examples as
     record dicts; `records.decode_record` takes either."""
-    from xmodal.data import tfds_records
-
     if tfds_records.is_dataset_dir(data_dir):
         return tfds_records.TfdsSplit(data_dir, split)
     return grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, split))
@@ -451,7 +451,7 @@ class ZipIterator:
 
     Its state is both positions, {'paired': ..., 'text_only': ...}; it is checkpointed in the
     same Composite item as a lone Grain iterator would be (as JSON bytes, see
-    `xmodal.training.checkpointing.save`), so a resume continues both streams where they were.
+    `xmodal.runtime.checkpointing.save`), so a resume continues both streams where they were.
     """
 
     def __init__(self, paired: Any, text_only: Any):
@@ -516,3 +516,19 @@ class _Limited:
 
     def __getitem__(self, index: int) -> Any:
         return self.source[index]
+
+
+def split_metadata(
+    data_dir: str, split: str, *, limit: int | None = None, fields: Sequence[str] = ("id",)
+) -> list[dict[str, Any]]:
+    """`fields` of the first `limit` records of `split`, in record order (the order in which
+    `xmodal.runtime.embed.Embedder` returns a split). Reads the records without decoding any
+    photo."""
+    source = open_split(data_dir, split)
+    n = len(source) if limit is None else min(limit, len(source))
+    out = []
+    for start in range(0, n, 1024):
+        for data in source.__getitems__(list(range(start, min(n, start + 1024)))):
+            rec = records.decode_record(data)
+            out.append({f: rec[f] for f in fields})
+    return out

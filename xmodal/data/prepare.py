@@ -36,16 +36,10 @@ from typing import Any
 from tqdm import tqdm
 
 from xmodal.data import photos, records, schema, tokenizer
-from xmodal.data.info import read_json, write_json
-from xmodal.data.prepare_estimate import estimate, print_estimate
-from xmodal.data.prepare_shards import (
-    STATE_DIR,
-    photo_batches,
-    plan_shards,
-    shard_state,
-    write_shard,
-)
-from xmodal.data.recipe1m import CLASSES, DET_INGRS, LAYER1, LAYER2, PARTITIONS, read_recipe1m
+from xmodal.data.jsonio import read_json, write_json
+from xmodal.data.raw.estimate import estimate, print_estimate
+from xmodal.data.raw.recipe1m import CLASSES, DET_INGRS, LAYER1, LAYER2, PARTITIONS, read_recipe1m
+from xmodal.data.raw.shards import STATE_DIR, photo_batches, plan_shards, shard_state, write_shard
 
 LARGE_TRAIN_SPLIT = 100_000  # auto min word count: 10 (H-T) above this many train recipes, else 1
 PLAN_FILE = "plan.json"
@@ -230,7 +224,7 @@ def prepare(
 
 def define_option_flags() -> None:
     """The flags of `prepare`'s options and its raw input: shared by this command line and the
-    TFDS builder's (`xmodal.data.tfds_recipe1m`). Defined only when run as a program, so
+    TFDS builder's (`xmodal.data.tfds.builder`). Defined only when run as a program, so
     importing this module never collides with the flags of `xmodal.main`."""
     from absl import flags
 

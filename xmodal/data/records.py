@@ -38,7 +38,7 @@ def encode_record(recipe: Recipe) -> bytes:
 
 def decode_record(data: bytes | Recipe) -> Recipe:
     """A record as a split source returns it: msgpack bytes of prepared shards, or already the
-    dict (a TFDS dataset's split, `xmodal.data.tfds_records.TfdsSplit`)."""
+    dict (a TFDS dataset's split, `xmodal.data.tfds.records.TfdsSplit`)."""
     if isinstance(data, dict):
         return data
     return msgpack.unpackb(data, raw=False)

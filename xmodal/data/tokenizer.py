@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from xmodal.data import records, schema
+from xmodal.data.jsonio import parse_json
+from xmodal.data.tfds import records as tfds_records
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 DEFAULT_MIN_COUNT = 10  # H-T on Recipe1M
@@ -73,8 +75,6 @@ def fingerprint(data_dir: str) -> str:
     path = os.path.join(data_dir, records.TOKENIZER_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no tokenizer at {path!r}; run xmodal.data.prepare first")
-    from xmodal.data.info import parse_json  # deferred: info imports the TFDS record layout
-
     with open(path, "rb") as f:
         data = parse_json(f.read(), path)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -84,10 +84,8 @@ def fingerprint(data_dir: str) -> str:
 def vocabulary_dir(path: str) -> str:
     """The folder holding the tokenizer that `prepare --tokenizer_from=PATH` reuses: a prepared
     data dir, a training workdir (a run keeps a copy of its data's tokenizer next to its
-    config.json), or a TFDS dataset built by `xmodal.data.tfds_recipe1m` (the `--data_dir` it was
+    config.json), or a TFDS dataset built by `xmodal.data.tfds.builder` (the `--data_dir` it was
     built into, or its version folder)."""
-    from xmodal.data import tfds_records  # file logic only: TensorFlow Datasets is not imported
-
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.exists(os.path.join(path, records.TOKENIZER_FILE)):
         return path
@@ -96,7 +94,7 @@ def vocabulary_dir(path: str) -> str:
     what = "does not exist" if not os.path.isdir(path) else f"has no {records.TOKENIZER_FILE}"
     raise FileNotFoundError(
         f"--tokenizer_from={path!r} {what}: pass a prepared data dir, a TFDS dataset built by "
-        "xmodal.data.tfds_recipe1m, or the workdir of a run trained since runs keep their "
+        "xmodal.data.tfds.builder, or the workdir of a run trained since runs keep their "
         "tokenizer (for an older run, its data dir: `run.data_dir` in WORKDIR/config.json)"
     )
 

@@ -1,1 +1,1 @@
-"""The training core: the loop, the train state, losses, sharding, checkpointing, accumulation."""
+"""The algorithm: the train loop, the losses (pure functions), gradient accumulation."""

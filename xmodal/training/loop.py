@@ -19,9 +19,10 @@ from xmodal import evaluate
 from xmodal.data import info as data_info
 from xmodal.data import pipeline, schema
 from xmodal.run import Run, decoder_trains
-from xmodal.training import accumulate, checkpointing, losses, preemption, sharding
-from xmodal.training import state as state_lib
-from xmodal.training.metrics import MetricWriter
+from xmodal.runtime import checkpointing, preemption, sharding
+from xmodal.runtime import state as state_lib
+from xmodal.runtime.metrics import MetricWriter
+from xmodal.training import accumulate, losses
 
 NONFINITE = "nonfinite"  # step metric: 1 when the step's loss or gradient was not finite
 NONFINITE_POLICIES = ("stop", "skip")
@@ -131,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Train to `config.train.num_steps`, resuming from WORKDIR's newest readable checkpoint.
 
     SIGTERM / SIGINT stop the run after the current step with a checkpoint
-    (xmodal.training.preemption). Returns the last logged metrics, 'stopped_at' (the step) when
+    (xmodal.runtime.preemption). Returns the last logged metrics, 'stopped_at' (the step) when
     stopped so, and, when `config.train.eval_at_end` and not stopped, the test results.
     """
     watch = NonFiniteWatch(config.train.on_nonfinite)

@@ -20,8 +20,8 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from xmodal.data import photos, records, tokenizer
-from xmodal.data.info import read_json, write_json
-from xmodal.data.recipe1m import RawRecipe
+from xmodal.data.jsonio import read_json, write_json
+from xmodal.data.raw.recipe1m import RawRecipe
 
 RECORDS_PER_SHARD = 1024  # with --num_shards_per_split=0 (auto)
 STATE_DIR = ".prepare"

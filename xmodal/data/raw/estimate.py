@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from xmodal.data import records
-from xmodal.data.prepare_shards import Shard, load_recipe_photos, tokenize_recipes
+from xmodal.data.raw.shards import Shard, load_recipe_photos, tokenize_recipes
 
 ESTIMATE_SAMPLE = 32  # photos timed before the run for the time / disk estimate
 # Recipe1M as released (layer1 / layer2), for the "full Recipe1M" line of the estimate.

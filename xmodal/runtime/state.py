@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from xmodal.models.dual_encoder import build_model
-from xmodal.training import sharding
+from xmodal.runtime import sharding
 
 # Dropout keys come from the counter-based 'rbg' generator: threefry's bit generation dominates
 # XLA compile time on CPU (about 3x) and costs step time on accelerators (as in big_vision).

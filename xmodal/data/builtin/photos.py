@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from xmodal.data.synthetic_recipes import INGREDIENT_BY_NAME, METHODS, hex_rgb
+from xmodal.data.builtin.recipes import INGREDIENT_BY_NAME, METHODS, hex_rgb
 
 _CONTAINERS = {  # rim colour, food-area shape
     "plate": ("f4f2ee", "circle"), "bowl": ("3a6a9a", "circle"), "cup": ("e8e0d0", "circle"),

@@ -1,4 +1,4 @@
-"""The TFDS form of prepared data: a dataset built by `xmodal.data.tfds_recipe1m`, found on disk
+"""The TFDS form of prepared data: a dataset built by `xmodal.data.tfds.builder`, found on disk
 and read back as the `records.Recipe` dicts the pipeline reads from prepared shards.
 
 Layout (TFDS's own): DATA_DIR/recipe1m/<version>/ holds TFDS's `dataset_info.json` and
@@ -83,7 +83,7 @@ def dataset_dir(path: str) -> str:
     if found is None:
         raise FileNotFoundError(
             f"no TFDS {BUILDER_NAME} dataset in {path!r}; build one with "
-            f"`python -m xmodal.data.tfds_recipe1m --raw_dir=RAW --data_dir={path}`"
+            f"`python -m xmodal.data.tfds.builder --raw_dir=RAW --data_dir={path}`"
         )
     return found
 

@@ -1,7 +1,7 @@
 """TensorFlow Datasets builder for Recipe1M (and any data in its raw layout, the built-in dataset's
 included):
 
-    python -m xmodal.data.tfds_recipe1m --raw_dir=RAW --data_dir=DIR [prepare's options]
+    python -m xmodal.data.tfds.builder --raw_dir=RAW --data_dir=DIR [prepare's options]
 
 then train, evaluate and search with `--config.data.tfds_dir=DIR`, or read it anywhere with
 `tfds.data_source("recipe1m", data_dir=DIR)` (Grain's random access; no TensorFlow needed).
@@ -34,7 +34,8 @@ from array_record.python.array_record_data_source import ArrayRecordDataSource
 from etils import epath
 
 from xmodal.data import info as data_info
-from xmodal.data import prepare, records, tfds_records
+from xmodal.data import prepare, records
+from xmodal.data.tfds import records as tfds_records
 
 tfds = tfds_records.import_tfds()
 
@@ -65,7 +66,7 @@ class Recipe1M(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
     The manual dir is the raw Recipe1M layout (http://im2recipe.csail.mit.edu/, after
     registration): layer1.json, layer2.json, det_ingrs.json, optionally classes1M.pkl, and the
     photos under {train,val,test}/a/b/c/d/<image id>. Any data in that layout works the same way,
-    e.g. the built-in synthetic dataset (python -m xmodal.data.synthetic --out_dir=RAW).
+    e.g. the built-in synthetic dataset (python -m xmodal.data.builtin.dataset --out_dir=RAW).
     """
 
     def __init__(self, *, prepare_options: dict[str, Any] | None = None, **kwargs: Any):

@@ -8,8 +8,8 @@ its own nuisance. A model that only recognises the class ranks the true recipe ~
 1,000 (~30 classes); reading ingredients, method and cut narrows it much further.
 
 This module is the cache of the prepared built-in dataset (`ensure_builtin_dataset`) and a command
-line that writes the raw layout. The generator is in `synthetic_recipes` (tables, recipe text),
-`synthetic_photos` (renderer) and `synthetic_writer` (the raw layout, deterministic by seed).
+line that writes the raw layout. The generator is in `recipes` (tables, recipe text),
+`photos` (renderer) and `writer` (the raw layout, deterministic by seed).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import Any
 
-from xmodal.data import records
-from xmodal.data.synthetic_writer import write_raw_dataset
+from xmodal.data import prepare, records
+from xmodal.data.builtin.writer import write_raw_dataset
 
 VERSION = 1  # bump when the generator (synthetic_*) changes: cached built-in datasets are rebuilt
 
@@ -39,8 +40,6 @@ def ensure_builtin_dataset(cache_dir: str, *, num_recipes: int, image_size: int,
     Built in a temporary folder next to the cache entry and renamed into place at the end, so a run
     killed half-way leaves no half-built entry (only a temp folder, cleaned on the next build).
     """
-    from xmodal.data import prepare  # local: prepare imports this module's siblings only
-
     cache_dir = cache_dir or default_cache_dir()
     key = f"synthetic-v{VERSION}-n{num_recipes}-px{image_size}-seed{seed}"
     final = os.path.join(cache_dir, key)
@@ -63,7 +62,7 @@ def ensure_builtin_dataset(cache_dir: str, *, num_recipes: int, image_size: int,
         prepare.prepare(
             os.path.join(tmp, "raw"),
             os.path.join(tmp, "data"),
-            source=f"xmodal.data.synthetic({num_recipes=}, {image_size=}, {seed=})",
+            source=f"xmodal.data.builtin.dataset({num_recipes=}, {image_size=}, {seed=})",
         )
         shutil.rmtree(os.path.join(tmp, "raw"))  # regenerable; halves the cache size
         if os.path.exists(final):  # another process finished first, or a stale incomplete entry
@@ -76,6 +75,17 @@ def ensure_builtin_dataset(cache_dir: str, *, num_recipes: int, image_size: int,
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"[xmodal] built-in dataset ready: {data_dir}", flush=True)
     return data_dir
+
+
+def ensure_for_config(data_config: Any) -> str:
+    """`ensure_builtin_dataset` for `config.data` (its `cache_dir` and `synthetic` fields)."""
+    syn = data_config.synthetic
+    return ensure_builtin_dataset(
+        data_config.cache_dir,
+        num_recipes=syn.num_recipes,
+        image_size=syn.image_size,
+        seed=syn.seed,
+    )
 
 
 def _fingerprint(path: str) -> str:

@@ -14,8 +14,8 @@ import os
 import pickle
 from typing import Any
 
-from xmodal.data.synthetic_photos import render_photo
-from xmodal.data.synthetic_recipes import CLASSES, generate_recipes
+from xmodal.data.builtin.photos import render_photo
+from xmodal.data.builtin.recipes import CLASSES, generate_recipes
 
 
 def _dump_json(obj: Any, path: str) -> None:

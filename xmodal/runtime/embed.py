@@ -18,8 +18,8 @@ from jax.experimental import multihost_utils
 
 from xmodal.data import pipeline, schema
 from xmodal.models.dual_encoder import DualEncoder
-from xmodal.training import sharding
-from xmodal.training.state import StateLayout, TrainState
+from xmodal.runtime import sharding
+from xmodal.runtime.state import StateLayout, TrainState
 
 BatchFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
 
