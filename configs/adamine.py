@@ -34,7 +34,6 @@ PRESETS: dict[str, dict] = {
         **common.PAPER_TEXT,
         "data.image_size": 224,
         "model.dtype": "bfloat16",
-        "data.num_classes": common.RECIPE1M_CLASSES,
         "train.batch_size": 100,
         "train.num_steps": 80 * EPOCH,
         "train.freeze_image_steps": 20 * EPOCH,
@@ -68,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.min_lr_ratio = 1.0  # constant learning rate, as in the paper
     c.train.weight_decay = 0.0  # plain Adam
     common.apply_arg(c, arg, PRESETS, ABLATIONS)
-    if c.loss.image_cls or c.loss.recipe_cls:
-        c.model.num_classes = c.data.num_classes
+    if c.loss.image_cls or c.loss.recipe_cls:  # the class head sized to the preset's dataset
+        paper = c.preset.split("-")[0] == "paper"
+        c.model.num_classes = common.RECIPE1M_CLASSES if paper else common.BUILTIN_CLASSES
     return c

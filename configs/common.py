@@ -9,6 +9,8 @@ which method refuses it, with an error naming it) is checked in `xmodal.run.chec
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from xmodal.data.builtin.recipes import CLASSES
@@ -99,7 +101,6 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # per core this process may use beyond two (xmodal.data.pipeline.worker_count).
     c.data.num_workers = "0"
     c.data.prefetch = 2  # batches prefetched to device
-    c.data.num_classes = BUILTIN_CLASSES  # the dataset's classes incl. 0; Recipe1M: 1048
     c.data.labelled_fraction = -1.0  # >= 0: that share of every batch is class-labelled (AdaMine)
 
     c.model = ml_collections.ConfigDict()
@@ -142,7 +143,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.model.attention = "auto"  # auto: cuDNN fused attention on GPU, XLA elsewhere
     c.model.remat = "none"  # none | full | dots | dots_no_batch (xmodal.models.layers)
     c.model.image_init = ""  # timm ViT / torchvision ResNet weights file to start the image from
-    c.model.num_classes = 0  # > 0 (= data.num_classes): shared class head (im2recipe)
+    c.model.num_classes = 0  # > 0: shared class head (im2recipe), the dataset's classes incl. 0
     c.model.freeze_image = False  # the image backbone is a fixed feature extractor (JE)
     # Cross decoder (TNLBT extension, "fuse before generating"; xmodal.models.cross_decoder):
     # generates "ingredient <sep> ... <title> title words" from image tokens + recipe embedding.
@@ -249,3 +250,39 @@ def apply_arg(
         c.update_from_flattened_dict(flags[name])
     c.preset = "-".join([preset, *names])
     return c
+
+
+# Fields a recorded config may hold that the schema no longer has, with what replaced them.
+RETIRED_FIELDS = {
+    "data.num_classes": "model.num_classes (the class head's size) is the one class count",
+}
+
+
+def reopen(recorded: dict[str, Any], source: str) -> ml_collections.ConfigDict:
+    """A config recorded in a run's config.json (`source`), as the schema reads it now: fields
+    added since at their defaults (which keep the behaviour of before), retired fields dropped,
+    locked like a config from a file. A field the schema never had is an error naming it."""
+    out = base_config(str(recorded["method"])).to_dict()
+    unknown: list[str] = []
+
+    def merge(into: dict[str, Any], over: dict[str, Any], prefix: str) -> None:
+        for k, v in over.items():
+            name = prefix + k
+            if name in RETIRED_FIELDS:
+                continue
+            if k not in into:
+                unknown.append(name)
+            elif isinstance(v, dict) and isinstance(into[k], dict):
+                merge(into[k], v, name + ".")
+            else:
+                into[k] = v
+
+    merge(out, recorded, "")
+    if unknown:
+        raise ValueError(
+            f"{source} has fields this version does not know: {', '.join(sorted(unknown))} "
+            "(written by a newer xmodal, or edited by hand)"
+        )
+    config = ml_collections.ConfigDict(out)
+    config.lock()
+    return config

@@ -45,7 +45,7 @@ PRESETS: dict[str, dict] = {
         **common.PAPER_TEXT,
         "data.image_size": 224,
         "model.dtype": "bfloat16",
-        "data.num_classes": common.RECIPE1M_CLASSES,
+        "model.num_classes": common.RECIPE1M_CLASSES,
         "train.batch_size": 160,
         "train.num_steps": 200_000,
         "train.eval_every": 2_000,
@@ -75,8 +75,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.recipe_cls = 0.01
     c.train.lr = 1e-4
     c.train.weight_decay = 0.0
-    c.model.num_classes = -1  # resolved below: data.num_classes unless the heads are off
+    c.model.num_classes = common.BUILTIN_CLASSES  # the paper preset: Recipe1M's
     common.apply_arg(c, arg, PRESETS, VARIANTS)
-    if c.model.num_classes < 0:
-        c.model.num_classes = c.data.num_classes
     return c

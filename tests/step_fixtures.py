@@ -4,7 +4,7 @@ accumulation, remat): smaller than the tiny preset so each compile costs seconds
 import numpy as np
 
 from configs import tnlbt
-from xmodal.data import pipeline
+from xmodal.data import pipeline, schema
 
 VOCAB = 40
 
@@ -50,12 +50,13 @@ def random_batch(config, seed=0, batch_size=None):
         return np.where(keep, ids, 0).astype(np.int32)
 
     shapes = pipeline.TextLimits.from_config(d).shapes(b)
-    ingredients = tokens(*shapes["ingredients"])
-    ingredients[::3, -1] = 0  # some recipes have fewer ingredients than the maximum
+    title, ingredients, instructions = schema.COMPONENTS
+    some_short = tokens(*shapes[ingredients])
+    some_short[::3, -1] = 0  # some recipes have fewer ingredients than the maximum
     return {
-        "image": rng.integers(0, 256, size=(b, d.image_size, d.image_size, 3), dtype=np.uint8),
-        "title": tokens(*shapes["title"]),
-        "ingredients": ingredients,
-        "instructions": tokens(*shapes["instructions"]),
-        "class_id": rng.integers(0, 5, size=(b,)).astype(np.int32),
+        schema.IMAGE: rng.integers(0, 256, size=(b, d.image_size, d.image_size, 3), dtype=np.uint8),
+        title: tokens(*shapes[title]),
+        ingredients: some_short,
+        instructions: tokens(*shapes[instructions]),
+        schema.CLASS_ID: rng.integers(0, 5, size=(b,)).astype(np.int32),
     }

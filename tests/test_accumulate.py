@@ -9,7 +9,8 @@ from flax import nnx
 from step_fixtures import VOCAB, micro_config, random_batch
 
 from xmodal.runtime import state as state_lib
-from xmodal.training import accumulate, loop, losses
+from xmodal.training import accumulate, losses
+from xmodal.training.step import make_train_step
 
 # pytest-xdist: one worker builds the module's reference gradients.
 pytestmark = pytest.mark.xdist_group("accumulate")
@@ -28,8 +29,8 @@ def setup():
 def grads_of(method, config, graphdef, state, batch, num_micro):
     """Jitted (grads, metrics) of the config's loss: method None = the plain big-batch step."""
 
-    def loss_of_outputs(outputs):
-        return losses.compute_losses(outputs, config.loss)
+    def loss_of_outputs(outputs, labelled):
+        return losses.compute_losses(outputs, labelled, config.loss, step=0, total_steps=1)
 
     def run(params):
         key = jax.random.key(7, impl=state_lib.RNG_IMPL)
@@ -37,7 +38,7 @@ def grads_of(method, config, graphdef, state, batch, num_micro):
 
             def loss_fn(p):
                 out, _ = accumulate.apply_model(graphdef, p, state.model_state, key, batch)
-                return loss_of_outputs(out)
+                return loss_of_outputs(out, batch)
 
             grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
             return grads, metrics
@@ -82,7 +83,12 @@ def test_naive_accumulation_uses_micro_batch_negatives_only(setup, big_batch):
     key = jax.random.key(7, impl=state_lib.RNG_IMPL)
     out, _ = accumulate.apply_model(graphdef, state.params, state.model_state, key, batch)
     micro_losses = [
-        losses.compute_losses(jax.tree.map(lambda x, j=j: x[j::MICRO], out), config.loss)[0]
+        losses.compute_losses(
+            *jax.tree.map(lambda x, j=j: x[j::MICRO], (out, batch)),
+            config.loss,
+            step=0,
+            total_steps=1,
+        )[0]
         for j in range(MICRO)
     ]
     np.testing.assert_allclose(metrics["loss"], np.mean(micro_losses), rtol=1e-5)
@@ -129,12 +135,12 @@ def test_an_accumulated_step_follows_the_margin_schedule(setup):
     )
     tx = state_lib.make_optimizer(config.train)
     at_step_5 = state.replace(step=jnp.asarray(5, jnp.int32), opt_state=tx.init(state.params))
-    _, metrics = jax.jit(loop.make_train_step(graphdef, tx, config))(at_step_5, batch)
+    _, metrics = jax.jit(make_train_step(graphdef, tx, config))(at_step_5, batch)
 
     def big_batch_loss(params):
         key = jax.random.key(7, impl=state_lib.RNG_IMPL)
         out, _ = accumulate.apply_model(graphdef, params, state.model_state, key, batch)
-        return losses.compute_losses(out, config.loss, step=5, total_steps=10)[1]
+        return losses.compute_losses(out, batch, config.loss, step=5, total_steps=10)[1]
 
     reference = jax.jit(big_batch_loss)(state.params)
     np.testing.assert_allclose(metrics["margin_i2r"], 0.3, rtol=1e-6)

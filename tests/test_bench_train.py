@@ -120,6 +120,9 @@ def test_peak_flops_table_knows_gpus_and_not_cpus():
             self.device_kind = kind
 
     assert perf.peak_flops(Dev("NVIDIA H100 80GB HBM3"), "bfloat16") == 989e12
+    assert perf.peak_flops(Dev("NVIDIA H100 PCIe"), "bfloat16") == 756e12  # not the SXM's
+    # bench_torch looks CUDA's device name up in the same table.
+    assert perf.peak_flops_of_kind("NVIDIA H100 PCIe", "bfloat16") == 756e12
     assert perf.peak_flops(Dev("NVIDIA H200"), "bfloat16") == 989e12
     assert perf.peak_flops(Dev("NVIDIA A100-SXM4-80GB"), "bfloat16") == 312e12
     assert perf.peak_flops(Dev("cpu"), "float32") is None
@@ -170,7 +173,7 @@ def test_torch_reference_trains_the_jax_objective(kind, reduction):
     ssl = {"a->b": (unit(8, 16), unit(8, 16))}
     step = 40
     want, metrics = losses.compute_losses(
-        {"image": image, "recipe": recipe, "ssl": ssl}, c.loss, step=step, total_steps=1000
+        {"image": image, "recipe": recipe, "ssl": ssl}, {}, c.loss, step=step, total_steps=1000
     )
     t = torch.from_numpy
     got = torch_reference.tnlbt_loss(
@@ -179,6 +182,7 @@ def test_torch_reference_trains_the_jax_objective(kind, reduction):
             "recipe": t(recipe),
             "ssl": {k: tuple(map(t, v)) for k, v in ssl.items()},
         },
+        {},
         c.loss,
         torch.tensor(float(step)),
         1000,

@@ -79,7 +79,7 @@ def test_decoder_scores_from_another_decoding_are_not_reported_as_greedy(tmp_pat
     path = os.path.join(workdir, "ingredients_test.json")
     calls = []
 
-    def fake_predict(cmd, **kwargs):  # stands in for `python -m xmodal.predict --split=test`
+    def fake_predict(cmd, **kwargs):  # stands in for `python -m xmodal.apps.predict --split=test`
         calls.append(cmd)
         with open(path, "w") as f:
             json.dump({"beam": 1, "n_recipes": 1165, "micro_f1": 0.4}, f)

@@ -1,5 +1,5 @@
 """The cross decoder (xmodal.models.cross_decoder), its targets and its decoding
-(xmodal.apps.predict)."""
+(xmodal.models.decoding)."""
 
 import itertools
 
@@ -10,8 +10,8 @@ import optax
 import pytest
 from flax import nnx
 
-from xmodal.apps import predict
 from xmodal.data import decoder_targets, schema
+from xmodal.models import decoding
 from xmodal.models.cross_decoder import CrossDecoder, teacher_forcing
 from xmodal.training import losses
 
@@ -149,8 +149,8 @@ def _peaked_decoder():
 @nnx.jit(static_argnums=2)
 def _decode(dec, image, beam):
     memory, valid = dec.memory(image, None)
-    greedy = predict.greedy_decode(dec, memory, valid, LEN)
-    return (greedy, *predict.beam_decode(dec, memory, valid, LEN, beam))
+    greedy = decoding.greedy_decode(dec, memory, valid, LEN)
+    return (greedy, *decoding.beam_decode(dec, memory, valid, LEN, beam))
 
 
 def test_greedy_decode_equals_stepwise_argmax_and_beam_one_equals_greedy():
@@ -218,7 +218,7 @@ def test_wide_beam_search_finds_the_best_length_normalised_sequence(alpha):
     vocab, length = 5, 4  # 5 ** 3 = 125 sequences: a beam of 125 keeps every one of them
     table, lm = _markov_lm(7, vocab, length)
     memory, valid = jnp.zeros((1, 1, 1)), jnp.ones((1, 1), jnp.bool_)
-    best, _ = predict.beam_decode(lm, memory, valid, length, beam=125, alpha=alpha)
+    best, _ = decoding.beam_decode(lm, memory, valid, length, beam=125, alpha=alpha)
     assert np.asarray(best[0]).tolist() == _best_by_brute_force(table, length, alpha)
 
 
@@ -232,8 +232,8 @@ def test_a_length_penalty_lets_beam_search_prefer_the_longer_list():
     logits = jnp.log(jnp.asarray(probs))
     lm = lambda tokens, memory, valid: logits[jnp.arange(tokens.shape[1]), tokens]
     memory, valid = jnp.zeros((1, 1, 1)), jnp.ones((1, 1), jnp.bool_)
-    short, s_score = predict.beam_decode(lm, memory, valid, length, beam=3, alpha=0.0)
-    longer, l_score = predict.beam_decode(lm, memory, valid, length, beam=3, alpha=1.0)
+    short, s_score = decoding.beam_decode(lm, memory, valid, length, beam=3, alpha=0.0)
+    longer, l_score = decoding.beam_decode(lm, memory, valid, length, beam=3, alpha=1.0)
     assert np.asarray(short[0]).tolist() == [schema.BOS_ID, schema.EOS_ID, 0, 0]
     assert np.asarray(longer[0]).tolist() == [schema.BOS_ID, word, schema.EOS_ID, 0]
     assert float(s_score[0]) == pytest.approx(np.log(0.4), abs=1e-3)  # plain sums returned

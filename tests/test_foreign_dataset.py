@@ -25,8 +25,9 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from xmodal.apps import gallery, qualitative, report, search
-from xmodal.apps.retrieval import RetrievalModel, read_photo
+from xmodal.apps.retrieval import RetrievalModel
 from xmodal.data import pipeline
+from xmodal.data.pipeline import read_photo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = {  # real photographs, loaded from files inside the installed packages

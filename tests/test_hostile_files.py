@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from xmodal.apps import gallery, search
-from xmodal.apps.retrieval import read_photo
 from xmodal.data import info as data_info
 from xmodal.data import photos
+from xmodal.data.pipeline import read_photo
 from xmodal.data.raw import recipe1m
 from xmodal.run import Run, read_record
 

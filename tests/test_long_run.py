@@ -29,6 +29,7 @@ from xmodal.runtime import checkpointing, preemption, sharding
 from xmodal.runtime.metrics import MetricWriter, read_metrics
 from xmodal.training import loop, losses
 from xmodal.training.loop import train_and_evaluate
+from xmodal.training.step import NONFINITE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,7 +120,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(trained, t
     assert f"the checkpoint at step 30 in {checkpoints} does not restore" in out
     assert f"resumed from {checkpoints} at step 15" in out
     assert os.path.isdir(os.path.join(workdir, checkpointing.UNREADABLE_DIR, "30"))
-    assert checkpointing.make_manager(workdir, read_only=True).all_steps() == [15, 30]
+    assert checkpointing.make_manager(workdir, keep=None, read_only=True).all_steps() == [15, 30]
     assert _train_steps(workdir) == [10, 20, 30]
     assert [r["step"] for r in read_metrics(workdir) if "val_recall@1" in r] == [15, 30]
     shown = _tensorboard_view(os.path.join(workdir, "tensorboard"))
@@ -143,8 +144,8 @@ def _poison_step_16(monkeypatch):
     step after a resume from checkpoint 15."""
     real = losses.compute_losses
 
-    def poisoned(outputs, loss_config, *, step=0, total_steps=1):
-        loss, metrics = real(outputs, loss_config, step=step, total_steps=total_steps)
+    def poisoned(outputs, batch, loss_config, *, step, total_steps):
+        loss, metrics = real(outputs, batch, loss_config, step=step, total_steps=total_steps)
         scale = jnp.where(step == 15, jnp.nan, 1.0)  # state.step 15 runs step 16 (from 1)
         metrics = {**metrics, "loss_triplet": metrics["loss_triplet"] * scale}
         metrics["loss"] = loss * scale
@@ -163,7 +164,7 @@ def _leaves(tree):
 
 def _states(config, workdir, steps):
     run = Run.create(config, workdir, mesh=sharding.make_mesh(1))
-    manager = checkpointing.make_manager(workdir, read_only=True)
+    manager = checkpointing.make_manager(workdir, keep=None, read_only=True)
     return [jax.device_get(checkpointing.restore(manager, s, run.layout.abstract)) for s in steps]
 
 
@@ -189,7 +190,7 @@ def test_a_nonfinite_step_stops_the_run_naming_it_and_saves_nothing_after(
     pattern = r"step 16: non-finite .*loss_triplet=nan.*grad_norm=nan.*\(step 15\) holds the last"
     with pytest.raises(FloatingPointError, match=pattern):
         train_and_evaluate(config, workdir)  # found at the next metrics fetch, step 20
-    assert checkpointing.make_manager(workdir, read_only=True).all_steps() == [15]
+    assert checkpointing.make_manager(workdir, keep=None, read_only=True).all_steps() == [15]
     assert _train_steps(workdir) == [10]  # nothing logged from the bad step on
 
 
@@ -225,7 +226,7 @@ def test_the_watch_names_the_first_bad_step_and_counts_them_however_long_between
             bad = step in (4, 7)
             value = jnp.float32(math.inf if bad else 1.0)
             metrics = {"loss": value, "loss_semantic": value, "loss_triplet": jnp.float32(1.0)}
-            watch.add(step, {**metrics, "grad_norm": jnp.float32(2.0), loop.NONFINITE: int(bad)})
+            watch.add(step, {**metrics, "grad_norm": jnp.float32(2.0), NONFINITE: int(bad)})
         return watch
 
     pattern = r"step 4: non-finite loss_semantic=inf \(2 non-finite steps .*\(step 3\) holds"
@@ -253,7 +254,7 @@ def test_keep_best_never_picks_a_nonfinite_recall(tmp_path):
     assert manager.all_steps() == [2, 4]  # the latest and the best (not the NaN one)
     manager.close()
 
-    only_nan = checkpointing.make_manager(str(tmp_path / "nan"))
+    only_nan = checkpointing.make_manager(str(tmp_path / "nan"), keep=3)
     checkpointing.save(only_nan, 1, {"w": np.zeros(3)}, None, {checkpointing.BEST_METRIC: math.nan})
     checkpointing.save(only_nan, 2, {"w": np.ones(3)}, None, None)
     only_nan.wait_until_finished()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import common
+from xmodal.data import schema
 from xmodal.training import losses
 
 
@@ -306,10 +307,10 @@ def test_compute_losses_combines_class_aware_terms():
     outputs = {
         "image": jnp.asarray(image),
         "recipe": jnp.asarray(recipe),
-        "class_id": jnp.asarray(CLASSES),
         "image_logits": jnp.asarray(rng.normal(size=(len(CLASSES), 5))),
         "recipe_logits": jnp.asarray(rng.normal(size=(len(CLASSES), 5))),
     }
+    batch = {schema.CLASS_ID: jnp.asarray(CLASSES)}
     cfg = common.base_config("test").loss
     cfg.update(
         dict(
@@ -327,7 +328,7 @@ def test_compute_losses_combines_class_aware_terms():
         )
     )
     cfg.margin.start = 0.3
-    total, metrics = losses.compute_losses(outputs, cfg)
+    total, metrics = losses.compute_losses(outputs, batch, cfg, step=0, total_steps=1)
     expected = (
         metrics["loss_triplet"]
         + 0.3 * metrics["loss_semantic"]
@@ -336,9 +337,31 @@ def test_compute_losses_combines_class_aware_terms():
         + 0.2 * metrics["loss_recipe_cls"]
     )
     np.testing.assert_allclose(float(total), float(expected), rtol=1e-6)
-    del outputs["class_id"]
+    del batch[schema.CLASS_ID]
     with pytest.raises(ValueError, match="class_id"):
-        losses.compute_losses(outputs, cfg)
+        losses.compute_losses(outputs, batch, cfg, step=0, total_steps=1)
+
+
+def test_compute_losses_takes_the_decoder_labels_from_the_batch():
+    """The cross decoder's labels are the batch's decoder tokens shifted by one (teacher
+    forcing): the logits at position t predict token t + 1; PAD labels count for nothing."""
+    image, recipe = _embeddings(3, n=2)
+    tokens = np.array([[2, 7, 5, 3, 0], [2, 6, 3, 0, 0]], np.int32)
+    logits = np.random.default_rng(4).normal(size=(2, 4, 9)).astype(np.float32)
+    outputs = {"image": image, "recipe": recipe, "decoder_logits": jnp.asarray(logits)}
+    cfg = common.base_config("test").loss
+    cfg.cross_decoder = 0.5
+    batch = {schema.DECODER_TOKENS: jnp.asarray(tokens)}
+    total, metrics = losses.compute_losses(outputs, batch, cfg, step=0, total_steps=1)
+    expected = np.mean(
+        [
+            np.log(np.sum(np.exp(logits[b, t]))) - logits[b, t, tokens[b, t + 1]]
+            for b, t in itertools.product(range(2), range(4))
+            if tokens[b, t + 1] != schema.PAD_ID
+        ]
+    )
+    np.testing.assert_allclose(float(metrics["loss_cross_decoder"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(total), 0.5 * expected, rtol=1e-5)
 
 
 def test_the_instance_pair_is_not_a_semantic_positive():

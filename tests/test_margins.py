@@ -40,11 +40,20 @@ def _loss_config(**margin):
     return c
 
 
+def _losses_at_step_0(img, rec, cfg):
+    """`compute_losses` on the embeddings alone (no labels in the batch) at step 0 of 1."""
+    return losses.compute_losses({"image": img, "recipe": rec}, {}, cfg, step=0, total_steps=1)
+
+
 def test_constant_margin_is_start_at_every_step():
     img, rec = _embeddings(0)
     for step in (0, 7, 1000):
         _, m = losses.compute_losses(
-            {"image": img, "recipe": rec}, _loss_config(kind="constant", start=0.25), step=step
+            {"image": img, "recipe": rec},
+            {},
+            _loss_config(kind="constant", start=0.25),
+            step=step,
+            total_steps=1,
         )
         assert float(m["margin_i2r"]) == pytest.approx(0.25)
         assert float(m["margin_r2i"]) == pytest.approx(0.25)
@@ -58,7 +67,7 @@ def test_linear_margin_ramps_then_holds(steps):
     ramp = steps or total
     margin_at = jax.jit(
         lambda s: losses.compute_losses(
-            {"image": img, "recipe": rec}, cfg, step=s, total_steps=total
+            {"image": img, "recipe": rec}, {}, cfg, step=s, total_steps=total
         )[1]["margin_i2r"]
     )
     for step in (0, 10, 25, 40, 99, 100, 250):
@@ -70,7 +79,7 @@ def test_linear_margin_ramps_then_holds(steps):
 def test_adaptive_margin_follows_active_share_per_direction():
     img, rec = _embeddings(2)
     cfg = _loss_config(kind="adaptive", start=0.3, min=0.1, max=0.6)
-    _, m = losses.compute_losses({"image": img, "recipe": rec}, cfg)
+    _, m = _losses_at_step_0(img, rec, cfg)
     for key, (q, c) in {"margin_i2r": (img, rec), "margin_r2i": (rec, img)}.items():
         a = _active_share(q, c, 0.3)
         assert float(m[key]) == pytest.approx(0.1 + 0.5 * (1 - a), abs=1e-6)
@@ -96,7 +105,7 @@ def test_adaptive_margin_bounds_and_no_gradient():
 def test_scheduled_margin_is_the_one_the_loss_uses():
     img, rec = _embeddings(4)
     cfg = _loss_config(kind="adaptive", start=0.3, min=0.05, max=0.9)
-    loss, m = losses.compute_losses({"image": img, "recipe": rec}, cfg)
+    loss, m = _losses_at_step_0(img, rec, cfg)
     expected, _ = losses.bidirectional_triplet_loss(
         img, rec, margin=m["margin_i2r"], margin_r2i=m["margin_r2i"], reduction="mean"
     )
@@ -110,10 +119,10 @@ def test_a_bare_number_is_refused_and_bad_kinds_are_refused():
     img, rec = _embeddings(5)
     old = ml_collections.ConfigDict(dict(triplet=1.0, margin=0.2, reduction="mean", recipe_ssl=0))
     with pytest.raises(TypeError, match=r"loss\.margin must be"):
-        losses.compute_losses({"image": img, "recipe": rec}, old)
-    _, m = losses.compute_losses({"image": img, "recipe": rec}, _loss_config(start=0.2))
+        _losses_at_step_0(img, rec, old)
+    _, m = _losses_at_step_0(img, rec, _loss_config(start=0.2))
     assert float(m["margin_i2r"]) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="unknown margin kind 'cosine'"):
-        losses.compute_losses({"image": img, "recipe": rec}, _loss_config(kind="cosine", start=1))
+        _losses_at_step_0(img, rec, _loss_config(kind="cosine", start=1))
     with pytest.raises(ValueError, match="min <= max"):
         losses.margin_settings(_loss_config(kind="adaptive", start=0.3, min=0.5, max=0.1))

@@ -16,7 +16,7 @@ from xmodal.data import info as data_info
 from xmodal.data import pipeline
 from xmodal.run import check_data
 from xmodal.runtime import state as state_lib
-from xmodal.training import loop as train
+from xmodal.training.step import make_train_step
 
 STEPS = 150
 
@@ -26,7 +26,7 @@ def _losses(config, data_dir, steps=STEPS):
     the mesh, checkpoints and validation, which test_train.py covers)."""
     info = data_info.load_info(data_dir)
     graphdef, state, tx = state_lib.init_train_state(config, info["vocab_size"])
-    step_fn = jax.jit(train.make_train_step(graphdef, tx, config), donate_argnums=0)
+    step_fn = jax.jit(make_train_step(graphdef, tx, config), donate_argnums=0)
     batches = iter(
         pipeline.train_dataset(data_dir, config.data, batch_size=config.train.batch_size, seed=0)
     )

@@ -57,7 +57,14 @@ def split_model():
     # Dropout keys from the 'unsafe_rbg' PRNG: threefry's bit generation triples XLA CPU compile
     # time of a train-mode step, and these tests are compile-bound.
     rngs = nnx.Rngs(params=0, dropout=jax.random.key(0, impl="unsafe_rbg"))
-    model = build_model(tiny_config().model, vocab_size=VOCAB, image_size=IMAGE, rngs=rngs)
+    config = tiny_config()
+    model = build_model(
+        config.model,
+        vocab_size=VOCAB,
+        image_size=IMAGE,
+        rngs=rngs,
+        decoder_max_len=config.data.max_decoder_tokens,
+    )
     return nnx.split(model)
 
 
@@ -105,7 +112,12 @@ def train_grads(split_model):
 @pytest.fixture(scope="module")
 def abstract_b16():
     config = get_config("b16")
-    return config, abstract_model(config.model, vocab_size=16_000, image_size=224)
+    return config, abstract_model(
+        config.model,
+        vocab_size=16_000,
+        image_size=224,
+        decoder_max_len=config.data.max_decoder_tokens,
+    )
 
 
 def test_forward_shapes_unit_norm_under_jit_of_split_model(eval_forward):
@@ -194,7 +206,12 @@ def test_b16_ht_text_encoder_builds(abstract_b16):
 
 def test_bf16_compute_keeps_f32_params_and_embeddings():
     config = tiny_config("bfloat16")
-    model = abstract_model(config.model, vocab_size=VOCAB, image_size=IMAGE)
+    model = abstract_model(
+        config.model,
+        vocab_size=VOCAB,
+        image_size=IMAGE,
+        decoder_max_len=config.data.max_decoder_tokens,
+    )
     params = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert params and all(p.dtype == jnp.float32 for p in params)
     graphdef, state = nnx.split(model)
@@ -234,7 +251,12 @@ def test_dropout_active_in_train_mode_only(train_grads, eval_forward):
 
 def test_count_params_counts_ssl_heads():
     config = tiny_config()
-    model = abstract_model(config.model, vocab_size=VOCAB, image_size=IMAGE)
+    model = abstract_model(
+        config.model,
+        vocab_size=VOCAB,
+        image_size=IMAGE,
+        decoder_max_len=config.data.max_decoder_tokens,
+    )
     width = config.model.text.width
     assert count_params(model.ssl_heads) == 6 * (width * width + width)  # six linear heads g_ab
     parts = ("image_encoder", "recipe_encoder", "image_proj", "recipe_proj", "ssl_heads")

@@ -16,7 +16,7 @@ from xmodal.models.dual_encoder import abstract_model
 from xmodal.models.layers import count_params
 from xmodal.run import decoder_trains
 from xmodal.runtime import state as state_lib
-from xmodal.training import loop as train
+from xmodal.training.step import make_train_step
 
 RESNET50_NO_FC = 23_508_032  # torchvision resnet50: 25,557,032 with its 1000-way fc
 VIT_B16 = 85_798_656  # timm vit_base_patch16_224 without its head (~86M)
@@ -42,7 +42,12 @@ def _abstract_batch(config, batch=2):
 @pytest.mark.parametrize("module, arg, image_params, trace", PAPER_PRESETS)
 def test_paper_preset_builds_and_traces_a_step(module, arg, image_params, trace):
     config = module.get_config(arg)
-    model = abstract_model(config.model, vocab_size=VOCAB, image_size=config.data.image_size)
+    model = abstract_model(
+        config.model,
+        vocab_size=VOCAB,
+        image_size=config.data.image_size,
+        decoder_max_len=config.data.max_decoder_tokens,
+    )
     assert count_params(model.image_encoder) == image_params
     assert model.image_proj.kernel.shape[1] == config.model.embed_dim
     if config.model.recipe == "hierarchical":  # H-T: 2 x 512 text transformer, 1024-d space
@@ -50,7 +55,7 @@ def test_paper_preset_builds_and_traces_a_step(module, arg, image_params, trace)
     if not trace:
         return
     graphdef, abstract, tx = state_lib.abstract_train_state(config, VOCAB)
-    step = train.make_train_step(graphdef, tx, config)
+    step = make_train_step(graphdef, tx, config)
     new_state, metrics = jax.eval_shape(step, abstract, _abstract_batch(config))
     if decoder_trains(config):  # TNLBT b16: the cross decoder is in the traced step
         assert "loss_cross_decoder" in metrics

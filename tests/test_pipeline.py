@@ -187,7 +187,7 @@ def test_papers_random_crop_keeps_the_scale_and_moves():
             found.add(windows[c[:, ::-1].tobytes()])
     assert len(found) > 10 and 5 < flipped < 35
     with pytest.raises(ValueError, match="train_crop must be one of"):
-        pipeline.TrainExample(pipeline.TextLimits(), 16, crop="zoom")
+        pipeline.TrainExample(pipeline.TextLimits.from_config(_config()), 16, crop="zoom")
 
 
 def test_random_batch_matches_the_train_pipeline(data_dir):

@@ -1,5 +1,6 @@
-"""Photo -> ingredients (xmodal.apps.predict) on a trained tiny checkpoint, ingredient P/R/F1,
-and the extra text-only training batches (xmodal.data.pipeline / xmodal.training.loop)."""
+"""Photo -> ingredients (xmodal.predict; its command line xmodal.apps.predict) on a trained tiny
+checkpoint, ingredient P/R/F1, and the extra text-only training batches (xmodal.data.pipeline /
+xmodal.training.loop)."""
 
 import dataclasses
 import itertools
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from xmodal.apps import predict
+from xmodal import predict
 from xmodal.data import decoder_targets, pipeline, records, schema
 from xmodal.data.schema import TEXT_ONLY_PREFIX
 from xmodal.run import Run, check_config
@@ -133,7 +134,7 @@ def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "xmodal.predict",
+        "xmodal.apps.predict",
         "--config=configs/tnlbt.py:tiny",
         f"--config.data.dir={config.data.dir}",
         f"--workdir={workdir}",

@@ -15,7 +15,7 @@ from configs import adamine, cca, common, ht, je, tnlbt
 from xmodal import evaluate
 from xmodal.apps import predict, report, search
 from xmodal.data import pipeline, records
-from xmodal.run import Run, check_config
+from xmodal.run import Run, check_config, model_fields, read_record
 from xmodal.runtime import sharding
 from xmodal.runtime.metrics import read_metrics
 from xmodal.training.loop import train_and_evaluate
@@ -182,3 +182,41 @@ def test_fsdp_trains_through_validation_resume_and_eval(tiny_data, tmp_path):
     with open(os.path.join(workdir, "config.json")) as f:
         record = json.load(f)
     assert record["run"]["data_dir"] == tiny_data and record["train"]["fsdp"] is True
+
+
+# WORKDIR/config.json as the first-run command wrote it before the schema retired
+# data.num_classes (README's first run, configs/tnlbt.py default preset).
+RECORDED_V1 = os.path.join(os.path.dirname(__file__), "data", "config_recorded_v1.json")
+
+
+def _recorded_workdir(tmp_path, edit=None) -> str:
+    with open(RECORDED_V1) as f:
+        raw = json.load(f)
+    if edit:
+        edit(raw)
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(raw, f)
+    return str(tmp_path)
+
+
+def test_a_config_recorded_by_an_earlier_version_reopens_locked(tmp_path):
+    config, record = read_record(_recorded_workdir(tmp_path))
+    assert _flat_keys(config) == _flat_keys(common.base_config("x"))  # data.num_classes retired
+    assert (config.method, config.preset, config.train.num_steps) == ("tnlbt", "default", 1500)
+    assert config.data.max_instruction_tokens == 12 and record["vocab_size"] > 0
+    assert model_fields(config) == model_fields(tnlbt.get_config())  # its checkpoints still fit
+    with pytest.raises(AttributeError, match="cannot be added"):
+        config.data.num_classes = 31
+
+
+def test_fields_added_since_a_run_was_recorded_take_their_schema_defaults(tmp_path):
+    config, _ = read_record(
+        _recorded_workdir(tmp_path, lambda raw: raw["train"].pop("on_nonfinite"))
+    )
+    assert config.train.on_nonfinite == common.base_config("tnlbt").train.on_nonfinite == "stop"
+
+
+def test_a_recorded_field_the_schema_never_had_is_refused_naming_it(tmp_path):
+    workdir = _recorded_workdir(tmp_path, lambda raw: raw["model"].update(no_such_switch=True))
+    with pytest.raises(ValueError, match=r"config\.json has fields .*model\.no_such_switch"):
+        read_record(workdir)

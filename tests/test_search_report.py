@@ -152,7 +152,7 @@ def test_eval_named_step_embed_and_clear_errors(trained, tmp_path):
     workdir = tmp_path / "copy"  # a copy: the session's eval_test.json stays as training wrote it
     shutil.copytree(trained_dir, workdir)
     workdir = str(workdir)
-    manager = checkpointing.make_manager(workdir, read_only=True)
+    manager = checkpointing.make_manager(workdir, keep=None, read_only=True)
     first = min(manager.all_steps())
     manager.close()
     res = evaluate.evaluate_checkpoint(config, workdir, which=first)

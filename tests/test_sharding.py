@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from step_fixtures import VOCAB, micro_config, random_batch
 
+from configs import common
 from xmodal import perf
 from xmodal.runtime import sharding
 from xmodal.runtime import state as state_lib
 from xmodal.training import losses
-from xmodal.training.loop import compile_train_step
+from xmodal.training.step import compile_train_step
 
 # pytest-xdist: one worker builds the single-device reference.
 pytestmark = pytest.mark.xdist_group("sharding")
@@ -22,8 +23,8 @@ def run_steps(config, num_devices, batches):
     """Fresh state on a mesh of `num_devices`, `len(batches)` steps: (state, metrics, step_fn)."""
     mesh = sharding.make_mesh(num_devices)
     layout = state_lib.StateLayout.create(config, VOCAB, mesh)
-    graphdef, state, tx, shardings = layout.graphdef, layout.init(), layout.tx, layout.shardings
-    step_fn = compile_train_step(graphdef, tx, config, shardings, mesh)
+    state = layout.init()
+    step_fn = compile_train_step(layout, config, mesh)
     metrics, compiles = [], []
     for host in batches:
         with perf.CompileCounter() as counter:
@@ -86,12 +87,13 @@ def test_fsdp_step_matches_single_device_and_shards_large_leaves(batches, single
 
 def test_fsdp_spec_picks_largest_divisible_dim_and_replicates_small_leaves():
     P = jax.sharding.PartitionSpec
-    assert sharding.fsdp_spec((768, 3072), 8) == P(None, "data")
-    assert sharding.fsdp_spec((3000, 768), 8) == P("data", None)
-    assert sharding.fsdp_spec((3001, 768), 8) == P(None, "data")  # 3001 % 8 != 0
-    assert sharding.fsdp_spec((3001, 769), 8) == P()  # nothing divides: replicated
-    assert sharding.fsdp_spec((768,), 8) == P()  # small: replicated
-    assert sharding.fsdp_spec((768, 3072), 1) == P()
+    min_size = common.base_config("x").train.fsdp_min_size  # 16,384 elements
+    assert sharding.fsdp_spec((768, 3072), 8, min_size) == P(None, "data")
+    assert sharding.fsdp_spec((3000, 768), 8, min_size) == P("data", None)
+    assert sharding.fsdp_spec((3001, 768), 8, min_size) == P(None, "data")  # 3001 % 8 != 0
+    assert sharding.fsdp_spec((3001, 769), 8, min_size) == P()  # nothing divides: replicated
+    assert sharding.fsdp_spec((768,), 8, min_size) == P()  # small: replicated
+    assert sharding.fsdp_spec((768, 3072), 1, min_size) == P()
 
 
 def test_similarity_matrix_spans_the_global_batch(batches):

@@ -34,7 +34,7 @@ def test_run_writes_metrics_checkpoints_config_and_eval(trained):
     assert saved["model"]["vit"]["width"] == config.model.vit.width
     assert saved["run"]["data_dir"] == config.data.dir
 
-    manager = checkpointing.make_manager(workdir, read_only=True)
+    manager = checkpointing.make_manager(workdir, keep=None, read_only=True)
     assert manager.latest_step() == 30
     assert manager.best_step() in manager.all_steps()
 
@@ -98,8 +98,13 @@ def _final_params(workdir, config):
     config.train.num_steps = 40
     _, abstract, _ = state_lib.abstract_train_state(config, _vocab(config.data.dir))
     mesh = sharding.make_mesh(1)
-    target = state_lib.with_shardings(abstract, state_lib.state_shardings(abstract, mesh))
-    manager = checkpointing.make_manager(workdir, read_only=True)
+    target = state_lib.with_shardings(
+        abstract,
+        state_lib.state_shardings(
+            abstract, mesh, fsdp=False, fsdp_min_size=config.train.fsdp_min_size
+        ),
+    )
+    manager = checkpointing.make_manager(workdir, keep=None, read_only=True)
     state = checkpointing.restore(manager, manager.latest_step(), target)
     return jax.tree.leaves(jax.device_get(state.params))
 
@@ -170,7 +175,7 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tiny_data,
         ]
     )
     crashing.wait()
-    killed_at = checkpointing.make_manager(str(killed), read_only=True).latest_step()
+    killed_at = checkpointing.make_manager(str(killed), keep=None, read_only=True).latest_step()
     assert killed_at is not None and 10 <= killed_at < 40
     out = preempted.communicate(timeout=300)[0]
     assert preempted.returncode == 0, out
@@ -181,7 +186,10 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tiny_data,
     assert found, out
     stopped_at = int(found[1])
     assert 10 < stopped_at < 40
-    assert checkpointing.make_manager(str(stopped), read_only=True).latest_step() == stopped_at
+    assert (
+        checkpointing.make_manager(str(stopped), keep=None, read_only=True).latest_step()
+        == stopped_at
+    )
 
     reruns = {workdir: _start(workdir, tiny_data) for workdir in (killed, stopped)}
     for (workdir, proc), step in zip(reruns.items(), (killed_at, stopped_at), strict=True):

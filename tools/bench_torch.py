@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from tools import torch_reference as ref
 from xmodal import perf
+from xmodal.data import schema
 from xmodal.data.pipeline import TextLimits
 from xmodal.run import decoder_trains
 
@@ -41,9 +42,6 @@ _VOCAB = flags.DEFINE_integer("vocab_size", 16384, "Vocabulary (H-T: ~16k).")
 _OUT = flags.DEFINE_string("out", None, "JSON output (default: bench_torch_<preset>.json).")
 flags.mark_flags_as_required(["config"])
 
-# Dense bf16 peaks by CUDA device name (same table as xmodal.perf).
-_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
-
 
 def synthetic_batch(config, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
     d, b = config.data, config.train.batch_size
@@ -54,8 +52,8 @@ def synthetic_batch(config, vocab: int, device: torch.device) -> dict[str, torch
 
     batch = {name: ids(*shape) for name, shape in TextLimits.from_config(d).shapes(b).items()}
     if decoder_trains(config):  # the JAX benchmark feeds the decoder's targets too
-        batch["decoder_tokens"] = ids(b, d.max_decoder_tokens)
-    batch["image"] = torch.randint(0, 256, (b, d.image_size, d.image_size, 3), generator=g).to(
+        batch[schema.DECODER_TOKENS] = ids(b, d.max_decoder_tokens)
+    batch[schema.IMAGE] = torch.randint(0, 256, (b, d.image_size, d.image_size, 3), generator=g).to(
         torch.uint8
     )
     return {k: v.to(device) for k, v in batch.items()}
@@ -82,7 +80,7 @@ def main(argv: list[str]) -> None:
     def train_step(step: torch.Tensor) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = ref.tnlbt_loss(model(batch), config.loss, step, total)
+            loss = ref.tnlbt_loss(model(batch), batch, config.loss, step, total)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         opt.step()
@@ -123,7 +121,8 @@ def main(argv: list[str]) -> None:
     b = config.train.batch_size
     flops = perf.train_flops_per_example(config, vocab_size=_VOCAB.value)["train"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    peak = next((v for k, v in _PEAKS.items() if k in name), None) if amp else None
+    # MFU against the bf16 tensor-core peak (xmodal.perf's table); n/a without AMP.
+    peak = perf.peak_flops_of_kind(name, "bfloat16") if amp else None
     eps = _STEPS.value * b / window
     row = {
         "devices": 1,

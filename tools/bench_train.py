@@ -3,7 +3,7 @@
   python tools/bench_train.py --config=configs/tnlbt.py:b16 [--config.a.b=v ...]
       [--mode=synthetic|pipeline] [--devices=1,2,4,8] [--steps=20] [--warmup=3] [--out=FILE.json]
 
-synthetic: one random batch generated on the devices and reused (the model alone: no host work,
+synthetic: one random batch put on the devices once and reused (the model alone: no host work,
 no transfers). pipeline: the real Grain pipeline and device prefetcher feed every step (model +
 input); it also times the host pipeline alone, to show whether input can keep up.
 
@@ -24,18 +24,17 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from xmodal import perf
-from xmodal.data import info as data_info
-from xmodal.data import pipeline
-from xmodal.run import Run, decoder_trains, resolve_data_dir
+from xmodal.data import pipeline, schema
+from xmodal.run import Run, decoder_trains
 from xmodal.runtime import distributed, sharding
 from xmodal.runtime import state as state_lib
 from xmodal.training import loop as train
+from xmodal.training.step import compile_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _MODE = flags.DEFINE_enum("mode", "synthetic", ["synthetic", "pipeline"], "Input source.")
@@ -54,25 +53,15 @@ flags.mark_flags_as_required(["config"])
 
 
 def synthetic_batch(config: Any, vocab_size: int, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """A random global batch made on the devices, batch-sharded like the real one."""
-    d, b = config.data, config.train.batch_size
-
-    int_shapes = pipeline.TextLimits.from_config(d).shapes(b)
-    if decoder_trains(config):  # without targets the model skips the cross decoder
-        int_shapes["decoder_tokens"] = (b, d.max_decoder_tokens)
-
-    def make(key):
-        k = jax.random.split(key, 1 + len(int_shapes))
-        size = (b, d.image_size, d.image_size, 3)
-        batch = {
-            name: jax.random.randint(kk, shape, 1, vocab_size)
-            for kk, (name, shape) in zip(k[1:], int_shapes.items(), strict=True)
-        }
-        batch["image"] = jax.random.randint(k[0], size, 0, 256, jnp.int32).astype(jnp.uint8)
-        batch["class_id"] = jnp.zeros((b,), jnp.int32)
-        return batch
-
-    return jax.jit(make, out_shardings=sharding.batch_sharding(mesh))(jax.random.key(0))
+    """A random global batch with the train pipeline's keys, shapes and dtypes: each process makes
+    its rows with `pipeline.random_batch` (the decoder's targets when the decoder trains; without
+    them the model skips it), assembled batch-sharded like the real one."""
+    decoder = config.data.max_decoder_tokens if decoder_trains(config) else 0
+    rows = sharding.check_batch_size(config.train.batch_size, mesh)
+    host = pipeline.random_batch(
+        config.data, rows, vocab_size, seed=jax.process_index(), decoder_tokens=decoder
+    )
+    return sharding.global_batch(host, mesh)
 
 
 def peak_memory(devices: list[jax.Device]) -> int | None:
@@ -88,20 +77,16 @@ def peak_memory(devices: list[jax.Device]) -> int | None:
     return max(peaks) if peaks else None
 
 
-def training_batches(config: Any, data_dir: str, mesh: jax.sharding.Mesh) -> Any:
-    """The host batches training reads (`loop.train_iterator`: decoder targets when the decoder
-    trains, text-only batches when configured), so the benchmark feeds the step it measures."""
-    return train.train_iterator(Run.create(config, "", mesh=mesh, data_dir=data_dir))
-
-
-def host_pipeline_rate(config: Any, data_dir: str, mesh: jax.sharding.Mesh, batches: int) -> float:
+def host_pipeline_rate(run: Run, batches: int) -> float:
     """Examples/s of this process's Grain pipeline alone (decode + augment + batch), counted in
-    the per-process batches it makes (the global batch over the processes)."""
-    it = training_batches(config, data_dir, mesh)
-    per_process = sharding.check_batch_size(config.train.batch_size, mesh)
+    the per-process batches it makes (the global batch over the processes). It reads the batches
+    training reads (`loop.train_iterator`: decoder targets when the decoder trains, text-only
+    batches when configured), so the benchmark feeds the step it measures."""
+    it = train.train_iterator(run)
+    per_process = sharding.check_batch_size(run.config.train.batch_size, run.mesh)
     first = next(it)  # start-up (worker spawn) is not throughput
-    if len(first["image"]) != per_process:
-        raise AssertionError(f"{len(first['image'])} rows per process, expected {per_process}")
+    if len(first[schema.IMAGE]) != per_process:
+        raise AssertionError(f"{len(first[schema.IMAGE])} rows per process, expected {per_process}")
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
@@ -119,32 +104,22 @@ def bench_devices(config: Any, num_devices: int, mode: str, steps: int, warmup: 
         "devices": num_devices,
         "per_process_batch": sharding.check_batch_size(config.train.batch_size, mesh),
     }
-    if mode == "pipeline":
-        data_dir = resolve_data_dir(config.data)
-        vocab = data_info.load_info(data_dir)["vocab_size"]
-        host = training_batches(config, data_dir, mesh)
-        batches = sharding.DevicePrefetcher(host, mesh, config.data.prefetch)
+    if mode == "pipeline":  # the run's own set-up: its data, vocabulary and state layout
+        run = Run.create(config, "", mesh=mesh)
+        layout = run.layout
+        batches = sharding.DevicePrefetcher(train.train_iterator(run), mesh, config.data.prefetch)
         next_batch = lambda: next(batches)
         first = next_batch()
-        result["host_pipeline_examples_per_sec_per_process"] = host_pipeline_rate(
-            config, data_dir, mesh, steps
-        )
-    else:
-        vocab = _VOCAB.value
-        first = synthetic_batch(config, vocab, mesh)
+        result["host_pipeline_examples_per_sec_per_process"] = host_pipeline_rate(run, steps)
+    else:  # no dataset: the state layout for the flag's vocabulary
+        layout = state_lib.StateLayout.create(config, _VOCAB.value, mesh)
+        first = synthetic_batch(config, layout.vocab_size, mesh)
         next_batch = lambda: first
 
-    result["vocab_size"] = vocab
-    layout = state_lib.StateLayout.create(config, vocab, mesh)
-    graphdef, state, tx, shardings = layout.graphdef, layout.init(), layout.tx, layout.shardings
-    jitted = jax.jit(
-        train.make_train_step(graphdef, tx, config),
-        in_shardings=(shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
+    result["vocab_size"] = layout.vocab_size
+    state = layout.init()
     start = time.perf_counter()
-    compiled = jitted.lower(state, first).compile()
+    compiled = compile_train_step(layout, config, mesh).lower(state, first).compile()
     result["compile_s"] = time.perf_counter() - start
     xla_flops = perf.compiled_flops(compiled)  # of one device's partitioned program
     b = config.train.batch_size

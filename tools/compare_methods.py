@@ -18,13 +18,12 @@ training loop (CCA) are run the same way: their `--mode=train` fits and evaluate
 `--seeds=0,1,2` runs every --run once per seed (OUT/NAME/seedS, `seed=S` appended to its overrides)
 and adds a second table: each metric's bag mean, averaged over the seeds ± its standard deviation
 across seeds (the spread that decides whether two configs differ). `--predict` also scores each
-run's cross decoder from the photo alone (`python -m xmodal.predict --split=test`, greedy) and adds
-its ingredient micro F1 and title word F1.
+run's cross decoder from the photo alone (`python -m xmodal.apps.predict --split=test`, greedy)
+and adds its ingredient micro F1 and title word F1.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from absl import app, flags
 
 from xmodal.data.jsonio import read_json, write_json
 from xmodal.run import CONFIG_FILE
+from xmodal.runtime import results
 
 _RUN = flags.DEFINE_multi_string(
     "run", [], "'name=config_path[:preset] [a.b=v ...]' (overrides for this run only); repeat."
@@ -47,7 +47,9 @@ _MAX_SECONDS = flags.DEFINE_integer(
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "a.b=v config overrides for every run.")
 _SEEDS = flags.DEFINE_list("seeds", [], "Run each --run once per seed; adds a table over seeds.")
 _PREDICT = flags.DEFINE_bool(
-    "predict", False, "Score each run's cross decoder too (xmodal.predict --split=test, greedy)."
+    "predict",
+    False,
+    "Score each run's cross decoder too (xmodal.apps.predict --split=test, greedy).",
 )
 
 COLUMNS = (("image_to_recipe", "i2r"), ("recipe_to_image", "r2i"))
@@ -72,7 +74,7 @@ def run_one(
     name: str, config: str, out: str, overrides: list[str], seed: str | None = None
 ) -> dict:
     workdir = os.path.join(out, name) if seed is None else os.path.join(out, name, f"seed{seed}")
-    result_path = os.path.join(workdir, "eval_test.json")
+    result_path = os.path.join(workdir, results.eval_file("test"))
     run_time = os.path.join(workdir, RUN_TIME)
     seeded = overrides if seed is None else [*overrides, f"seed={seed}"]
     cmd = run_command(config, workdir, _STEPS.value, [*_OVERRIDE.value, *seeded])
@@ -108,14 +110,14 @@ def is_greedy_test_score(path: str, workdir: str) -> bool:
     if not os.path.exists(path):
         return False
     scores = read_json(path)
-    pairs = read_json(os.path.join(workdir, "eval_test.json"))["n_pairs"]
+    pairs = read_json(os.path.join(workdir, results.eval_file("test")))["n_pairs"]
     return scores["beam"] == 1 and scores["n_recipes"] == pairs
 
 
 def score_decoder(workdir: str) -> dict:
     """{'predict_command', 'ingredients'}: the decoder's test-split scores (greedy, photo only)."""
-    path = os.path.join(workdir, "ingredients_test.json")
-    cmd = [sys.executable, "-m", "xmodal.predict", f"--workdir={workdir}", "--split=test"]
+    path = os.path.join(workdir, results.ingredients_file("test"))
+    cmd = [sys.executable, "-m", "xmodal.apps.predict", f"--workdir={workdir}", "--split=test"]
     if not is_greedy_test_score(path, workdir):  # any other predict run overwrites the file
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return {"predict_command": " ".join(cmd), "ingredients": read_json(path)}
@@ -213,8 +215,7 @@ def main(argv: list[str]) -> None:
     print(table)
     with open(os.path.join(_OUT.value, "compare.md"), "w") as f:
         f.write(table + "\n")
-    with open(os.path.join(_OUT.value, "compare.json"), "w") as f:
-        json.dump({"steps": _STEPS.value, "runs": records}, f, indent=2)
+    results.write_result(_OUT.value, "compare.json", {"steps": _STEPS.value, "runs": records})
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from xmodal.apps.predict import Predictor, ingredient_scores, predict_split
 from xmodal.data import decoder_targets, pipeline, records
 from xmodal.data.builtin.recipes import CLASSES, PANTRY_NAMES, generate_recipes
+from xmodal.predict import Predictor, ingredient_scores, predict_split
 
 
 def error_breakdown(

@@ -9,10 +9,10 @@ the file maps one-to-one (names and shapes) and reports what it ignores.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 from flax import nnx
 
+from xmodal.apps import cli
 from xmodal.models import import_weights
 from xmodal.models.dual_encoder import build_model
 
@@ -22,13 +22,13 @@ def main() -> None:
     p.add_argument("--config", required=True, help="configs/<method>.py[:preset]")
     p.add_argument("--weights", required=True, help="timm ViT / torchvision ResNet state dict")
     args = p.parse_args()
-    file, _, preset = args.config.partition(":")
-    spec = importlib.util.spec_from_file_location("config", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset or None)
+    config = cli.load_config_file(args.config)
     model = build_model(
-        config.model, vocab_size=8, image_size=config.data.image_size, rngs=nnx.Rngs(0)
+        config.model,
+        vocab_size=8,
+        image_size=config.data.image_size,
+        rngs=nnx.Rngs(0),
+        decoder_max_len=config.data.max_decoder_tokens,
     )
     unused = import_weights.load_image_encoder(model.image_encoder, args.weights)
     print(f"ok: every image-encoder parameter imported; ignored: {', '.join(unused) or 'nothing'}")

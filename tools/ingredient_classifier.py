@@ -35,11 +35,11 @@ import optax
 from flax import nnx
 
 from xmodal.apps import cli
-from xmodal.apps.predict import ingredient_scores
-from xmodal.apps.retrieval import read_photo
 from xmodal.data import decoder_targets, pipeline, records
 from xmodal.data import tokenizer as tokenizer_lib
+from xmodal.data.pipeline import read_photo
 from xmodal.models.dual_encoder import build_image_encoder, normalize_images
+from xmodal.predict import ingredient_scores
 from xmodal.run import resolve_data_dir
 
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.61, 0.05), 2).tolist())

@@ -24,14 +24,13 @@ from typing import Any
 import jax
 import numpy as np
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
-from xmodal.apps.predict import greedy_decode
-from xmodal.data import pipeline
+from xmodal.data import pipeline, schema
+from xmodal.models.decoding import greedy_decode
 from xmodal.run import decoder_trains
 from xmodal.runtime import state as state_lib
-from xmodal.training import loop
+from xmodal.training.step import make_train_step
 
 VOCAB = 16_000  # about H-T's Recipe1M vocabulary
 F32_SHARE_LIMIT = 0.01
@@ -99,27 +98,20 @@ def programs(config: Any, batch_size: int) -> dict[str, tuple[Callable[..., Any]
     host = pipeline.random_batch(config.data, batch_size, VOCAB, decoder_tokens=decoder)
     batch = _abstract(host)
 
-    def model_of(params: Any, model_state: Any) -> Any:
-        model = nnx.merge(graphdef, params, model_state)
-        model.eval()
-        return model
-
-    def embed(params: Any, model_state: Any, batch: dict) -> Any:
-        return model_of(params, model_state).embed_pairs(batch)
-
+    embed = state_lib.in_eval_mode(graphdef, lambda model, batch: model.embed_pairs(batch))
     out = {
-        "train_step": (loop.make_train_step(graphdef, tx, config), (state, batch)),
+        "train_step": (make_train_step(graphdef, tx, config), (state, batch)),
         "eval_embed": (embed, (state.params, state.model_state, batch)),
     }
     if config.model.cross_decoder.enabled:
 
-        def decode(params: Any, model_state: Any, images: jax.Array) -> jax.Array:
-            model = model_of(params, model_state)
+        def decode(model: Any, images: jax.Array) -> jax.Array:
             memory, valid = model.photo_memory(images)
             length = config.data.max_decoder_tokens
             return greedy_decode(model.decoder_logits, memory, valid, length)
 
-        out["decode"] = (decode, (state.params, state.model_state, batch["image"]))
+        decode_args = (state.params, state.model_state, batch[schema.IMAGE])
+        out["decode"] = (state_lib.in_eval_mode(graphdef, decode), decode_args)
     return out
 
 

@@ -29,7 +29,7 @@ from xmodal.data import pipeline
 from xmodal.models.layers import count_params
 from xmodal.run import decoder_trains
 from xmodal.runtime import state as state_lib
-from xmodal.training import loop as train
+from xmodal.training.step import make_train_step
 
 PRESETS = [
     ("tnlbt", tnlbt, "b16"),
@@ -57,7 +57,7 @@ def run_one_step(config, batch_size: int) -> dict[str, float]:
     host = pipeline.random_batch(config.data, batch_size, VOCAB, decoder_tokens=decoder)
     batch = {k: jnp.asarray(v) for k, v in host.items()}
     t1 = time.perf_counter()
-    step = jax.jit(train.make_train_step(graphdef, tx, config), donate_argnums=0)
+    step = jax.jit(make_train_step(graphdef, tx, config), donate_argnums=0)
     compiled = step.lower(state, batch).compile()
     t2 = time.perf_counter()
     state, metrics = compiled(state, batch)

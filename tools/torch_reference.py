@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmodal.data.decoder_targets import decoder_vocab_size
+from xmodal.data.schema import COMPONENTS, DECODER_TOKENS, IMAGE
 
-COMPONENTS = ("title", "ingredients", "instructions")
 SSL_PAIRS = tuple(itertools.permutations(COMPONENTS, 2))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -253,10 +253,10 @@ class DualEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        images = (batch["image"].permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
+        images = (batch[IMAGE].permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
         tokens = self.image_encoder(images)
         pooled = tokens[:, 0]
-        feats = self.recipe_encoder(batch["title"], batch["ingredients"], batch["instructions"])
+        feats = self.recipe_encoder(*(batch[c] for c in COMPONENTS))
         with torch.autocast(images.device.type, enabled=False):  # f32 heads, as in xmodal
             image = F.normalize(self.image_proj(pooled.float()), dim=-1)
             recipe = F.normalize(self.recipe_proj(feats["recipe"].float()), dim=-1)
@@ -268,11 +268,10 @@ class DualEncoder(nn.Module):
                 for a, b in SSL_PAIRS
             }
         out = {"image": image, "recipe": recipe, "ssl": ssl}
-        if self.cross_decoder is not None and "decoder_tokens" in batch:
-            targets = batch["decoder_tokens"]  # teacher forcing (cross_decoder.teacher_forcing)
-            inputs = targets[:, :-1]
+        if self.cross_decoder is not None and DECODER_TOKENS in batch:
+            # teacher forcing (cross_decoder.teacher_forcing): the inputs; the loss takes the labels
+            inputs = batch[DECODER_TOKENS][:, :-1]
             out["decoder_logits"] = self.cross_decoder(inputs, tokens, recipe)
-            out["decoder_targets"] = targets[:, 1:]
         return out
 
 
@@ -327,12 +326,14 @@ def margins(
 
 def tnlbt_loss(
     outputs: dict[str, Any],
+    batch: dict[str, torch.Tensor],
     loss_config: Any,
-    step: torch.Tensor | float = 0.0,
-    total_steps: int = 1,
+    step: torch.Tensor | float,
+    total_steps: int,
 ) -> torch.Tensor:
     """training.losses.compute_losses for TNLBT's terms: triplets with the margin schedule,
-    H-T's recipe SSL at the base margin, and the cross decoder's cross-entropy."""
+    H-T's recipe SSL at the base margin, and the cross decoder's cross-entropy (its labels: the
+    batch's decoder tokens shifted by one, as cross_decoder.teacher_forcing)."""
     red = loss_config.reduction
     m_i2r, m_r2i = margins(
         loss_config.margin, outputs["image"], outputs["recipe"], step, total_steps
@@ -348,7 +349,7 @@ def tnlbt_loss(
         logits = outputs["decoder_logits"]
         ce = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
-            outputs["decoder_targets"].reshape(-1),
+            batch[DECODER_TOKENS][:, 1:].reshape(-1),
             ignore_index=0,  # PAD
         )
         loss = loss + loss_config.cross_decoder * ce

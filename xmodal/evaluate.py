@@ -14,7 +14,6 @@ ranks last, and the protocol's entry points refuse non-finite embeddings outrigh
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from jax.sharding import Mesh
 from xmodal.data import pipeline
 from xmodal.data.schema import DIRECTIONS, IMAGE_TO_RECIPE, RECIPE_TO_IMAGE
 from xmodal.run import Run
+from xmodal.runtime import results as results_lib
 
 RECALL_AT = (1, 5, 10)
 RANK_CHUNK = 16384  # most queries ranked per device call
@@ -203,10 +203,8 @@ def evaluate_state(run: Run, state: Any, *, split: str | None = None) -> dict[st
             split=split,
         ),
     }
+    results_lib.write_result(run.workdir, results_lib.eval_file(split), results)
     if jax.process_index() == 0:
-        os.makedirs(run.workdir, exist_ok=True)
-        with open(os.path.join(run.workdir, f"eval_{split}.json"), "w") as f:
-            json.dump(results, f, indent=2)
         print(format_table(results))
     return results
 
@@ -242,7 +240,7 @@ def embed_checkpoint(
     image, recipe = run.embed_split(state, split)
     check_finite(image, recipe, split=split)
     ids = np.array([m["id"] for m in pipeline.split_metadata(run.data_dir, split)], np.str_)
-    path = os.path.join(workdir, f"embeddings_{split}.npz")
+    path = os.path.join(workdir, results_lib.embeddings_file(split))
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         np.savez(

@@ -1,7 +1,7 @@
 """Performance accounting: analytic training FLOPs of the TNLBT model (its cross decoder
 included), peak FLOP/s per device kind (for model FLOPs utilisation), and a counter of XLA
-compilations (to prove a step compiles once). Used by tools/bench_train.py and the tests; nothing
-here runs on the training hot path.
+compilations (to prove a step compiles once). Used by tools/bench_train.py, tools/bench_torch.py
+and the tests; nothing here runs on the training hot path.
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 def peak_flops(device: jax.Device, dtype: str) -> float | None:
     """Peak dense FLOP/s of `device` for `dtype`, or None where unknown (CPUs: they have no
     published peak worth comparing to; measure it with a matmul if you need one)."""
-    kind = device.device_kind
+    return peak_flops_of_kind(device.device_kind, dtype)
+
+
+def peak_flops_of_kind(kind: str, dtype: str) -> float | None:
+    """`peak_flops` by device name (JAX's `device_kind`, or CUDA's device name as PyTorch gives
+    it: the same string, e.g. 'NVIDIA H100 PCIe')."""
     if "H200" in kind:
         key = "H200"
     elif "H100" in kind:

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from configs import common
 from xmodal.data import decoder_targets, jsonio, records, tokenizer
 from xmodal.data import info as data_info
 from xmodal.data.builtin import dataset as builtin
@@ -129,7 +130,7 @@ def check_data(
     if heads and uses_labels and heads != info.get("num_classes"):
         raise ValueError(
             f"model.num_classes={heads} but the dataset has {info.get('num_classes')} classes; "
-            "set --config.data.num_classes / --config.model.num_classes to match"
+            "set --config.model.num_classes to match"
         )
 
 
@@ -160,24 +161,7 @@ def read_record(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]
     if flat or not isinstance(raw.get(RUN_RECORD, {}), dict):
         raise ValueError(f"{path}: {', '.join(flat) or RUN_RECORD} is not a section; {RECORD_HINT}")
     record = raw.pop(RUN_RECORD, {})
-    return ml_collections.ConfigDict(_with_new_fields(raw)), record
-
-
-def _with_new_fields(recorded: dict[str, Any]) -> dict[str, Any]:
-    """A config recorded before some fields existed, with those at their schema defaults (which
-    keep the behaviour of before), so that every run ever recorded reopens."""
-    from configs import common  # the schema; deferred: configs import the models
-
-    def merge(into: dict[str, Any], over: dict[str, Any]) -> None:
-        for k, v in over.items():
-            if isinstance(v, dict) and isinstance(into.get(k), dict):
-                merge(into[k], v)
-            else:
-                into[k] = v
-
-    out = common.base_config(str(recorded["method"])).to_dict()
-    merge(out, recorded)
-    return out
+    return common.reopen(raw, path), record
 
 
 def model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -321,7 +305,7 @@ class Run:
         if diffs:
             raise ValueError(
                 f"the checkpoints in {self.workdir!r} were made by another model configuration "
-                f"({saved.get('method')}:{saved.get('preset')}):\n  " + "\n  ".join(diffs)
+                f"({saved.method}:{saved.preset}):\n  " + "\n  ".join(diffs)
             )
 
     def check_vocabulary(self, record: dict[str, Any] | None = None) -> None:

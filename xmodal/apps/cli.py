@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
+
+# The parser behind absl `--config` flags (`config_flags.DEFINE_config_file`), not re-exported.
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, split: bool = True) -> None:
@@ -27,14 +30,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, split: bool = True) ->
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """`path/to/config.py[:preset]` -> its `get_config(preset)`, as `--config` of the trainer."""
-    path, _, preset = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("xmodal_cli_config", path)
-    if module_spec is None or module_spec.loader is None:
+    """`path/to/config.py[:preset]` -> its `get_config(preset)`, read by the very parser of the
+    trainer's absl `--config` flag (`config_flags.DEFINE_config_file`), so every command and
+    tool loads a config one way."""
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path) or not path.endswith(".py"):
         raise FileNotFoundError(f"--config={spec!r}: {path!r} is not a Python config file")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(preset or None)
+    return ConfigFileFlagParser("config").parse(spec)
 
 
 def parse_args(

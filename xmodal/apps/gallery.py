@@ -26,6 +26,7 @@ import numpy as np
 
 from xmodal import evaluate
 from xmodal.data import jsonio, pipeline
+from xmodal.data.pipeline import read_photo
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SEARCH_BLOCK = 1 << 18  # gallery rows scored per device call (bounds memory for huge galleries)
@@ -107,8 +108,6 @@ def list_photos(folder: str) -> list[str]:
 
 def photo_gallery(model: Any, folder: str) -> Gallery:
     """Every photo under `folder`; unreadable files are skipped, counted and reported."""
-    from xmodal.apps.retrieval import read_photo
-
     images, items, skipped = [], [], []
     for path in list_photos(folder):
         try:

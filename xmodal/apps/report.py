@@ -295,7 +295,7 @@ def build_report(
             **MODALITY_COLOURS
         )
     )
-    title = f"xmodal report — {config.get('method', '')}:{config.get('preset', '')}, {split}"
+    title = f"xmodal report — {config.method}:{config.preset}, {split}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body>

@@ -17,26 +17,11 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from PIL import ImageOps
 
-from xmodal.data import photos, pipeline, records, tokenizer
+from xmodal.data import pipeline, records, tokenizer
 from xmodal.data.schema import COMPONENTS
 from xmodal.run import Run
-from xmodal.runtime import sharding
-
-
-def read_photo(source: str | bytes, image_size: int) -> np.ndarray:
-    """A photo file (or its bytes) -> uint8 [S, S, 3]: EXIF orientation applied, RGB, eval
-    center crop. A file that is no photo, or one past `photos.MAX_PIXELS` (a decompression
-    bomb, refused before decoding), is a ValueError naming it."""
-    name = source if isinstance(source, str) else f"{len(source)} bytes"
-    try:
-        with photos.open_photo(source) as img:
-            img.draft("RGB", (image_size, image_size))
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            return pipeline.center_crop(img, image_size)
-    except Exception as e:  # Pillow raises many types for bytes that are not a usable photo
-        raise ValueError(f"cannot read {name[:200]!r} as an image: {e}") from None
+from xmodal.runtime.embed import eval_jit
 
 
 def _bucket(n: int, multiple: int, cap: int) -> int:
@@ -86,17 +71,7 @@ class RetrievalModel:
 
     def _jit(self, fn: Callable[..., Any], num_inputs: int) -> Callable[..., Any]:
         """fn(model in eval mode, *row-sharded inputs), with the state's own shardings."""
-        graphdef, shardings = self.run.graphdef, self.run.layout.shardings
-
-        def apply(params: Any, model_state: Any, *inputs: jax.Array) -> Any:
-            model = nnx.merge(graphdef, params, model_state)
-            model.eval()
-            return fn(model, *inputs)
-
-        data = sharding.batch_sharding(self.mesh)
-        return jax.jit(
-            apply, in_shardings=(shardings.params, shardings.model_state) + (data,) * num_inputs
-        )
+        return eval_jit(self.run.layout, self.mesh, fn, num_inputs)
 
     def _batched(self, fn: Any, arrays: Sequence[np.ndarray]) -> Any:
         """Run `fn(params, model_state, *arrays)` over rows in padded fixed-size batches."""
@@ -120,13 +95,13 @@ class RetrievalModel:
         if images.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(
                 f"images must be [N, {self.image_size}, {self.image_size}, 3] uint8, got "
-                f"{images.shape}; use read_photo() to load files"
+                f"{images.shape}; use xmodal.data.pipeline.read_photo() to load files"
             )
         return self._batched(self._images, [images])
 
     def embed_photos(self, paths: Sequence[str]) -> np.ndarray:
         """Photo files (any size or orientation) -> [N, D]."""
-        return self.embed_images(np.stack([read_photo(p, self.image_size) for p in paths]))
+        return self.embed_images(np.stack([pipeline.read_photo(p, self.image_size) for p in paths]))
 
     def tokenize(self, recipe: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """A recipe {'title': str, 'ingredients': [str], 'instructions': [str]} (missing fields

@@ -18,8 +18,6 @@ correlated or outnumber the pairs.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import jax
@@ -27,9 +25,11 @@ import ml_collections
 import numpy as np
 
 from xmodal import evaluate
+from xmodal.data import info as data_info
 from xmodal.data.schema import COMPONENTS
 from xmodal.models.dual_encoder import DualEncoder
-from xmodal.run import Run, check_config, read_record
+from xmodal.run import Run, check_config, read_record, resolve_data_dir
+from xmodal.runtime import results as results_lib
 from xmodal.runtime import sharding
 
 TEXTS = (*COMPONENTS, "all")
@@ -96,8 +96,9 @@ def text_features(feats: dict[str, np.ndarray], text: str) -> np.ndarray:
 
 def feature_run(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> tuple[Run, Any]:
     """(the run whose encoders give the features, its state): this config's model freshly
-    initialised, or the trained run in `cca.features_from` (its architecture and text / image
-    sizes; this config's data location and eval settings), restored at `eval.checkpoint`."""
+    initialised, or the trained run in `cca.features_from` reopened (`Run.from_workdir`: its
+    config is checked to fit, and the data's vocabulary) with its architecture and text / image
+    sizes and this config's data location and eval settings, restored at `eval.checkpoint`."""
     source = config.cca.features_from
     if not source:
         run = Run.create(config, workdir, mesh=mesh)
@@ -108,7 +109,9 @@ def feature_run(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> t
     for key in TEXT_AND_IMAGE_SHAPE_FIELDS:
         fconfig.data[key] = other.data[key]
     fconfig.cca.features_from = ""
-    run = Run.create(fconfig, source, mesh=mesh)
+    if not data_info.names_data(config.data):  # the built-in dataset, not the data run recorded
+        fconfig.data.dir = resolve_data_dir(config.data)
+    run = Run.from_workdir(source, fconfig, mesh=mesh)
     return run, run.restore(config.eval.checkpoint)
 
 
@@ -176,13 +179,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results = {"step": step, "split": split, "n_pairs": len(test["image"])}
     results.update({k: ablation[config.cca.text][k] for k in evaluate.DIRECTIONS})
     dataclasses.replace(features, workdir=workdir).write_record(config)
+    sweep = {**results, "train_pairs": len(train["image"]), "texts": ablation}
+    results_lib.write_result(workdir, results_lib.cca_file(split), sweep)
+    results_lib.write_result(workdir, results_lib.eval_file(split), results)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"cca_{split}.json"), "w") as f:
-            json.dump(
-                {**results, "train_pairs": len(train["image"]), "texts": ablation}, f, indent=2
-            )
-        with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
-            json.dump(results, f, indent=2)
         for text, r in ablation.items():
             print(f"CCA text={text} dim={r['dim']}")
             print(evaluate.format_table({**results, **r}))

@@ -21,7 +21,7 @@ from xmodal.data import tokenizer as tokenizer_lib
 EXTRA_TOKENS = 2  # <ing>, <title>
 # data.decoder_order: the order the target lists a recipe's ingredients in. "recipe" keeps the
 # author's; "sorted" lists them alphabetically, so the decoder learns one order for a set instead
-# of guessing each author's (an ingredient list is scored as a set: `apps.predict`).
+# of guessing each author's (an ingredient list is scored as a set: `xmodal.predict`).
 ORDERS = ("recipe", "sorted")
 
 

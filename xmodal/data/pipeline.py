@@ -22,9 +22,9 @@ from typing import Any
 
 import grain
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from xmodal.data import class_aware, decoder_targets, records, schema
+from xmodal.data import class_aware, decoder_targets, photos, records, schema
 from xmodal.data import tokenizer as tokenizer_lib
 from xmodal.data.tfds import records as tfds_records
 
@@ -41,11 +41,11 @@ class TextLimits:
     ("2 cups diced onion"), so padding them to the instruction length wastes encoder work.
     """
 
-    title_tokens: int = 15
-    ingredients: int = 20
-    instructions: int = 20
-    ingredient_tokens: int = 15
-    instruction_tokens: int = 15
+    title_tokens: int
+    ingredients: int
+    instructions: int
+    ingredient_tokens: int
+    instruction_tokens: int
 
     @classmethod
     def from_config(cls, data_config: Any) -> TextLimits:
@@ -58,11 +58,12 @@ class TextLimits:
         )
 
     def shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
-        """Shape of each text field of a batch of `batch` recipes."""
+        """Shape of each text field (`schema.COMPONENTS`) of a batch of `batch` recipes."""
+        title, ingredients, instructions = schema.COMPONENTS
         return {
-            "title": (batch, self.title_tokens),
-            "ingredients": (batch, self.ingredients, self.ingredient_tokens),
-            "instructions": (batch, self.instructions, self.instruction_tokens),
+            title: (batch, self.title_tokens),
+            ingredients: (batch, self.ingredients, self.ingredient_tokens),
+            instructions: (batch, self.instructions, self.instruction_tokens),
         }
 
 
@@ -76,11 +77,11 @@ def random_batch(
     shapes = TextLimits.from_config(data_config).shapes(batch_size)
     batch = {k: rng.integers(1, vocab_size, size=s).astype(np.int32) for k, s in shapes.items()}
     side = data_config.image_size
-    batch["image"] = rng.integers(0, 256, size=(batch_size, side, side, 3), dtype=np.uint8)
-    batch["class_id"] = rng.integers(1, 5, size=(batch_size,)).astype(np.int32)
+    batch[schema.IMAGE] = rng.integers(0, 256, size=(batch_size, side, side, 3), dtype=np.uint8)
+    batch[schema.CLASS_ID] = rng.integers(1, 5, size=(batch_size,)).astype(np.int32)
     if decoder_tokens:
         size = (batch_size, decoder_tokens)
-        batch["decoder_tokens"] = rng.integers(1, vocab_size, size=size).astype(np.int32)
+        batch[schema.DECODER_TOKENS] = rng.integers(1, vocab_size, size=size).astype(np.int32)
     return batch
 
 
@@ -100,15 +101,17 @@ def pad_sentences(sentences: list[list[int]], count: int, length: int) -> np.nda
 
 
 def text_features(recipe: records.Recipe, limits: TextLimits) -> dict[str, np.ndarray]:
+    """A record's padded token ids, one entry per `schema.COMPONENTS`, and its class id."""
+    title, ingredients, instructions = schema.COMPONENTS
     return {
-        "title": pad_tokens(recipe["title_ids"], limits.title_tokens),
-        "ingredients": pad_sentences(
+        title: pad_tokens(recipe["title_ids"], limits.title_tokens),
+        ingredients: pad_sentences(
             recipe["ingredient_ids"], limits.ingredients, limits.ingredient_tokens
         ),
-        "instructions": pad_sentences(
+        instructions: pad_sentences(
             recipe["instruction_ids"], limits.instructions, limits.instruction_tokens
         ),
-        "class_id": np.int32(recipe["class_id"]),
+        schema.CLASS_ID: np.int32(recipe["class_id"]),
     }
 
 
@@ -155,6 +158,20 @@ def center_crop(img: Image.Image, size: int) -> np.ndarray:
     side = _eval_crop_side(img)
     x, y = (w - side) // 2, (h - side) // 2
     return _resize_box(img, size, (x, y, x + side, y + side))
+
+
+def read_photo(source: str | bytes, image_size: int) -> np.ndarray:
+    """A photo file (or its bytes) -> uint8 [S, S, 3]: EXIF orientation applied, RGB, eval
+    center crop. A file that is no photo, or one past `photos.MAX_PIXELS` (a decompression
+    bomb, refused before decoding), is a ValueError naming it."""
+    name = source if isinstance(source, str) else f"{len(source)} bytes"
+    try:
+        with photos.open_photo(source) as img:
+            img.draft("RGB", (image_size, image_size))
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            return center_crop(img, image_size)
+    except Exception as e:  # Pillow raises many types for bytes that are not a usable photo
+        raise ValueError(f"cannot read {name[:200]!r} as an image: {e}") from None
 
 
 def _eval_crop_side(img: Image.Image) -> int:
@@ -238,9 +255,9 @@ class TrainExample(grain.transforms.RandomMap):
         recipe = records.decode_record(element)
         jpeg = recipe["images"][int(rng.integers(len(recipe["images"])))]
         image = self._crop(open_image(jpeg, self._draft), self.image_size, rng)
-        out = {"image": image, **text_features(recipe, self.limits)}
+        out = {schema.IMAGE: image, **text_features(recipe, self.limits)}
         if self.targets is not None:
-            out["decoder_tokens"] = self.targets(recipe)
+            out[schema.DECODER_TOKENS] = self.targets(recipe)
         return out
 
 
@@ -254,7 +271,7 @@ class TextOnlyExample(grain.transforms.Map):
     def map(self, element: bytes | records.Recipe) -> dict[str, np.ndarray]:
         recipe = records.decode_record(element)
         feats = text_features(recipe, self.limits)
-        return {self.prefix + k: feats[k] for k in ("title", "ingredients", "instructions")}
+        return {self.prefix + k: feats[k] for k in schema.COMPONENTS}
 
 
 class EvalExample(grain.transforms.Map):
@@ -271,19 +288,19 @@ class EvalExample(grain.transforms.Map):
         recipe = records.decode_record(data)
         image = center_crop(open_image(recipe["images"][0], self.image_size), self.image_size)
         return {
-            "image": image,
+            schema.IMAGE: image,
             **text_features(recipe, self.limits),
-            "index": np.int32(index),
-            "valid": np.bool_(True),
+            schema.INDEX: np.int32(index),
+            schema.VALID: np.bool_(True),
         }
 
     def _padding(self) -> dict[str, np.ndarray]:
         empty = records.empty_recipe()
         return {
-            "image": np.zeros((self.image_size, self.image_size, 3), np.uint8),
+            schema.IMAGE: np.zeros((self.image_size, self.image_size, 3), np.uint8),
             **text_features(empty, self.limits),
-            "index": np.int32(-1),
-            "valid": np.bool_(False),
+            schema.INDEX: np.int32(-1),
+            schema.VALID: np.bool_(False),
         }
 
 

@@ -11,14 +11,14 @@ photo is listed with its reason in `DATA/dataset_info.json`, every repaired phot
 kind under `repaired`; dataset_info is written last and atomically: its presence means the folder
 is complete.
 
-Scale: the work is cut into shards fixed before any photo is read (`prepare_shards`: recipe order
+Scale: the work is cut into shards fixed before any photo is read (`raw.shards`: recipe order
 of layer1, ~1024 recipes a shard), so the output does not depend on the number of workers. A shard
 is written to a hidden temporary file and renamed when complete, and its counts and skips go to
 `DATA/.prepare/<shard>.json`; a rerun after an interruption (same raw files and options, checked
 against `DATA/.prepare/plan.json`) keeps the finished shards and produces exactly the bytes of an
 uninterrupted run. Memory holds the recipes' text, the shards in flight and no other photo. Before
 the photos, a timed sample gives an estimate of time and disk for this dataset and full Recipe1M
-(`prepare_estimate`). This module holds the run (plan, resume, dataset_info) and its command line.
+(`raw.estimate`). This module holds the run (plan, resume, dataset_info) and its command line.
 
 Evaluation-only and gallery data (no train partition) take the vocabulary of a trained run:
 `--tokenizer_from=DIR` (the run's workdir, its prepared data or a TFDS dataset) copies that

@@ -8,7 +8,7 @@ memory — the image encoder's output tokens followed by the recipe embedding pr
 
 During training the recipe tokens are dropped from the memory with probability `recipe_drop` per
 example (masked out of cross-attention and zeroed), so the decoder also learns to generate from
-the photo alone, which is how it is used at inference (`xmodal.apps.predict`).
+the photo alone, which is how it is used at inference (`xmodal.predict`).
 
 Attention follows `xmodal.models.layers`: `jax.nn.dot_product_attention` with boolean masks, so
 cuDNN's fused kernel is used on GPU with a 16-bit compute dtype.
@@ -189,8 +189,10 @@ class CrossDecoder(nnx.Module):
 
 
 def teacher_forcing(targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """[B, L] framed targets -> (inputs [B, L-1], next-token labels [B, L-1]); PAD labels are
-    ignored by the loss. EOS is fed as input only where it is followed by PAD (harmless)."""
+    """[B, L] framed targets -> (inputs [B, L-1], next-token labels [B, L-1]): the one home of
+    the shift, used by the model (inputs) and by the loss (labels, read from the batch); PAD
+    labels are ignored by the loss. EOS is fed as input only where it is followed by PAD
+    (harmless)."""
     inputs = targets[:, :-1]
     labels = targets[:, 1:]
     return jnp.where(inputs == PAD_ID, PAD_ID, inputs), labels

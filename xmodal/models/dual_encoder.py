@@ -23,7 +23,7 @@ import ml_collections
 from flax import nnx
 
 from xmodal.data import decoder_targets
-from xmodal.data.schema import COMPONENTS, IMAGE, TEXT_ONLY_PREFIX
+from xmodal.data.schema import COMPONENTS, DECODER_TOKENS, IMAGE, TEXT_ONLY_PREFIX
 from xmodal.models.cross_decoder import CrossDecoder, teacher_forcing
 from xmodal.models.layers import (
     DENSE_INIT,
@@ -234,39 +234,35 @@ class DualEncoder(nnx.Module):
         }
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
-        """batch with 'image', 'title', 'ingredients', 'instructions' (others ignored) ->
-        {'image': [B, D], 'recipe': [B, D], 'ssl': {'title->ingredients': (pred, target), ...}},
-        plus 'image_logits' / 'recipe_logits' [B, classes] with a class head, and the batch's
-        'class_id' passed through when present (for the semantic and classification losses).
+        """A batch (`xmodal.data.schema`: IMAGE and the COMPONENTS; others ignored) -> what the
+        model computes: {'image': [B, D], 'recipe': [B, D], 'ssl': {'title->ingredients':
+        (pred, target), ...}}, plus 'image_logits' / 'recipe_logits' [B, classes] with a class
+        head. Labels stay in the batch: the losses read them there.
 
-        With a cross decoder and 'decoder_tokens' [B, L] in the batch, also 'decoder_logits'
-        [B, L-1, V] and 'decoder_targets' [B, L-1] (teacher forcing). With the text-only batch
-        ('text_only/title', ...: recipes without photos), also 'ssl_text_only'.
+        With a cross decoder and DECODER_TOKENS [B, L] in the batch, also 'decoder_logits'
+        [B, L-1, V] (teacher forcing: `teacher_forcing` gives the inputs and the loss's labels).
+        With the text-only batch (TEXT_ONLY_PREFIX + component: recipes without photos), also
+        'ssl_text_only'.
         """
-        feats = self.encode_recipe(batch["title"], batch["ingredients"], batch["instructions"])
+        feats = self.encode_recipe(*(batch[c] for c in COMPONENTS))
         recipe = l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
-        tokens, pooled = self.encode_image(batch["image"])
+        tokens, pooled = self.encode_image(batch[IMAGE])
         if self.freeze_image:  # a fixed feature extractor (JE): no backbone gradients computed
             tokens, pooled = jax.lax.stop_gradient((tokens, pooled))
         outputs: dict[str, Any] = {
-            "image": l2_normalize(self.image_proj(pooled.astype(jnp.float32))),
+            IMAGE: l2_normalize(self.image_proj(pooled.astype(jnp.float32))),
             "recipe": recipe,
             "ssl": self.recipe_ssl(feats),
         }
         if self.class_head is not None:
-            outputs["image_logits"] = self.class_head(outputs["image"])
+            outputs["image_logits"] = self.class_head(outputs[IMAGE])
             outputs["recipe_logits"] = self.class_head(recipe)
-        if "class_id" in batch:
-            outputs["class_id"] = batch["class_id"]
-        if self.cross_decoder is not None and "decoder_tokens" in batch:
-            inputs, labels = teacher_forcing(batch["decoder_tokens"])
+        if self.cross_decoder is not None and DECODER_TOKENS in batch:
+            inputs, _ = teacher_forcing(batch[DECODER_TOKENS])
             memory, valid = self.cross_decoder.memory(tokens, recipe)
             outputs["decoder_logits"] = self.cross_decoder(inputs, memory, valid)
-            outputs["decoder_targets"] = labels
-        if TEXT_ONLY_PREFIX + "title" in batch:
-            text = self.encode_recipe(
-                *(batch[TEXT_ONLY_PREFIX + c] for c in ("title", "ingredients", "instructions"))
-            )
+        if TEXT_ONLY_PREFIX + COMPONENTS[0] in batch:
+            text = self.encode_recipe(*(batch[TEXT_ONLY_PREFIX + c] for c in COMPONENTS))
             outputs["ssl_text_only"] = self.recipe_ssl(text)
         return outputs
 
@@ -345,7 +341,7 @@ def build_model(
     vocab_size: int,
     image_size: int,
     rngs: nnx.Rngs,
-    decoder_max_len: int = 64,
+    decoder_max_len: int,
 ) -> DualEncoder:
     """The dual encoder described by `config.model` (see configs/*.py).
 
@@ -411,8 +407,8 @@ def abstract_model(
     *,
     vocab_size: int,
     image_size: int,
+    decoder_max_len: int,
     seed: int = 0,
-    decoder_max_len: int = 64,
 ) -> DualEncoder:
     """The model with `jax.ShapeDtypeStruct` leaves (nothing allocated): for parameter counts and
     for building restore targets."""

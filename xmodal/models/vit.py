@@ -18,7 +18,7 @@ from xmodal.models.layers import (
     AttentionImpl,
     Dropout,
     Dtype,
-    EncoderBlock,
+    TransformerEncoder,
     layer_norm,
     masked_mean,
 )
@@ -116,8 +116,12 @@ class ConvStem(nnx.Module):
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
-class ViT(nnx.Module):
-    """ViT backbone: returns all output tokens (for cross-attention) and a pooled feature."""
+class ViT(TransformerEncoder):
+    """ViT backbone: returns all output tokens (for cross-attention) and a pooled feature.
+
+    A `TransformerEncoder` (pre-LN blocks + final LayerNorm) with a patch stem, a class token and
+    position embeddings in front: its blocks and norm keep the `blocks.N` / `norm` names of
+    timm's layout, which the weight import maps one-to-one."""
 
     def __init__(
         self,
@@ -153,21 +157,8 @@ class ViT(nnx.Module):
             nnx.initializers.normal(0.02)(rngs.params(), (1, 1 + self.num_patches, width))
         )
         self.pos_drop = Dropout(dropout, rngs=rngs)
-        self.blocks = nnx.List(
-            [
-                EncoderBlock(
-                    width,
-                    num_heads,
-                    mlp_dim,
-                    dropout=dropout,
-                    dtype=dtype,
-                    attention=attention,
-                    rngs=rngs,
-                )
-                for _ in range(depth)
-            ]
-        )
-        self.norm = layer_norm(width, dtype=dtype, rngs=rngs)
+        block_options = dict(dropout=dropout, dtype=dtype, attention=attention, rngs=rngs)
+        super().__init__(width, depth, num_heads, mlp_dim, **block_options)
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """images: normalised float [B, H, W, 3] -> (tokens [B, 1+N, width], pooled [B, width]).
@@ -182,9 +173,7 @@ class ViT(nnx.Module):
         cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
         x = self.pos_drop(x + self.pos_embed[...].astype(x.dtype))
-        for block in self.blocks:
-            x = block(x)
-        x = self.norm(x)
+        x = super().__call__(x)  # the blocks, then the final LayerNorm
         pooled = x[:, 0] if self.pool == "cls" else masked_mean(x[:, 1:], None, axis=1)
         return x, pooled
 

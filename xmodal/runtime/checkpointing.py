@@ -41,13 +41,19 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def make_manager(workdir: str, *, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(
+    workdir: str, *, keep: int | None, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """WORKDIR's checkpoints: the latest `keep` (`train.keep_checkpoints`) and the best by
+    validation recall are kept; `read_only` (`keep=None`) opens them to restore."""
+    if keep is None and not read_only:
+        raise ValueError("a writable checkpoint manager needs keep (train.keep_checkpoints)")
     options = ocp.CheckpointManagerOptions(
         best_fn=_best_fn,
         best_mode="max",
         preservation_policy=policies.AnyPreservationPolicy(
             [
-                policies.LatestN(n=max(keep, 1)),
+                policies.LatestN(n=max(keep or 1, 1)),
                 policies.BestN(get_metric_fn=_best_fn, n=1, keep_checkpoints_without_metrics=False),
             ]
         ),

@@ -13,15 +13,33 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from xmodal.data import pipeline, schema
 from xmodal.models.dual_encoder import DualEncoder
 from xmodal.runtime import sharding
-from xmodal.runtime.state import StateLayout, TrainState
+from xmodal.runtime.state import StateLayout, TrainState, in_eval_mode
 
 BatchFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
+
+
+def eval_jit(
+    layout: StateLayout,
+    mesh: Any,
+    fn: Callable[..., Any],
+    num_inputs: int = 1,
+    *,
+    out_sharded: bool = False,
+) -> Callable[..., Any]:
+    """jit of `(params, model_state, *inputs) -> fn(model in eval mode, *inputs)` with the
+    state's own shardings (a data-parallel or FSDP state goes in as it was trained) and every
+    input split by rows over the data axis; `out_sharded`: the outputs stay split by rows too."""
+    data = sharding.batch_sharding(mesh)
+    return jax.jit(
+        in_eval_mode(layout.graphdef, fn),
+        in_shardings=(layout.shardings.params, layout.shardings.model_state) + (data,) * num_inputs,
+        out_shardings=data if out_sharded else None,
+    )
 
 
 class Embedder:
@@ -30,19 +48,7 @@ class Embedder:
 
     def __init__(self, layout: StateLayout, mesh: Any, outputs: BatchFn = DualEncoder.embed_pairs):
         self.mesh = mesh
-        graphdef = layout.graphdef
-
-        def run(params: Any, model_state: Any, batch: dict[str, jax.Array]):
-            model = nnx.merge(graphdef, params, model_state)
-            model.eval()
-            return outputs(model, batch)
-
-        data = sharding.batch_sharding(mesh)
-        self._run = jax.jit(
-            run,
-            in_shardings=(layout.shardings.params, layout.shardings.model_state, data),
-            out_shardings=data,
-        )
+        self._run = eval_jit(layout, mesh, outputs, out_sharded=True)
 
     def split(
         self,

@@ -37,16 +37,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-# Leaves smaller than this stay replicated under FSDP: sharding them saves nothing and costs a
-# collective each (biases, norms, the class token); MaxText and big_vision use similar cut-offs.
-FSDP_MIN_SIZE = 2**14
-
-
-def fsdp_spec(
-    shape: tuple[int, ...], axis_size: int, min_size: int = FSDP_MIN_SIZE
-) -> PartitionSpec:
+def fsdp_spec(shape: tuple[int, ...], axis_size: int, min_size: int) -> PartitionSpec:
     """FSDP layout of one parameter or optimizer leaf: split its largest dimension that divides
-    evenly over the data axis; small leaves, or leaves with no such dimension, stay replicated."""
+    evenly over the data axis; leaves of fewer than `min_size` elements (`train.fsdp_min_size`:
+    sharding biases, norms or the class token saves nothing and costs a collective each), or
+    with no such dimension, stay replicated."""
     if axis_size <= 1 or math.prod(shape) < min_size:
         return PartitionSpec()
     for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
@@ -57,9 +52,7 @@ def fsdp_spec(
     return PartitionSpec()
 
 
-def fsdp_sharding(
-    shape: tuple[int, ...], mesh: Mesh, min_size: int = FSDP_MIN_SIZE
-) -> NamedSharding:
+def fsdp_sharding(shape: tuple[int, ...], mesh: Mesh, min_size: int) -> NamedSharding:
     return NamedSharding(mesh, fsdp_spec(tuple(shape), mesh.shape[DATA_AXIS], min_size))
 
 

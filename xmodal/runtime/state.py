@@ -7,6 +7,7 @@ and checkpointing only ever see the arrays, so the step is a pure function under
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -31,6 +32,19 @@ class TrainState:
     model_state: nnx.State  # everything else the model carries (RNG streams, batch statistics)
     opt_state: optax.OptState
     rng: jax.Array  # base key; per-step dropout keys are folded from it, so resumes are exact
+
+
+def in_eval_mode(graphdef: nnx.GraphDef, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`(params, model_state, *inputs) -> fn(model, *inputs)` with the model merged from the
+    state's arrays and switched to eval mode (no dropout): the one spelling of an inference call
+    on a train state, for the embed loop, queries, decoding and lowering."""
+
+    def call(params: Any, model_state: Any, *inputs: Any) -> Any:
+        model = nnx.merge(graphdef, params, model_state)
+        model.eval()
+        return fn(model, *inputs)
+
+    return call
 
 
 def learning_rate_schedule(train_config: Any) -> optax.Schedule:
@@ -156,8 +170,9 @@ def abstract_train_state(
 def state_shardings(
     abstract_state: TrainState,
     mesh: Mesh,
-    fsdp: bool = False,
-    fsdp_min_size: int = sharding.FSDP_MIN_SIZE,
+    *,
+    fsdp: bool,
+    fsdp_min_size: int,
 ) -> TrainState:
     """Data parallel (default): every leaf of the state replicated on every device.
 

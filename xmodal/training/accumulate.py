@@ -16,6 +16,8 @@ Cheapest (no extra forward) but the objective is the micro-batch one — fine fo
 in-batch negatives, a weaker loss for triplets (fewer, easier negatives).
 
 Both loop with `jax.lax.scan` over micro-batches of static shape, so the step compiles once.
+The loss takes the model's outputs with the batch they came from (its labels): GradCache's the
+merged outputs with the whole batch, the naive one each micro-batch's outputs with that micro-batch.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 METHODS = ("gradcache", "naive")
 
-LossOfOutputs = Callable[[Mapping[str, Any]], tuple[jax.Array, dict[str, jax.Array]]]
+# (model outputs, the batch they were computed from) -> (loss, metrics)
+LossOfOutputs = Callable[
+    [Mapping[str, Any], Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]
+]
 
 
 def apply_model(
@@ -81,7 +85,7 @@ def gradcache_grads(
     loss_of_outputs: LossOfOutputs,
     num_micro: int,
 ) -> tuple[nnx.State, dict[str, jax.Array], nnx.State]:
-    """Exact big-batch gradient of `loss_of_outputs(model(batch))` in `num_micro` slices.
+    """Exact big-batch gradient of `loss_of_outputs(model(batch), batch)` in `num_micro` slices.
 
     Micro-batch j reseeds dropout with fold_in(dropout_key, j) in both passes, so the re-run
     reproduces the first pass exactly. Returns (grads, loss metrics, model_state).
@@ -97,36 +101,23 @@ def gradcache_grads(
         return None, outputs
 
     _, micro_outputs = jax.lax.scan(forward, None, (index, micro))
-    # Outputs may carry integer leaves (class ids, decoder targets): differentiate the float ones
-    # and give the integer ones float0 cotangents in the re-run.
-    micro_leaves, treedef = jax.tree.flatten(micro_outputs)
-    floats = [i for i, x in enumerate(micro_leaves) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    leaves = jax.tree.leaves(merge_micro_batches(micro_leaves))
-
-    def loss_of_floats(float_leaves):
-        full = list(leaves)
-        for i, x in zip(floats, float_leaves, strict=True):
-            full[i] = x
-        return loss_of_outputs(jax.tree.unflatten(treedef, full))
-
-    (_, metrics), d_floats = jax.value_and_grad(loss_of_floats, has_aux=True)(
-        [leaves[i] for i in floats]
-    )
-    d_micro = split_micro_batches(d_floats, num_micro)
-    zero_cotangents = [np.zeros(x.shape[1:], jax.dtypes.float0) for x in micro_leaves]
+    # The outputs are what the model computes (float embeddings, logits): all differentiable.
+    # Merged, their rows are in the batch's order, so the loss reads its labels from `batch`.
+    outputs = merge_micro_batches(micro_outputs)
+    (_, metrics), d_outputs = jax.value_and_grad(
+        lambda out: loss_of_outputs(out, batch), has_aux=True
+    )(outputs)
+    d_micro = split_micro_batches(d_outputs, num_micro)
 
     def backward(carry, xs):
         grads, _ = carry
-        j, mb, d_fl = xs
+        j, mb, d_out = xs
 
         def f(p):
             return apply_model(graphdef, p, model_state, jax.random.fold_in(dropout_key, j), mb)
 
         _, pullback, new_model_state = jax.vjp(f, params, has_aux=True)
-        cotangents = list(zero_cotangents)
-        for i, d in zip(floats, d_fl, strict=True):
-            cotangents[i] = d
-        (g,) = pullback(jax.tree.unflatten(treedef, cotangents))
+        (g,) = pullback(d_out)
         return (jax.tree.map(jnp.add, grads, g), new_model_state), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -156,7 +147,7 @@ def naive_grads(
             outputs, new_state = apply_model(
                 graphdef, p, model_state, jax.random.fold_in(dropout_key, j), mb
             )
-            loss, metrics = loss_of_outputs(outputs)
+            loss, metrics = loss_of_outputs(outputs, mb)
             return loss, (metrics, new_state)
 
         g, (metrics, new_state) = jax.grad(loss_fn, has_aux=True)(params)

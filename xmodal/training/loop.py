@@ -1,4 +1,5 @@
-"""The one training loop: sharded jit-compiled step, donated state, Grain input, Orbax saves."""
+"""The one training loop: the sharded jit-compiled step (`xmodal.training.step`), donated state,
+Grain input, Orbax saves."""
 
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
-from flax import nnx
 from tqdm import tqdm
 
 from xmodal import evaluate
@@ -22,95 +20,9 @@ from xmodal.run import Run, decoder_trains
 from xmodal.runtime import checkpointing, preemption, sharding
 from xmodal.runtime import state as state_lib
 from xmodal.runtime.metrics import MetricWriter
-from xmodal.training import accumulate, losses
+from xmodal.training.step import NONFINITE, compile_train_step
 
-NONFINITE = "nonfinite"  # step metric: 1 when the step's loss or gradient was not finite
 NONFINITE_POLICIES = ("stop", "skip")
-
-
-def make_train_step(
-    graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
-    config: ml_collections.ConfigDict,
-):
-    """Pure step: (state, global batch) -> (new state, scalar metrics).
-
-    Every step reports `NONFINITE` = 1 when its loss or gradient is not finite; the loop reads
-    the flag when it fetches metrics anyway (`NonFiniteWatch`). The global gradient norm is
-    non-finite exactly when some gradient is (or when the squares overflow float32, an update
-    that clipping would zero anyway), so the flag costs no extra pass. Under
-    `train.on_nonfinite='stop'` the loop raises before anything after the bad step is logged,
-    evaluated or saved, so the step needs nothing more. Under 'skip' such a step leaves the state
-    as it was (only `step` advances): a `jnp.where` over the state, which adds copies of the state
-    to the compiled step, so only 'skip' pays for it. It keeps
-    the optimizer state's structure, unlike `optax.apply_if_finite` (checkpoints restore under
-    either policy), and also holds back the non-parameter state (batch statistics).
-    """
-    loss_config = config.loss
-    total_steps = config.train.num_steps
-    schedule = state_lib.learning_rate_schedule(config.train)
-
-    skip_nonfinite = config.train.on_nonfinite == "skip"
-    num_micro = config.train.grad_accum_steps
-    accumulate_fn = accumulate.accumulated_grads(config.train.grad_accum)
-
-    def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
-        def loss_of_outputs(outputs):  # the margin schedule follows the step
-            return losses.compute_losses(
-                outputs, loss_config, step=state.step, total_steps=total_steps
-            )
-
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.model_state, copy=True)
-            model.train()
-            nnx.reseed(model, dropout=jax.random.fold_in(state.rng, state.step))
-            loss, metrics = loss_of_outputs(model(batch))
-            _, _, model_state = nnx.split(model, nnx.Param, ...)
-            return loss, (metrics, model_state)
-
-        if num_micro > 1:  # batches larger than memory (xmodal.training.accumulate)
-            grads, metrics, model_state = accumulate_fn(
-                graphdef,
-                state.params,
-                state.model_state,
-                jax.random.fold_in(state.rng, state.step),
-                batch,
-                loss_of_outputs,
-                num_micro,
-            )
-        else:
-            grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-
-        def if_finite(new, old):
-            if not skip_nonfinite:  # 'stop' raises before a bad state is used (see above)
-                return new
-            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-        new_state = state.replace(
-            step=state.step + 1,
-            params=if_finite(optax.apply_updates(state.params, updates), state.params),
-            model_state=if_finite(model_state, state.model_state),
-            opt_state=if_finite(opt_state, state.opt_state),
-        )
-        metrics["learning_rate"] = schedule(state.step)
-        metrics["grad_norm"] = grad_norm
-        metrics[NONFINITE] = jnp.logical_not(finite).astype(jnp.int32)
-        return new_state, metrics
-
-    return train_step
-
-
-def compile_train_step(graphdef, tx, config, state_shardings, mesh):
-    """jit with every sharding spelled out and the state donated (updated in place)."""
-    return jax.jit(
-        make_train_step(graphdef, tx, config),
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
 
 
 def check_workdir(workdir: str) -> None:
@@ -154,8 +66,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = run.init_state()
 
     batches = sharding.DevicePrefetcher(host_iter, mesh, config.data.prefetch)
-    layout = run.layout
-    step_fn = compile_train_step(layout.graphdef, layout.tx, config, layout.shardings, mesh)
+    step_fn = compile_train_step(run.layout, config, mesh)
     start, total = int(state.step), config.train.num_steps
     writer = MetricWriter(workdir, start_step=start)
     progress = tqdm(

@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from xmodal.data import schema
+from xmodal.models.cross_decoder import teacher_forcing
+
 REDUCTIONS = ("violating", "hardest", "mean", "batch_mean")
 SEMANTIC_POSITIVES = ("all", "first")
 MARGIN_KINDS = ("constant", "linear", "adaptive")
@@ -289,15 +292,19 @@ def cross_decoder_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def compute_losses(
     outputs: Mapping[str, Any],
+    batch: Mapping[str, jax.Array],
     loss_config: Any,
     *,
-    step: jax.Array | int = 0,
-    total_steps: int = 1,
+    step: jax.Array | int,
+    total_steps: int,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The weighted sum of the loss terms that `loss_config` switches on, and their values.
 
-    `step` (traced inside jit) and `total_steps` drive the margin schedule; the margins in use are
-    reported as 'margin_i2r' / 'margin_r2i'. The recipe SSL loss keeps the schedule's base margin
+    `outputs` are the model's (embeddings, logits, SSL pairs, decoder logits); the labels come
+    from the `batch` the model saw (`xmodal.data.schema`): `CLASS_ID` for the class-aware terms,
+    `DECODER_TOKENS` for the cross decoder (shifted by `teacher_forcing`). `step` (traced inside
+    jit) and `total_steps` drive the margin schedule; the margins in use are reported as
+    'margin_i2r' / 'margin_r2i'. The recipe SSL loss keeps the schedule's base margin
     (`margin.start`): the schedule tunes the cross-modal task only.
     """
     metrics: dict[str, jax.Array] = {}
@@ -324,7 +331,7 @@ def compute_losses(
         )
         total += loss_config.recipe_ssl * ssl
         metrics["loss_recipe_ssl"] = ssl
-    total += _class_aware_losses(outputs, loss_config, metrics)
+    total += _class_aware_losses(outputs, batch, loss_config, metrics)
     if loss_config.recipe_ssl and outputs.get("ssl_text_only"):
         # H-T also trains the recipe-only loss on recipes without photos (one extra batch).
         text_ssl = recipe_ssl_loss(
@@ -334,7 +341,8 @@ def compute_losses(
         metrics["loss_recipe_ssl_text_only"] = text_ssl
     weight = loss_config.cross_decoder
     if weight and "decoder_logits" in outputs:
-        dec = cross_decoder_loss(outputs["decoder_logits"], outputs["decoder_targets"])
+        _, labels = teacher_forcing(batch[schema.DECODER_TOKENS])
+        dec = cross_decoder_loss(outputs["decoder_logits"], labels)
         total += weight * dec
         metrics["loss_cross_decoder"] = dec
     metrics["loss"] = total
@@ -342,19 +350,22 @@ def compute_losses(
 
 
 def _class_aware_losses(
-    outputs: Mapping[str, Any], loss_config: Any, metrics: dict[str, jax.Array]
+    outputs: Mapping[str, Any],
+    batch: Mapping[str, jax.Array],
+    loss_config: Any,
+    metrics: dict[str, jax.Array],
 ) -> jax.Array:
     """AdaMine's semantic triplet (`loss.semantic`), the pairwise cosine loss of im2recipe / PWC++
     (`loss.pairwise`) and the classification heads (`loss.image_cls`, `loss.recipe_cls`); each
-    weight 0 leaves its term out."""
+    weight 0 leaves its term out. Class labels: the batch's `schema.CLASS_ID`."""
     total = jnp.zeros((), jnp.float32)
     if loss_config.semantic:
-        if "class_id" not in outputs:
-            raise ValueError("loss.semantic needs 'class_id' in the batch")
+        if schema.CLASS_ID not in batch:
+            raise ValueError(f"loss.semantic needs {schema.CLASS_ID!r} in the batch")
         semantic, stats = bidirectional_semantic_loss(
             outputs["image"],
             outputs["recipe"],
-            outputs["class_id"],
+            batch[schema.CLASS_ID],
             margin=loss_config.semantic_margin,
             reduction=loss_config.semantic_reduction,
             positives=loss_config.semantic_positives,
@@ -376,11 +387,12 @@ def _class_aware_losses(
         weight = loss_config[f"{side}_cls"]
         if not weight:
             continue
-        if f"{side}_logits" not in outputs or "class_id" not in outputs:
+        if f"{side}_logits" not in outputs or schema.CLASS_ID not in batch:
             raise ValueError(
-                f"loss.{side}_cls needs a class head (model.num_classes > 0) and 'class_id'"
+                f"loss.{side}_cls needs a class head (model.num_classes > 0) and "
+                f"{schema.CLASS_ID!r} in the batch"
             )
-        ce = classification_loss(outputs[f"{side}_logits"], outputs["class_id"])
+        ce = classification_loss(outputs[f"{side}_logits"], batch[schema.CLASS_ID])
         total += weight * ce
         metrics[f"loss_{side}_cls"] = ce
     return total

@@ -62,7 +62,9 @@ def ensure_builtin_dataset(cache_dir: str, *, num_recipes: int, image_size: int,
         prepare.prepare(
             os.path.join(tmp, "raw"),
             os.path.join(tmp, "data"),
-            source=f"xmodal.data.builtin.dataset({num_recipes=}, {image_size=}, {seed=})",
+            source=(
+                f"xmodal.data.builtin.dataset: synthetic({num_recipes=}, {image_size=}, {seed=})"
+            ),
         )
         shutil.rmtree(os.path.join(tmp, "raw"))  # regenerable; halves the cache size
         if os.path.exists(final):  # another process finished first, or a stale incomplete entry

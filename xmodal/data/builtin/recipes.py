@@ -1,6 +1,6 @@
 """Synthetic recipes of the built-in dataset: the ingredient and dish-class tables, and the draw of
 one recipe (title, ingredient lines, instructions, det_ingrs entries, class label, partition, photo
-ids) together with the description of its dish that `synthetic_photos` renders.
+ids) together with the description of its dish that `photos` renders.
 
 Each ingredient has a colour, a piece shape and size, a unit and whether it is cut; each dish class
 a container, a base colour, its cooking methods and an ingredient pool. Confusable pairs (tomato vs

@@ -3,7 +3,7 @@ det_ingrs.json, classes1M.pkl and the photos under <partition>/a/b/c/d/<image id
 
 Deterministic by seed: recipes are drawn in the main process from one generator, every photo from
 its own generator seeded by (seed, recipe index, photo index), so output is byte-identical for any
-number of workers. Photos are rendered in a spawned process pool (`synthetic_photos.render_photo`).
+number of workers. Photos are rendered in a spawned process pool (`photos.render_photo`).
 """
 
 from __future__ import annotations
