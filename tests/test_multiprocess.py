@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,8 +40,8 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
         JAX_PLATFORMS="cpu",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -50,9 +51,11 @@ def _main(
     processes: int,
     devices: int,
     program: tuple[str, ...] = ("-m", "xmodal.main"),
+    caches: tuple[str, ...] = (),
 ) -> list[str]:
     """Run `python -m xmodal.main ARGS` (or another `program`) as `processes` processes of
-    `devices` devices each; returns each process's output (all must exit 0)."""
+    `devices` devices each; returns each process's output (all must exit 0). `caches`: each
+    process's own compilation cache (as on hosts with local caches; default: the session's)."""
     cmd = [sys.executable, *program, *args]
     port = _free_port()
     # Each process's output goes to a file, not a pipe: a process blocked writing to a full
@@ -70,6 +73,7 @@ def _main(
                     JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                     JAX_NUM_PROCESSES=str(processes),
                     JAX_PROCESS_ID=str(i),
+                    **({"JAX_COMPILATION_CACHE_DIR": caches[i]} if caches else {}),
                 ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -136,6 +140,31 @@ def test_two_processes_match_one_through_train_resume_and_eval(tiny_data, tmp_pa
     assert _flat(_eval(two)) == pytest.approx(_flat(_eval(one)), rel=1e-4)
     with open(os.path.join(two, "config.json")) as f:
         assert json.load(f)["run"]["processes"] == 2
+
+
+def test_a_process_with_a_warm_cache_waits_for_the_others_before_the_first_collective(
+    tiny_data, tmp_path
+):
+    """Process 0 gets the train step from its compilation cache in about a second while process 1
+    compiles it (a cold cache: another host's, or JAX's multi-process caching, which writes from
+    process 0 only). Before, process 0 entered the step's collectives alone and gloo, which waits
+    30 s for a new communicator, aborted the job under load; now it waits at the coordination
+    service's barrier until every process has compiled, and the job runs as with cold caches."""
+    warm, cold = str(tmp_path / "warm"), str(tmp_path / "cold")
+    args = [
+        *TRAIN,
+        f"--config.data.dir={tiny_data}",
+        "--config.train.num_steps=2",
+        "--config.train.eval_at_end=False",
+    ]
+    first = str(tmp_path / "first")
+    _main([*args, f"--workdir={first}"], processes=2, devices=2, caches=(warm, cold + "-0"))
+    assert os.listdir(warm)  # process 0 wrote its programs
+    second = str(tmp_path / "second")
+    outs = _main([*args, f"--workdir={second}"], processes=2, devices=2, caches=(warm, cold))
+    waited = re.search(r"waited ([0-9.]+) s for every process to compile the train step", outs[0])
+    assert waited and float(waited.group(1)) >= 1.0, outs[0][-3000:]
+    assert _curve(second) == _curve(first)
 
 
 def test_resume_with_another_process_count_is_refused(tiny_data, tmp_path):

@@ -23,7 +23,6 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from configs import common
@@ -32,7 +31,7 @@ from xmodal.data import info as data_info
 from xmodal.data.builtin import dataset as builtin
 from xmodal.data.pipeline import worker_count
 from xmodal.models.dual_encoder import DualEncoder
-from xmodal.runtime import checkpointing, sharding
+from xmodal.runtime import checkpointing, distributed, sharding
 from xmodal.runtime import state as state_lib
 from xmodal.runtime.embed import BatchFn, Embedder
 
@@ -143,8 +142,7 @@ def resolve_data_dir(data_config: ml_collections.ConfigDict) -> str:
         return named
     first = jax.process_index() == 0
     data_dir = builtin.ensure_for_config(data_config) if first else None
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("xmodal: data dir resolved")
+    distributed.wait_for_all("built-in dataset ready")  # no collective: process 0 may take minutes
     return data_dir or builtin.ensure_for_config(data_config)
 
 

@@ -21,6 +21,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from xmodal.runtime import distributed
+
 BEST_METRIC = "val_recall@1"
 STATE = "state"
 DATA = "data"
@@ -210,8 +212,7 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
             print(
                 f"warning: moved the unreadable checkpoint of step {step} to {target}", flush=True
             )
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("xmodal: unreadable checkpoints moved aside")
+    distributed.wait_for_all("unreadable checkpoints moved aside")
     manager.reload()
 
 

@@ -9,15 +9,34 @@ Three ways to launch, checked in this order:
 3. Neither: one process, nothing to join.
 On CPU the cross-process collectives go over gloo (TCP), so a job of several processes runs on
 one machine too (tests/test_multiprocess.py).
+
+Work that one process does alone, or faster than the others, is kept out of the collectives'
+way: a collective waits only so long for its peers (gloo: 30 s to set up a communicator), while
+one process may build the built-in dataset alone, or get a program from the persistent
+compilation cache (which JAX fills from process 0 only) while another compiles it for minutes.
+`wait_for_all` is a barrier of the coordination service instead (its key-value store over TCP,
+no collective, no 30 s limit), and `compile_together` compiles a jitted function ahead of its
+first call and waits there, so every process enters the program's first collective together.
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import orbax.checkpoint as ocp
+from absl import logging
 
 CLUSTER_MARKERS = ("SLURM_STEP_ID", "OMPI_COMM_WORLD_SIZE")
+# How long a process waits at a barrier for the others (a compile of the paper-size step on a
+# slow host, building the built-in dataset): past it, the job fails naming the barrier instead
+# of hanging.
+BARRIER_TIMEOUT_S = 30 * 60
+_barriers: collections.Counter[str] = collections.Counter()
 
 
 def initialize(
@@ -46,3 +65,40 @@ def initialize(
         )
     elif any(os.environ.get(m) for m in CLUSTER_MARKERS):
         jax.distributed.initialize()
+
+
+def wait_for_all(name: str, *, timeout_s: int = BARRIER_TIMEOUT_S) -> float:
+    """Block until every process of the job has reached the barrier `name` (called in the same
+    order by every process; a name may repeat). Returns the seconds waited; no-op in a job of
+    one process. A process that never arrives (it died, or hangs) fails the others after
+    `timeout_s` with an error naming the barrier."""
+    if jax.process_count() == 1:
+        return 0.0
+    _barriers[name] += 1
+    key = f"xmodal/{name}/{_barriers[name]}"
+    start = time.perf_counter()
+    try:
+        ocp.multihost.get_jax_distributed_client().wait_at_barrier(
+            key, timeout_in_ms=timeout_s * 1000
+        )
+    except Exception as e:  # the client raises XlaRuntimeError (DEADLINE_EXCEEDED, UNAVAILABLE)
+        raise RuntimeError(
+            f"process {jax.process_index()} of {jax.process_count()}: not every process reached "
+            f"{name!r} within {timeout_s} s (another process died or hangs; see its log): {e}"
+        ) from e
+    waited = time.perf_counter() - start
+    logging.info("waited %.1f s at %r for the other processes", waited, name)
+    return waited
+
+
+def compile_together(jitted: Any, name: str, *args: Any) -> Callable[..., Any]:
+    """`jitted` compiled for `args` (its first call's arguments), then `wait_for_all`: no process
+    enters the program (and its collectives) before every process can run it. One process:
+    `jitted` itself, compiled on first call as usual."""
+    if jax.process_count() == 1:
+        return jitted
+    compiled = jitted.lower(*args).compile()
+    waited = wait_for_all(f"compiled {name}")
+    if jax.process_index() == 0 and waited >= 1.0:
+        print(f"[xmodal] waited {waited:.1f} s for every process to compile {name}", flush=True)
+    return compiled

@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from xmodal.data import pipeline, schema
 from xmodal.models.dual_encoder import DualEncoder
-from xmodal.runtime import sharding
+from xmodal.runtime import distributed, sharding
 from xmodal.runtime.state import StateLayout, TrainState, in_eval_mode
 
 BatchFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
@@ -49,6 +49,18 @@ class Embedder:
     def __init__(self, layout: StateLayout, mesh: Any, outputs: BatchFn = DualEncoder.embed_pairs):
         self.mesh = mesh
         self._run = eval_jit(layout, mesh, outputs, out_sharded=True)
+        self._programs: dict[Any, Any] = {}
+
+    def _compiled(self, params: Any, model_state: Any, batch: dict[str, jax.Array]) -> Any:
+        """`self._run`, compiled together by every process for each batch shape (eval batches
+        all have one) so that none enters its collectives alone (`distributed.compile_together`)."""
+        shapes = jax.tree.map(lambda x: (x.shape, x.dtype), batch)
+        key = tuple(sorted((k, v) for k, v in shapes.items()))
+        if key not in self._programs:
+            self._programs[key] = distributed.compile_together(
+                self._run, "the embed step", params, model_state, batch
+            )
+        return self._programs[key](params, model_state, batch)
 
     def split(
         self,
@@ -72,7 +84,7 @@ class Embedder:
         )
         parts: dict[str, list[np.ndarray]] = {}
         for batch in sharding.DevicePrefetcher(iter(ds), self.mesh, config.data.prefetch):
-            out = self._run(state.params, state.model_state, batch)
+            out = self._compiled(state.params, state.model_state, batch)
             out[schema.INDEX] = batch[schema.INDEX]
             valid = batch[schema.VALID]
             out, valid = multihost_utils.process_allgather((out, valid), tiled=True)

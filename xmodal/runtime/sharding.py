@@ -113,6 +113,13 @@ class DevicePrefetcher:
         batch, self._state = self._queue.popleft()
         return batch
 
+    def peek(self) -> dict[str, jax.Array]:
+        """The batch the next `next()` returns, left in place (to compile the step for it)."""
+        self._fill()
+        if not self._queue:
+            raise StopIteration
+        return self._queue[0][0]
+
     def get_state(self) -> Any:
         return self._state
 

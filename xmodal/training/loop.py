@@ -17,7 +17,7 @@ from xmodal import evaluate
 from xmodal.data import info as data_info
 from xmodal.data import pipeline, schema
 from xmodal.run import Run, decoder_trains
-from xmodal.runtime import checkpointing, preemption, sharding
+from xmodal.runtime import checkpointing, distributed, preemption, sharding
 from xmodal.runtime import state as state_lib
 from xmodal.runtime.metrics import MetricWriter
 from xmodal.training.step import NONFINITE, compile_train_step
@@ -68,6 +68,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batches = sharding.DevicePrefetcher(host_iter, mesh, config.data.prefetch)
     step_fn = compile_train_step(run.layout, config, mesh)
     start, total = int(state.step), config.train.num_steps
+    if start < total:  # several processes: all compiled before the first collective
+        step_fn = distributed.compile_together(step_fn, "the train step", state, batches.peek())
     writer = MetricWriter(workdir, start_step=start)
     progress = tqdm(
         total=total, initial=start, desc="train", unit="step", disable=jax.process_index() != 0
