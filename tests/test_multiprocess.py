@@ -8,12 +8,15 @@ import contextlib
 import json
 import os
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 
 import pytest
+from cluster_fixtures import SlurmCluster, missing_programs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [
@@ -92,6 +95,52 @@ def _main(
     return outs
 
 
+# How a launcher tells each process its rank (for its log file).
+RANK_VARIABLES = {"srun": "SLURM_PROCID", "mpirun": "OMPI_COMM_WORLD_RANK"}
+
+
+def _launch(launcher: str, args: list[str], *, processes: int, devices: int, env: dict) -> list:
+    """`python -m xmodal.main ARGS` as `processes` tasks of `srun` (the test cluster's, `env`
+    holds its SLURM_CONF) or `mpirun`, each with `devices` CPU devices and no JAX_* variables:
+    the job is found by JAX's cluster detection, as on a real cluster. Returns each process's
+    output (the launcher must exit 0)."""
+    logs = tempfile.mkdtemp(prefix=f"xmodal-{launcher}-")
+    program = " ".join(shlex.quote(x) for x in [sys.executable, "-m", "xmodal.main", *args])
+    task = f'exec {program} > {logs}/"${RANK_VARIABLES[launcher]}".log 2>&1'
+    env = {**env, **_env(devices)}
+    if launcher == "srun":
+        cmd = ["srun", "-n", str(processes), "--overcommit", "--export=ALL"]
+    else:
+        forwarded = ("PYTHONPATH", "JAX_PLATFORMS", "XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+        cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(processes)]
+        cmd += [x for k in forwarded for x in ("-x", k)]
+    proc = subprocess.run(
+        [*cmd, "bash", "-c", task], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    outs = []
+    for rank in range(processes):
+        with open(os.path.join(logs, f"{rank}.log")) as f:
+            outs.append(f.read())
+    shutil.rmtree(logs)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + outs[0][-3000:]
+    return outs
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A one-node SLURM cluster for this module's srun launches."""
+    missing = missing_programs() + [p for p in ("mpirun",) if not shutil.which(p)]
+    if missing:
+        pytest.skip(
+            f"{', '.join(missing)} not installed: the srun and mpirun launches need Debian's "
+            "slurm-wlm and openmpi-bin (README: tests)"
+        )
+    cluster = SlurmCluster(str(tmp_path_factory.mktemp("slurm")))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 def _curve(workdir: str) -> list[tuple[int, str, float]]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
@@ -114,14 +163,28 @@ def _eval(workdir: str) -> dict:
         return json.load(f)
 
 
-def test_two_processes_match_one_through_train_resume_and_eval(tiny_data, tmp_path):
+def test_two_processes_match_one_through_train_resume_and_eval(tiny_data, tmp_path, slurm):
+    """Trained through `srun` (JAX's SLURM detection), resumed through `mpirun` (its Open MPI
+    detection), evaluated with the explicit variables: every launch line of docs/performance.md
+    joins one job, and the job trains step for step like one process x 4 devices."""
     data = f"--config.data.dir={tiny_data}"
     two, one = str(tmp_path / "two"), str(tmp_path / "one")
-    outs = _main(
-        [*TRAIN, data, f"--workdir={two}", "--config.train.num_steps=6"], processes=2, devices=2
+    outs = _launch(
+        "srun",
+        [*TRAIN, data, f"--workdir={two}", "--config.train.num_steps=6"],
+        processes=2,
+        devices=2,
+        env=slurm.env,
     )
     assert "step 6: val" in outs[0] and "step 6: val" not in outs[1]  # process 0 prints
-    _main([*TRAIN, data, f"--workdir={two}", "--config.train.num_steps=8"], processes=2, devices=2)
+    outs = _launch(
+        "mpirun",
+        [*TRAIN, data, f"--workdir={two}", "--config.train.num_steps=8"],
+        processes=2,
+        devices=2,
+        env=dict(os.environ),
+    )
+    assert "resumed from" in outs[0] and "at step 6" in outs[0]
     _main([*TRAIN, data, f"--workdir={one}", "--config.train.num_steps=8"], processes=1, devices=4)
 
     got, want = _curve(two), _curve(one)
