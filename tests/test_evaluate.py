@@ -103,6 +103,14 @@ def test_retrieval_ranks_10k_bag_is_one_device_call(monkeypatch):
     calls = []
     real = evaluate._chunk_ranks
     monkeypatch.setattr(evaluate, "_chunk_ranks", lambda *a: calls.append(a[0].shape) or real(*a))
-    x = np.random.default_rng(4).normal(size=(10_000, 4)).astype(np.float32)
-    evaluate.retrieval_ranks(x, x)
+    rng = np.random.default_rng(4)
+    # Candidate j has cosine t_j with every query (all along the first axis, of any length):
+    # distinct cosines in [0, 1), so candidate i ranks 1 + (number of larger t) = 10,000 - perm_i.
+    perm = rng.permutation(10_000)
+    t = (perm / 10_000).astype(np.float32)
+    candidates = np.stack([t, np.sqrt(1 - t * t), np.zeros_like(t), np.zeros_like(t)], axis=1)
+    queries = np.zeros((10_000, 4), np.float32)
+    queries[:, 0] = rng.uniform(0.5, 2.0, size=10_000)
+    ranks = evaluate.retrieval_ranks(queries, candidates)
     assert calls == [(10_000, 4)]
+    np.testing.assert_array_equal(ranks, 10_000 - perm)

@@ -153,6 +153,11 @@ def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
         scores = json.load(f)
     assert scores["split"] == "test" and scores["n_recipes"] == 8 and scores["beam"] == 2
     assert scores["length_penalty"] == 0.6
+    # The command scores as the Python API does on the same checkpoint and recipes.
+    predictor = predict.Predictor.from_workdir(workdir, config, which=None)
+    api = predict.evaluate_ingredients(
+        predictor, str(tmp_path), split="test", beam=2, length_penalty=0.6, limit=8
+    )
     for k in (
         "micro_precision",
         "micro_recall",
@@ -161,7 +166,7 @@ def test_cli_describes_a_photo_and_scores_the_test_split(decoder_run, tmp_path):
         "title_exact_match",
         "title_word_f1",
     ):
-        assert 0.0 <= scores[k] <= 1.0
+        assert 0.0 <= scores[k] <= 1.0 and scores[k] == pytest.approx(api[k]), k
 
 
 def test_text_only_batches_resume_where_they_were(tiny_data):

@@ -106,10 +106,23 @@ def method_run(request, trained, tiny_data, tmp_path_factory):
 def test_each_method_checkpoint_serves_every_use(method_run, tmp_path, capsys):
     _, config, workdir = method_run
     results = evaluate.evaluate_checkpoint(config, workdir, which="latest")
-    assert results["n_pairs"] > 0 and 1 <= results["image_to_recipe"]["50"]["medR"]["mean"] <= 50
     path = evaluate.embed_checkpoint(config, workdir, which="latest")
     with np.load(path) as f:
         assert f["image"].shape == f["recipe"].shape and len(f["ids"]) == results["n_pairs"]
+        image, recipe = f["image"].astype(np.float64), f["recipe"].astype(np.float64)
+    # The whole-split scores, brute force from the embeddings of the same checkpoint.
+    n = results["n_pairs"]
+    assert n == len(pipeline.split_metadata(config.data.dir, "test")) > 50
+    for direction, (q, c) in (
+        ("image_to_recipe", (image, recipe)),
+        ("recipe_to_image", (recipe, image)),
+    ):
+        sims = q @ c.T
+        ranks = np.array([np.sum(sims[i] >= sims[i, i]) for i in range(n)])
+        full = results[direction]["full"]
+        assert full["medR"]["mean"] == pytest.approx(np.median(ranks), abs=1)
+        for k in (1, 5, 10):  # one pair's near-tie may fall either way in float32
+            assert full[f"R@{k}"]["mean"] == pytest.approx(100 * np.mean(ranks <= k), abs=100 / n)
 
     base, photo = str(tmp_path / "test"), _photo(config, str(tmp_path))
     search.run(["index", f"--workdir={workdir}", "--split=test", f"--out={base}"])

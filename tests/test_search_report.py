@@ -201,7 +201,8 @@ def test_report_is_self_contained_html_with_every_section(trained, model):
     assert parser.img_src and all(s.startswith("data:image/jpeg;base64,") for s in parser.img_src)
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")
     assert text.count("class='img'") == 60 and text.count("class='rec'") == 60
-    assert "✓" in text or "hit" in text
+    hits = text.count("class='card hit'")  # which cards: test_query_gallery_marks_the_true_matches
+    assert hits <= 2 * 3 and text.count(" ✓</span>") == hits  # at most one per query and direction
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -228,6 +229,27 @@ def test_report_is_self_contained_html_with_every_section(trained, model):
     )
     shot = np.asarray(Image.open(png).convert("RGB"))
     assert shot.shape[:2] == (2400, 1200) and shot.std() > 10  # rendered, not a blank page
+
+
+def test_query_gallery_marks_the_true_matches_and_nothing_else():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(12, 8))
+    image /= np.linalg.norm(image, axis=1, keepdims=True)  # unit rows, as embeddings are
+    items = [{"title": f"recipe {i}"} for i in range(12)]
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 120, 40)).save(buf, format="JPEG")
+    photos = {i: buf.getvalue() for i in range(12)}
+    queries = [0, 3, 5]
+    # Recipes equal to their photos: every true match ranks first, in both directions.
+    same = report.query_gallery(image, image.copy(), items, photos, queries, k=5)
+    assert same.count("class='card hit'") == 6 and same.count("#1 ✓</span>") == 6
+    # Recipes opposite to their photos: every true match ranks last of 12, outside the top 5.
+    opposite = report.query_gallery(image, -image, items, photos, queries, k=5)
+    assert "class='card hit'" not in opposite and " ✓</span>" not in opposite
+    # 3 queries x 2 directions x top 5 result cards, plus the 3 recipe query cards
+    cards = 2 * 3 * 5 + 3
+    assert opposite.count("class='card'") == cards
+    assert same.count("class='card'") + same.count("class='card hit'") == cards
 
 
 def test_tsne_map_one_pair_and_colours_by_class_or_modality():

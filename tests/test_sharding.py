@@ -20,18 +20,20 @@ STEPS = 2
 
 
 def run_steps(config, num_devices, batches):
-    """Fresh state on a mesh of `num_devices`, `len(batches)` steps: (state, metrics, step_fn)."""
+    """Fresh state on a mesh of `num_devices`, `len(batches)` steps: (state, metrics, compiles
+    per step, host params after each step)."""
     mesh = sharding.make_mesh(num_devices)
     layout = state_lib.StateLayout.create(config, VOCAB, mesh)
     state = layout.init()
     step_fn = compile_train_step(layout, config, mesh)
-    metrics, compiles = [], []
+    metrics, compiles, params = [], [], []
     for host in batches:
         with perf.CompileCounter() as counter:
             state, m = step_fn(state, sharding.global_batch(host, mesh))
             metrics.append(jax.device_get(m))
         compiles.append(counter.count)
-    return state, metrics, compiles
+        params.append(jax.device_get(state.params))
+    return state, metrics, compiles, params
 
 
 @pytest.fixture(scope="module")
@@ -41,37 +43,45 @@ def batches():
 
 @pytest.fixture(scope="module")
 def single_device(batches):
-    state, metrics, _ = run_steps(micro_config(), 1, batches)
-    return jax.device_get(state.params), metrics
+    _, metrics, _, params = run_steps(micro_config(), 1, batches)
+    return params[-1], metrics
 
 
 def assert_same_run(run, reference, lr):
     """Same loss and gradient norm at every step (step 2's loss depends on step 1's update, so it
     checks the updated parameters too), and parameters equal up to Adam's float-noise amplification:
     its early updates are ~lr * sign(g), so elements whose gradient is ~0 (e.g. attention key
-    biases, exactly 0 in exact arithmetic) move by +-lr depending on summation order (layout)."""
-    state, metrics = run
+    biases, exactly 0 in exact arithmetic) move by +-lr depending on summation order (layout):
+    every element within Adam's bounded move, and at most 1% of them beyond rtol 1e-4."""
+    params, metrics = run
     ref_params, ref_metrics = reference
     for m, r in zip(metrics, ref_metrics, strict=True):
         np.testing.assert_allclose(m["loss"], r["loss"], rtol=1e-5)
         np.testing.assert_allclose(m["grad_norm"], r["grad_norm"], rtol=1e-4)
-    got, want = jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(ref_params)
+    got, want = jax.tree.leaves(jax.device_get(params)), jax.tree.leaves(ref_params)
     assert len(got) == len(want) > 20
+    off = total = 0
     for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2 * lr * STEPS)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2 * lr * STEPS)  # Adam's bounded move
+        off += int(np.sum(~np.isclose(a, b, rtol=1e-4, atol=1e-6)))
+        total += a.size
+    # Measured: 187 of 141,066 elements (0.13%) differ beyond rtol 1e-4 on 8 devices (data
+    # parallel), all by at most 1e-4 = 0.1 lr; a wrong reduction or layout moves far more.
+    assert off <= 0.01 * total, f"{off} of {total} parameters differ beyond rtol 1e-4"
 
 
 def test_data_parallel_step_matches_single_device_and_compiles_once(batches, single_device):
-    state, metrics, compiles = run_steps(micro_config(), 8, batches + batches[:1])
+    state, metrics, compiles, params = run_steps(micro_config(), 8, batches + batches[:1])
     assert compiles[0] >= 1 and compiles[1:] == [0, 0]  # three steps, one compilation
     leaf = jax.tree.leaves(state.params)[0]
     assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
-    assert_same_run((state, metrics[:STEPS]), single_device, micro_config().train.lr)
+    # Compared after the reference's STEPS steps (the third step only checks the compile count).
+    assert_same_run((params[STEPS - 1], metrics[:STEPS]), single_device, micro_config().train.lr)
 
 
 def test_fsdp_step_matches_single_device_and_shards_large_leaves(batches, single_device):
     config = micro_config(**{"train.fsdp": True, "train.fsdp_min_size": 512})
-    state, metrics, compiles = run_steps(config, 8, batches)
+    state, metrics, compiles, _ = run_steps(config, 8, batches)
     assert compiles[1:] == [0]
     params = jax.tree.leaves(state.params)
     sharded = [p for p in params if not p.sharding.is_fully_replicated]
@@ -82,7 +92,7 @@ def test_fsdp_step_matches_single_device_and_shards_large_leaves(batches, single
         assert p.addressable_shards[0].data.size == p.size // 8
     mu = [m for m in jax.tree.leaves(state.opt_state) if getattr(m, "ndim", 0) >= 2]
     assert any(not m.sharding.is_fully_replicated for m in mu)  # Adam moments follow the params
-    assert_same_run((state, metrics), single_device, config.train.lr)
+    assert_same_run((state.params, metrics), single_device, config.train.lr)
 
 
 def test_fsdp_spec_picks_largest_divisible_dim_and_replicates_small_leaves():

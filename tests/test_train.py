@@ -44,7 +44,9 @@ def test_run_writes_metrics_checkpoints_config_and_eval(trained):
         bag = results[direction]["50"]
         assert set(bag) == {"medR", "R@1", "R@5", "R@10"}
         assert all(set(v) == {"mean", "std"} for v in bag.values())
-        assert 1 <= bag["medR"]["mean"] <= 50
+        # Better than chance on 50-pair bags (medR 25.5, R@10 20%): measured 15.7 and 28.7% for
+        # image -> recipe (30 steps of the tiny preset).
+        assert bag["medR"]["mean"] < 25.5 and bag["R@10"]["mean"] > 20
     assert result["test"] == results
 
 
