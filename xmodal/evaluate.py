@@ -14,7 +14,6 @@ ranks last, and the protocol's entry points refuse non-finite embeddings outrigh
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -240,16 +239,15 @@ def embed_checkpoint(
     image, recipe = run.embed_split(state, split)
     check_finite(image, recipe, split=split)
     ids = np.array([m["id"] for m in pipeline.split_metadata(run.data_dir, split)], np.str_)
-    path = os.path.join(workdir, results_lib.embeddings_file(split))
+    path = results_lib.write_arrays(
+        workdir,
+        results_lib.embeddings_file(split),
+        image=image.astype(np.float32),
+        recipe=recipe.astype(np.float32),
+        ids=ids,
+        step=np.int64(state.step),
+        split=np.str_(split),
+    )
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        np.savez(
-            path,
-            image=image.astype(np.float32),
-            recipe=recipe.astype(np.float32),
-            ids=ids,
-            step=np.int64(state.step),
-            split=np.str_(split),
-        )
         print(f"wrote {len(ids)} {split} pairs (step {int(state.step)}) to {path}")
     return path

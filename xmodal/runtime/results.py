@@ -1,10 +1,10 @@
-"""Result files of a workdir: their names, and the one writer of them.
+"""Result files of a workdir: their names, and their writers.
 
 Every result a command leaves in WORKDIR is named here (`eval_<split>.json` of `--mode=eval`,
 `embeddings_<split>.npz` of `--mode=embed`, CCA's `cca_<split>.json`, the cross decoder's
-`ingredients_<split>.json`) and every JSON one goes through `write_result`: written by process 0
-only, atomically (a temporary file, then a rename), so the other processes of a job, a reader
-or a rerun after a crash see the old file or the whole new one, never half of it.
+`ingredients_<split>.json`) and goes through `write_result` (JSON) or `write_arrays` (.npz):
+written by process 0 only, atomically (a temporary file, then a rename), so the other processes
+of a job, a reader or a rerun after a crash see the old file or the whole new one, never half.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 
 from xmodal.data import jsonio
 
@@ -44,4 +45,16 @@ def write_result(workdir: str, name: str, obj: Any) -> str:
     if jax.process_index() == 0:
         os.makedirs(workdir or ".", exist_ok=True)
         jsonio.write_json(obj, path, indent=2)
+    return path
+
+
+def write_arrays(workdir: str, name: str, **arrays: Any) -> str:
+    """`np.savez` of `arrays` to WORKDIR/`name` (ending .npz) from process 0, atomically, as
+    `write_result`; returns the path (on every process)."""
+    path = os.path.join(workdir, name)
+    if jax.process_index() == 0:
+        os.makedirs(workdir or ".", exist_ok=True)
+        tmp = path + ".tmp.npz"  # np.savez appends .npz to a name without it
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
     return path
