@@ -54,8 +54,7 @@ class Embedder:
     def _compiled(self, params: Any, model_state: Any, batch: dict[str, jax.Array]) -> Any:
         """`self._run`, compiled together by every process for each batch shape (eval batches
         all have one) so that none enters its collectives alone (`distributed.compile_together`)."""
-        shapes = jax.tree.map(lambda x: (x.shape, x.dtype), batch)
-        key = tuple(sorted((k, v) for k, v in shapes.items()))
+        key = tuple(sorted((k, x.shape, x.dtype) for k, x in batch.items()))
         if key not in self._programs:
             self._programs[key] = distributed.compile_together(
                 self._run, "the embed step", params, model_state, batch
