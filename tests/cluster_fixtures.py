@@ -33,7 +33,8 @@ def _conf(root: str) -> str:
             f"SlurmctldPort={_free_port()}",
             f"SlurmdPort={_free_port()}",
             "AuthType=auth/munge",
-            f"AuthInfo=socket={root}/munge.sock",
+            # cred_expire: how long a requeued job waits to start again (default 120 s)
+            f"AuthInfo=socket={root}/munge.sock,cred_expire=10",
             "CredType=cred/munge",
             "SlurmUser=root",
             "SlurmdUser=root",

@@ -52,6 +52,21 @@ def test_class_pools_of_a_run_and_a_split_of_other_recipes_refused(trained, monk
     _, workdir, _ = trained
     got = decoder_errors.main([f"--workdir={workdir}", "--limit=8"])
     assert got["recipes"] == 8 and 0 < got["class_pool_f1"] <= 1
+    # Pools that are exactly each recipe's own clean ingredients score 1: the pools are matched
+    # to the right recipes (each one's neighbour's list scores less).
+    from xmodal.data import pipeline, records
+
+    config, _, _ = trained
+    source = pipeline.open_split(config.data.dir, "test")
+    recs = [records.decode_record(source[i]) for i in range(8)]
+    own = {r["id"]: r["clean_ingredients"] for r in recs}
+    monkeypatch.setattr(decoder_errors, "class_pools", lambda n, seed: own)
+    exact = decoder_errors.main([f"--workdir={workdir}", "--limit=8"])
+    assert exact["class_pool_precision"] == exact["class_pool_recall"] == 1.0
+    shifted = {r["id"]: recs[(i + 1) % 8]["clean_ingredients"] for i, r in enumerate(recs)}
+    monkeypatch.setattr(decoder_errors, "class_pools", lambda n, seed: shifted)
+    assert decoder_errors.main([f"--workdir={workdir}", "--limit=8"])["class_pool_f1"] < 1.0
+    monkeypatch.undo()
     real = decoder_errors.class_pools
     monkeypatch.setattr(decoder_errors, "class_pools", lambda n, seed: real(n, seed + 1))
     with pytest.raises(SystemExit, match=r"8 of 8 recipes .* are not the built-in dataset's"):

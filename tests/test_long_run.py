@@ -285,6 +285,15 @@ def test_sigint_asks_to_stop_after_the_step_and_then_acts_at_once():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_repeated_sigterm_does_not_cut_the_checkpoint_short():
+    """SLURM's scancel reaches a task directly and through the `srun` that forwards it: the
+    second SIGTERM must leave the stop (and its checkpoint) to run, not end the process."""
+    with preemption.StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # before: the default action, death
+        assert stop.reached(1) and stop.reason() == "SIGTERM"
+
+
 # Two processes of one JAX job count steps at their own pace; process 1 gets the signal.
 STOPPER = """
 import sys, time

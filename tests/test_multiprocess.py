@@ -4,16 +4,18 @@ step for step. Subprocesses: the process boundary is what is tested."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 
 import pytest
 from cluster_fixtures import SlurmCluster, missing_programs
@@ -48,48 +50,62 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def _main(
+def _start(
     args: list[str],
     *,
     processes: int,
     devices: int,
+    logs: str,
     program: tuple[str, ...] = ("-m", "xmodal.main"),
     caches: tuple[str, ...] = (),
-) -> list[str]:
-    """Run `python -m xmodal.main ARGS` (or another `program`) as `processes` processes of
-    `devices` devices each; returns each process's output (all must exit 0). `caches`: each
-    process's own compilation cache (as on hosts with local caches; default: the session's)."""
+) -> list[subprocess.Popen]:
+    """Start `python -m xmodal.main ARGS` (or another `program`) as `processes` processes of
+    `devices` devices each, joined by the explicit variables; process i writes LOGS/i.log.
+    `caches`: each process's own compilation cache (as on hosts with local caches; default:
+    the session's)."""
     cmd = [sys.executable, *program, *args]
     port = _free_port()
-    # Each process's output goes to a file, not a pipe: a process blocked writing to a full
-    # pipe while the others wait for it in a collective would hang the job.
-    with contextlib.ExitStack() as stack:
-        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(processes)]
-        procs = [
-            subprocess.Popen(
-                cmd,
-                cwd=REPO,
-                env=_env(devices)
-                if processes == 1
-                else _env(
-                    devices,
-                    JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                    JAX_NUM_PROCESSES=str(processes),
-                    JAX_PROCESS_ID=str(i),
-                    **({"JAX_COMPILATION_CACHE_DIR": caches[i]} if caches else {}),
-                ),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
+    os.makedirs(logs, exist_ok=True)
+    procs = []
+    for i in range(processes):
+        joined = {
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_NUM_PROCESSES": str(processes),
+            "JAX_PROCESS_ID": str(i),
+            **({"JAX_COMPILATION_CACHE_DIR": caches[i]} if caches else {}),
+        }
+        # Output to a file, not a pipe: a process blocked writing to a full pipe while the
+        # others wait for it in a collective would hang the job.
+        with open(os.path.join(logs, f"{i}.log"), "w") as log:
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=REPO,
+                    env=_env(devices, **(joined if processes > 1 else {})),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
             )
-            for i, log in enumerate(logs)
-        ]
-        for p in procs:
-            p.wait(timeout=900)
-        outs = []
-        for log in logs:
-            log.seek(0)
-            outs.append(log.read())
+    return procs
+
+
+def _read(logs: str, processes: int, suffix: str = "log") -> list[str]:
+    outs = []
+    for i in range(processes):
+        with open(os.path.join(logs, f"{i}.{suffix}")) as f:
+            outs.append(f.read())
+    return outs
+
+
+def _main(args: list[str], *, processes: int, devices: int, **kwargs) -> list[str]:
+    """`_start`, then wait: returns each process's output (all must exit 0)."""
+    logs = tempfile.mkdtemp(prefix="xmodal-main-")
+    procs = _start(args, processes=processes, devices=devices, logs=logs, **kwargs)
+    for p in procs:
+        p.wait(timeout=900)
+    outs = _read(logs, processes)
+    shutil.rmtree(logs)
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-4000:]
     return outs
@@ -97,43 +113,72 @@ def _main(
 
 # How a launcher tells each process its rank (for its log file).
 RANK_VARIABLES = {"srun": "SLURM_PROCID", "mpirun": "OMPI_COMM_WORLD_RANK"}
+JOB_NAME = "xmodal-test"
 
 
-def _launch(launcher: str, args: list[str], *, processes: int, devices: int, env: dict) -> list:
+def _start_launch(
+    launcher: str, args: list[str], *, processes: int, devices: int, env: dict, logs: str
+) -> subprocess.Popen:
     """`python -m xmodal.main ARGS` as `processes` tasks of `srun` (the test cluster's, `env`
     holds its SLURM_CONF) or `mpirun`, each with `devices` CPU devices and no JAX_* variables:
-    the job is found by JAX's cluster detection, as on a real cluster. Returns each process's
-    output (the launcher must exit 0)."""
-    logs = tempfile.mkdtemp(prefix=f"xmodal-{launcher}-")
+    the job is found by JAX's cluster detection, as on a real cluster. Task r writes LOGS/r.log
+    and its exit status to LOGS/r.rc; the launcher's own output goes to LOGS/launcher.log."""
+    os.makedirs(logs, exist_ok=True)
     program = " ".join(shlex.quote(x) for x in [sys.executable, "-m", "xmodal.main", *args])
-    task = f'exec {program} > {logs}/"${RANK_VARIABLES[launcher]}".log 2>&1'
+    rank = f'{logs}/"${RANK_VARIABLES[launcher]}"'
+    # The shell records xmodal.main's pid and exit status; it outlives a SIGTERM (SLURM signals
+    # every process of a task) and passes it on, so xmodal.main may get it twice, as from
+    # scancel and an srun that forwards it.
+    task = (
+        f"{program} > {rank}.log 2>&1 & child=$!; echo $child > {rank}.pid; "
+        "trap 'kill -TERM $child' TERM; "
+        "wait $child; status=$?; "
+        "while kill -0 $child 2>/dev/null; do wait $child; status=$?; done; "
+        f"echo $status > {rank}.rc"
+    )
     env = {**env, **_env(devices)}
     if launcher == "srun":
         cmd = ["srun", "-n", str(processes), "--overcommit", "--export=ALL"]
+        cmd += [f"--job-name={JOB_NAME}"]
     else:
         forwarded = ("PYTHONPATH", "JAX_PLATFORMS", "XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
         cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(processes)]
         cmd += [x for k in forwarded for x in ("-x", k)]
-    proc = subprocess.run(
-        [*cmd, "bash", "-c", task], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-    )
-    outs = []
-    for rank in range(processes):
-        with open(os.path.join(logs, f"{rank}.log")) as f:
-            outs.append(f.read())
+    with open(os.path.join(logs, "launcher.log"), "w") as out:
+        return subprocess.Popen(
+            [*cmd, "bash", "-c", task], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def _finish_launch(proc: subprocess.Popen, logs: str, processes: int) -> list[str]:
+    """Wait for a `_start_launch` job: returns each task's output (the launcher and every task
+    must exit 0)."""
+    proc.wait(timeout=900)
+    outs = _read(logs, processes)
+    with open(os.path.join(logs, "launcher.log")) as f:
+        launcher = f.read()
+    assert proc.returncode == 0, launcher[-2000:] + outs[0][-3000:]
+    statuses = [s.strip() for s in _read(logs, processes, "rc")]
+    assert statuses == ["0"] * processes, [o[-3000:] for o in outs]
+    return outs
+
+
+def _launch(launcher: str, args: list[str], *, processes: int, devices: int, env: dict) -> list:
+    logs = tempfile.mkdtemp(prefix=f"xmodal-{launcher}-")
+    proc = _start_launch(launcher, args, processes=processes, devices=devices, env=env, logs=logs)
+    outs = _finish_launch(proc, logs, processes)
     shutil.rmtree(logs)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + outs[0][-3000:]
     return outs
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """A one-node SLURM cluster for this module's srun launches."""
-    missing = missing_programs() + [p for p in ("mpirun",) if not shutil.which(p)]
+    missing = missing_programs()
     if missing:
         pytest.skip(
-            f"{', '.join(missing)} not installed: the srun and mpirun launches need Debian's "
-            "slurm-wlm and openmpi-bin (README: tests)"
+            f"{', '.join(missing)} not installed: the srun launches need Debian's slurm-wlm "
+            "(README: tests)"
         )
     cluster = SlurmCluster(str(tmp_path_factory.mktemp("slurm")))
     cluster.start()
@@ -141,9 +186,26 @@ def slurm(tmp_path_factory):
     cluster.stop()
 
 
+def _metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def _wait_for(workdir: str, running: Callable[[], bool], key: str, step: int) -> None:
+    """Until process 0 has written `key` for `step` (or later) to WORKDIR/metrics.jsonl, while
+    the job is `running()`."""
+    deadline = time.monotonic() + 600
+    while not any(r["step"] >= step and key in r for r in _metrics(workdir)):
+        assert running(), "the job ended early"
+        assert time.monotonic() < deadline, f"no {key} at step {step} in 600 s"
+        time.sleep(0.2)
+
+
 def _curve(workdir: str) -> list[tuple[int, str, float]]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
+    rows = _metrics(workdir)
     keys = ("loss", "val_recall@1", "val_medR_i2r")
     return [(r["step"], k, r[k]) for r in rows for k in keys if k in r]
 
@@ -163,46 +225,197 @@ def _eval(workdir: str) -> dict:
         return json.load(f)
 
 
-def test_two_processes_match_one_through_train_resume_and_eval(tiny_data, tmp_path, slurm):
-    """Trained through `srun` (JAX's SLURM detection), resumed through `mpirun` (its Open MPI
-    detection), evaluated with the explicit variables: every launch line of docs/performance.md
-    joins one job, and the job trains step for step like one process x 4 devices."""
-    data = f"--config.data.dir={tiny_data}"
-    two, one = str(tmp_path / "two"), str(tmp_path / "one")
-    outs = _launch(
-        "srun",
-        [*TRAIN, data, f"--workdir={two}", "--config.train.num_steps=6"],
-        processes=2,
-        devices=2,
-        env=slurm.env,
-    )
-    assert "step 6: val" in outs[0] and "step 6: val" not in outs[1]  # process 0 prints
-    outs = _launch(
-        "mpirun",
-        [*TRAIN, data, f"--workdir={two}", "--config.train.num_steps=8"],
-        processes=2,
-        devices=2,
-        env=dict(os.environ),
-    )
-    assert "resumed from" in outs[0] and "at step 6" in outs[0]
-    _main([*TRAIN, data, f"--workdir={one}", "--config.train.num_steps=8"], processes=1, devices=4)
-
-    got, want = _curve(two), _curve(one)
+def _assert_trained_alike(workdir: str, reference: str) -> None:
+    """The same logged steps, losses and validations, and the same test scores, within 1e-4."""
+    got, want = _curve(workdir), _curve(reference)
     assert [g[:2] for g in got] == [w[:2] for w in want]
     for (step, key, a), (_, _, b) in zip(got, want, strict=True):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5), (step, key)
-    assert _flat(_eval(two)) == pytest.approx(_flat(_eval(one)), rel=1e-4)
+    assert _flat(_eval(workdir)) == pytest.approx(_flat(_eval(reference)), rel=1e-4)
+
+
+STEPS = 12  # a stop on SIGTERM after the step-3 validation leaves 8 steps to agree on one
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_data, tmp_path_factory) -> str:
+    """The reference: the same run as one process x 4 devices, uninterrupted."""
+    workdir = str(tmp_path_factory.mktemp("one"))
+    args = [*TRAIN, f"--config.data.dir={tiny_data}", f"--config.train.num_steps={STEPS}"]
+    _main([*args, f"--workdir={workdir}"], processes=1, devices=4)
+    return workdir
+
+
+def _launcher_env(launcher: str, request) -> dict:
+    if launcher == "srun":
+        return request.getfixturevalue("slurm").env
+    if not shutil.which("mpirun"):
+        pytest.skip("mpirun not installed: the mpirun launches need Debian's openmpi-bin")
+    return dict(os.environ)
+
+
+def _preempt(launcher: str, logs: str, processes: int, env: dict) -> None:
+    """SIGTERM to every process, as a scheduler preempting the job sends it."""
+    if launcher == "srun":  # SIGCONT and SIGTERM to every task, SIGKILL after KillWait (60 s)
+        subprocess.run(["scancel", f"--name={JOB_NAME}"], env=env, check=True)
+    else:  # to each process, as SLURM does to an mpirun job's processes (not to mpirun)
+        for pid in _read(logs, processes, "pid"):
+            os.kill(int(pid), signal.SIGTERM)
+
+
+@pytest.mark.xdist_group("launchers")  # one reference run and one SLURM for both launchers
+@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
+def test_a_launched_job_stops_at_one_step_on_sigterm_resumes_and_evaluates_like_one_process(
+    launcher, tiny_data, tmp_path, request, one_process
+):
+    """Two processes x 2 devices through `srun` (JAX's SLURM detection) or `mpirun` (its Open
+    MPI detection), launched as docs/performance.md says: trained with validations and
+    checkpoints and preempted after the step-3 validation (`scancel`; SIGTERM to each process),
+    every process stops after one agreed step with a checkpoint and exits 0; the same command
+    resumes there, `--mode=eval` evaluates, and the job matches one process x 4 devices step
+    for step."""
+    env = _launcher_env(launcher, request)
+    two = str(tmp_path / "two")
+    args = [
+        *TRAIN,
+        f"--config.data.dir={tiny_data}",
+        f"--workdir={two}",
+        f"--config.train.num_steps={STEPS}",
+    ]
+    logs = str(tmp_path / "logs")
+    job = _start_launch(launcher, args, processes=2, devices=2, env=env, logs=logs)
+    _wait_for(two, lambda: job.poll() is None, "val_recall@1", step=3)
+    _preempt(launcher, logs, 2, env)
+    outs = _finish_launch(job, logs, processes=2)  # every process exits 0
+    stopped = re.search(r"stopped by a preemption notice \(SIGTERM\) after step (\d+)", outs[0])
+    assert stopped, outs[0][-3000:]
+    at = int(stopped.group(1))
+    assert 3 <= at < STEPS
+    saved = sorted(int(d) for d in os.listdir(os.path.join(two, "checkpoints")) if d.isdigit())
+    assert saved[-1] == at  # written by both processes: each stopped after step `at`
+
+    outs = _launch(launcher, args, processes=2, devices=2, env=env)
+    assert f"at step {at}" in outs[0] and "resumed from" in outs[0]
+    assert "step 12: val" in outs[0] and "step 12: val" not in outs[1]  # process 0 prints
+    _assert_trained_alike(two, one_process)
 
     os.remove(os.path.join(two, "eval_test.json"))
-    _main(
-        [*TRAIN, data, f"--workdir={two}", "--mode=eval", "--checkpoint=latest"],
-        processes=2,
-        devices=2,
+    _launch(
+        launcher, [*args, "--mode=eval", "--checkpoint=latest"], processes=2, devices=2, env=env
     )
-    assert _eval(two)["step"] == 8
-    assert _flat(_eval(two)) == pytest.approx(_flat(_eval(one)), rel=1e-4)
+    assert _eval(two)["step"] == STEPS
+    assert _flat(_eval(two)) == pytest.approx(_flat(_eval(one_process)), rel=1e-4)
     with open(os.path.join(two, "config.json")) as f:
         assert json.load(f)["run"]["processes"] == 2
+
+
+# tools/xmodal.sbatch's one-node CPU form (docs/performance.md).
+ONE_CPU_NODE = [
+    "--nodes=1",
+    "--ntasks-per-node=2",
+    "--gpus-per-node=0",
+    "--cpus-per-task=1",
+    "--time=10",
+]
+
+
+def _job_state(job: str, env: dict) -> dict[str, str]:
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return dict(field.split("=", 1) for field in shown.split() if "=" in field)
+
+
+@pytest.mark.xdist_group("launchers")
+def test_the_sbatch_script_saves_before_the_time_limit_requeues_itself_and_resumes(
+    tiny_data, tmp_path, slurm, one_process
+):
+    """tools/xmodal.sbatch on one CPU node, two tasks: USR1 to the batch script (what its
+    `--signal=B:USR1@300` sends before the time limit; sent here after the step-3 validation)
+    stops both tasks with a checkpoint, the script requeues the job, and the requeued job
+    resumes there, finishes and evaluates: as one process x 4 devices, step for step."""
+    workdir, log = str(tmp_path / "run"), tmp_path / "job.out"
+    env = {
+        **slurm.env,
+        **_env(2),
+        "CONFIG": "configs/tnlbt.py:tiny",
+        "WORKDIR": workdir,
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",  # its `python`
+    }
+    script = ["tools/xmodal.sbatch", *TRAIN[1:], f"--config.data.dir={tiny_data}"]
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            *ONE_CPU_NODE,
+            f"--output={log}",
+            *script,
+            f"--config.train.num_steps={STEPS}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job = submitted.stdout.strip().split(";")[0]
+    queued = ("PENDING", "CONFIGURING", "RUNNING")
+    _wait_for(workdir, lambda: _job_state(job, env)["JobState"] in queued, "val_recall@1", 3)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
+    deadline = time.monotonic() + 900
+    while (state := _job_state(job, env))["JobState"] in ("RUNNING", "PENDING", "COMPLETING"):
+        assert time.monotonic() < deadline, state
+        time.sleep(1)
+    out = log.read_text()
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, out[-3000:])
+    stopped = re.search(r"stopped by a preemption notice \(SIGTERM\) after step (\d+)", out)
+    assert stopped, out[-3000:]
+    at = int(stopped.group(1))
+    assert "out of time: checkpoint saved; requeued" in out
+    assert f"job {job} (restart 1)" in out and f"at step {at}" in out
+    _assert_trained_alike(workdir, one_process)
+
+
+@pytest.mark.parametrize(
+    ("fault", "heartbeat_timeout_s", "bound_s"),
+    [("killed", 100, 60), ("hung", 10, 45)],
+)
+def test_when_a_process_dies_or_hangs_the_others_stop_with_an_error_in_bounded_time(
+    fault, heartbeat_timeout_s, bound_s, tiny_data, tmp_path
+):
+    """Process 1 is killed (SIGKILL: the OOM killer, a lost host) or hangs (SIGSTOP) while
+    training. Killed: process 0's next collective fails and it exits 1 at once, saying why,
+    well before the heartbeat timeout (before: it waited at JAX's shutdown barrier until that
+    timeout, then aborted). Hung: JAX's coordination service misses its heartbeats and ends
+    process 0 after `--heartbeat_timeout_s`. Never a hang."""
+    workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    args = [
+        *TRAIN,
+        f"--config.data.dir={tiny_data}",
+        f"--workdir={workdir}",
+        "--config.train.num_steps=1000",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=1000",
+        f"--heartbeat_timeout_s={heartbeat_timeout_s}",
+    ]
+    procs = _start(args, processes=2, devices=2, logs=logs)
+    try:
+        _wait_for(workdir, lambda: all(p.poll() is None for p in procs), "loss", step=2)
+        start = time.monotonic()
+        procs[1].send_signal(signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+        procs[0].wait(timeout=300)
+        took = time.monotonic() - start
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    (out,) = _read(logs, 1)
+    assert took < bound_s, (took, out[-3000:])
+    if fault == "killed":
+        assert procs[0].returncode == 1, out[-3000:]
+        assert "[xmodal] process 0 of 2 stops on the error above" in out, out[-3000:]
+    else:
+        assert procs[0].returncode != 0, out[-3000:]
 
 
 def test_a_process_with_a_warm_cache_waits_for_the_others_before_the_first_collective(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -38,6 +39,11 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's id in [0, num_processes) (default: $JAX_PROCESS_ID)."
 )
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_s",
+    distributed.HEARTBEAT_TIMEOUT_S,
+    "Several processes: a process silent this long counts as dead and the job stops.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -58,9 +64,18 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
     enable_compilation_cache()
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config = _CONFIG.value
-    workdir = _WORKDIR.value or default_workdir(config)
+    distributed.initialize(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
+    )
+    with distributed.failing_together():
+        _run(_CONFIG.value, _WORKDIR.value or default_workdir(_CONFIG.value))
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The work `--mode` names (CCA has only one: fit and evaluate)."""
     if config.method == "cca":  # closed form: fit and evaluate in one go, no training loop
         from xmodal.baselines import cca
 

@@ -17,14 +17,23 @@ compilation cache (which JAX fills from process 0 only) while another compiles i
 `wait_for_all` is a barrier of the coordination service instead (its key-value store over TCP,
 no collective, no 30 s limit), and `compile_together` compiles a jitted function ahead of its
 first call and waits there, so every process enters the program's first collective together.
+
+A process that dies takes the job down within a bounded time, never a hang: its peers' next
+collective fails at once (the connection is gone), and JAX's coordination service, which
+misses its heartbeats for `heartbeat_timeout_s`, ends every other process (also one waiting at
+a barrier). `failing_together` makes a process that fails exit at once after printing why,
+rather than wait at JAX's shutdown barrier for peers that are stuck waiting for it.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -36,6 +45,8 @@ CLUSTER_MARKERS = ("SLURM_STEP_ID", "OMPI_COMM_WORLD_SIZE")
 # slow host, building the built-in dataset): past it, the job fails naming the barrier instead
 # of hanging.
 BARRIER_TIMEOUT_S = 30 * 60
+# JAX's default: a process whose heartbeats stop for this long is dead, and the job ends.
+HEARTBEAT_TIMEOUT_S = 100
 _barriers: collections.Counter[str] = collections.Counter()
 
 
@@ -43,8 +54,12 @@ def initialize(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
 ) -> None:
-    """Join the job this process was launched into, if any (see the module docstring)."""
+    """Join the job this process was launched into, if any (see the module docstring).
+    `heartbeat_timeout_s`: how long a silent process counts as alive (a longer one tolerates
+    a host that stalls; a shorter one ends a job with a dead host sooner)."""
     address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
         num_processes = int(os.environ["JAX_NUM_PROCESSES"])
@@ -61,10 +76,13 @@ def initialize(
         if not 0 <= process_id < num_processes:
             raise ValueError(f"process id {process_id} is not in [0, {num_processes})")
         jax.distributed.initialize(
-            coordinator_address=address, num_processes=num_processes, process_id=process_id
+            coordinator_address=address,
+            num_processes=num_processes,
+            process_id=process_id,
+            heartbeat_timeout_seconds=heartbeat_timeout_s,
         )
     elif any(os.environ.get(m) for m in CLUSTER_MARKERS):
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
 
 
 def wait_for_all(name: str, *, timeout_s: int = BARRIER_TIMEOUT_S) -> float:
@@ -102,3 +120,26 @@ def compile_together(jitted: Any, name: str, *args: Any) -> Callable[..., Any]:
     if jax.process_index() == 0 and waited >= 1.0:
         print(f"[xmodal] waited {waited:.1f} s for every process to compile {name}", flush=True)
     return compiled
+
+
+@contextlib.contextmanager
+def failing_together() -> Iterator[None]:
+    """Around a job's work: in a job of several processes, an error ends this process at once,
+    printed, with exit status 1. Without it the process would wait at JAX's shutdown barrier for
+    peers that wait for it in a collective, until the heartbeat timeout aborts everyone; with
+    it the peers see it gone and stop too. One process: the error is raised as usual."""
+    try:
+        yield
+    except Exception:
+        if jax.process_count() == 1:
+            raise
+        traceback.print_exc()
+        print(
+            f"[xmodal] process {jax.process_index()} of {jax.process_count()} stops on the error "
+            "above (a failed collective or barrier means another process stopped first: see its "
+            "log); the others stop when they see it gone",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(1)  # not the shutdown barrier: the peers may never reach it

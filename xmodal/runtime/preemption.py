@@ -8,8 +8,10 @@ step's collectives hang on the ones that stopped. JAX's coordination service ins
 SIGTERM notifier and agrees on that step for every process
 (`multihost_utils.reached_preemption_sync_point`, what Orbax's `reached_preemption` calls), so
 SIGTERM is left to it and SIGINT is passed on to it as a SIGTERM to this process.
-A second signal acts at once (the handler that was there before: SIGINT raises
-KeyboardInterrupt, SIGTERM ends the process).
+A second Ctrl-C acts at once (the handler that was there before: KeyboardInterrupt). A repeated
+SIGTERM changes nothing: schedulers may deliver one to a process through several paths (SLURM
+signals the tasks and the `srun` that forwards to them), and it must not cut the checkpoint
+short; their SIGKILL after the grace time (KillWait) is the hard stop.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class StopSignal:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = self.received or signal.Signals(signum).name
-        self._restore(signum)  # a second signal acts at once
+        if signum == signal.SIGINT:
+            self._restore(signum)  # a second Ctrl-C acts at once
         if self.synced:  # JAX's SIGTERM notifier tells every process of the job
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -95,14 +95,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         step, metrics, tick, config.train.batch_size, watch, writer, progress
                     )
                 val = _validate_and_report(run, state, step, writer, progress) if eval_now else None
+                saving = time.perf_counter()
                 if save_now:
                     checkpointing.save(manager, step, state, batches.get_state(), metrics=val)
-                if stopping:
+                if stopping:  # the time to save bounds a scheduler's grace time (KillWait)
                     manager.wait_until_finished()
                     _say(
                         progress,
                         f"stopped by {stop.reason()} after step {step}: the checkpoint is saved "
-                        f"in {manager.directory}; run the same command again to resume",
+                        f"in {manager.directory} ({time.perf_counter() - saving:.1f} s); run the "
+                        "same command again to resume",
                     )
                     result["stopped_at"] = step
                     break
