@@ -128,6 +128,24 @@ def test_peak_flops_table_knows_gpus_and_not_cpus():
     assert perf.peak_flops(Dev("cpu"), "float32") is None
 
 
+def test_memory_plan_counts_a_donated_output_once_and_the_largest_batch_extrapolates():
+    import jax
+    import numpy as np
+
+    x = np.ones(1024, np.float32)  # 4 KiB in, 4 KiB out
+    double = lambda v: v * 2 + 1
+    assert perf.planned_memory_bytes(jax.jit(double).lower(x).compile()) == 8192
+    donated = jax.jit(double, donate_argnums=0).lower(x).compile()
+    assert perf.planned_memory_bytes(donated) == 4096  # the output reuses the input's buffer
+    # A 2 GiB state and a 50 GiB peak at batch 768 on one device: 48 GiB for 768 examples, so
+    # a 74 GiB limit holds (74 - 2) / 48 * 768 = 1152 of them; per device when sharded over 8.
+    gib = 2**30
+    assert perf.largest_batch(768, 1, 50 * gib, 74 * gib, 2 * gib) == 1152
+    assert perf.largest_batch(768, 8, 50 * gib, 74 * gib, 2 * gib) == 8 * 144
+    assert perf.largest_batch(768, 1, None, 74 * gib, 2 * gib) is None  # CPU: no peak
+    assert perf.largest_batch(768, 1, 50 * gib, None, 2 * gib) is None
+
+
 def test_torch_reference_has_the_jax_models_parameter_count():
     torch = pytest.importorskip("torch", reason="torch is optional (the benchmark's reference)")
     sys.path.insert(0, REPO)

@@ -1,9 +1,12 @@
 """Train input pipeline throughput: batches/s and images/s per Grain worker count.
 
     PYTHONPATH=. python tools/bench_input.py --workers=0,1,2 --batch_size=64 --num_batches=30
+        [--cache_dir=DIR]
 
 Prepares the built-in synthetic dataset with photos rendered at `--image_size` px and stored at
-short side 256 (as `prepare` stores Recipe1M), then runs `pipeline.train_dataset` at the b16
+short side 256 (as `prepare` stores Recipe1M) in a temporary folder, or with `--cache_dir` reads
+it from (or builds it into) that cache, the data `bench_train --mode=pipeline` reads with
+`data.cache_dir` and the same recipes and photo size, then runs `pipeline.train_dataset` at the b16
 preset's resolution (224) and times `--num_batches` batches after `--warmup` batches. Also times
 the per-image stages in one process (record decode, JPEG decode, crop + resize, flip + to numpy).
 Prints one table and writes the full numbers as JSON (`--json`), including images/s per core and
@@ -36,6 +39,9 @@ flags.DEFINE_integer("num_recipes", 1000, "Synthetic recipes generated.")
 flags.DEFINE_integer("image_size", 384, "Rendered photo size before prepare stores short side 256.")
 flags.DEFINE_integer("target", 3000, "Images/s the pipeline must reach (a fast GPU's appetite).")
 flags.DEFINE_string("json", "docs/bench/bench_input.json", "Where the full numbers go.")
+flags.DEFINE_string(
+    "cache_dir", "", "Built-in dataset cache to read or fill (default: a temp dir)."
+)
 FLAGS = flags.FLAGS
 
 
@@ -92,10 +98,17 @@ def main(argv: list[str]) -> None:
     image_size = config.data.image_size
     tmp = tempfile.mkdtemp(prefix="bench_input-")
     try:
-        raw = os.path.join(tmp, "raw")
-        synthetic.write_raw_dataset(raw, num_recipes=FLAGS.num_recipes, image_size=FLAGS.image_size)
-        data_dir = os.path.join(tmp, "data")
-        prepare.prepare(raw, data_dir, image_short_side=256, verbose=False)
+        if FLAGS.cache_dir:
+            data_dir = synthetic.ensure_builtin_dataset(
+                FLAGS.cache_dir, num_recipes=FLAGS.num_recipes, image_size=FLAGS.image_size, seed=0
+            )
+        else:
+            raw = os.path.join(tmp, "raw")
+            synthetic.write_raw_dataset(
+                raw, num_recipes=FLAGS.num_recipes, image_size=FLAGS.image_size
+            )
+            data_dir = os.path.join(tmp, "data")
+            prepare.prepare(raw, data_dir, image_short_side=256, verbose=False)
         stages = _stages(data_dir, image_size)
         rows = [_run(data_dir, config, int(w)) for w in FLAGS.workers.split(",")]
     finally:
@@ -122,6 +135,7 @@ def main(argv: list[str]) -> None:
                 "num_recipes",
                 "image_size",
                 "target",
+                "cache_dir",
             )
         },
         image_size=image_size,

@@ -138,6 +138,8 @@ def main(argv: list[str]) -> None:
     }
     header = {
         "framework": f"torch {torch.__version__}",
+        "cuda": torch.version.cuda,  # the CUDA and cuDNN torch was built with and loaded
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device_kind": name,
         "config": f"{config.method}:{config.preset}",
         "batch_size": b,

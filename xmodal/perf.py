@@ -1,7 +1,8 @@
 """Performance accounting: analytic training FLOPs of the TNLBT model (its cross decoder
-included), peak FLOP/s per device kind (for model FLOPs utilisation), and a counter of XLA
-compilations (to prove a step compiles once). Used by tools/bench_train.py, tools/bench_torch.py
-and the tests; nothing here runs on the training hot path.
+included), peak FLOP/s per device kind (for model FLOPs utilisation), a compiled program's
+memory and the largest batch it extrapolates to, and a counter of XLA compilations (to prove a
+step compiles once). Used by tools/bench_train.py, tools/bench_torch.py and the tests; nothing
+here runs on the training hot path.
 """
 
 from __future__ import annotations
@@ -139,8 +140,35 @@ def compiled_flops(compiled: Any) -> float | None:
     return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
+def planned_memory_bytes(compiled: Any) -> int | None:
+    """Bytes XLA's buffer assignment needs on one device to run `compiled`: arguments + outputs
+    (less those aliased to donated arguments) + temporaries; None where not reported."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if m is None:
+        return None
+    used = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+    return int(used + m.temp_size_in_bytes)
+
+
+def largest_batch(
+    batch: int, devices: int, peak: int | None, limit: int | None, fixed: int
+) -> int | None:
+    """The global batch that would fill `limit` bytes per device, extrapolated linearly from one
+    step's `peak` bytes at global `batch`: what is not the state (`fixed`) grows with the batch.
+    An estimate on the low side (gradients and optimizer temporaries are counted as if they grew
+    too); None without a peak and a limit."""
+    if not peak or not limit or peak <= fixed:
+        return None
+    per_example = (peak - fixed) / (batch // devices)
+    return int((limit - fixed) // per_example) * devices
+
+
 class CompileCounter:
-    """Counts XLA compilations (fresh, or loaded from the persistent cache) while active.
+    """Counts XLA compilations (fresh, or loaded from the persistent cache) while active;
+    `cache_hits` counts those of them the persistent compilation cache served.
 
     with CompileCounter() as c: step(...); assert c.count == 0
     """
@@ -150,6 +178,7 @@ class CompileCounter:
 
     def __init__(self) -> None:
         self.count = 0
+        self.cache_hits = 0
         self._active = False
         self._lock = threading.Lock()
         monitoring.register_event_duration_secs_listener(self._on_duration)
@@ -164,6 +193,7 @@ class CompileCounter:
         if self._active and event == self._CACHE_HITS:
             with self._lock:
                 self.count += 1
+                self.cache_hits += 1
 
     def __enter__(self) -> CompileCounter:
         self._active = True
