@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _has_cuda_wheels() -> bool:
     try:
-        return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+        return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
     except ModuleNotFoundError:  # no jax_plugins package at all
         return False
 
@@ -65,7 +65,7 @@ def test_matmul_flops_by_dtype_and_the_f32_share():
 
 @pytest.mark.skipif(
     not HAS_CUDA_WHEELS,
-    reason='needs the CUDA wheels (pip install "jax[cuda12]==<jax version>", ~5 GB; README)',
+    reason='needs the CUDA wheels (pip install "jax[cuda12]==<jax version>" or cuda13; README)',
 )
 @pytest.mark.parametrize("config", ["configs/tnlbt.py:b16", "configs/ht.py:vit"])
 def test_paper_presets_lower_for_cuda_with_cudnn_attention(config, tmp_path):

@@ -1,6 +1,7 @@
 """Lower the train step, the eval embedding step and decoding for CUDA, on a machine without a GPU.
 
     pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"   # ~5 GB, once
+    # or jax[cuda13] (the CUDA 13 wheels: the plugin and cuDNN alone are enough to lower)
     python tools/lower_for_gpu.py --config=configs/tnlbt.py:b16 [--config.x=y] [--out=F.json]
 
 JAX lowers for a platform whose plugin is installed even when no such device is present
