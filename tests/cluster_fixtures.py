@@ -6,6 +6,7 @@ slurm-wlm and munge; `.ci/run` installs them). `srun` and `sinfo` reach it throu
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -53,6 +54,9 @@ def _conf(root: str) -> str:
             "AccountingStorageType=accounting_storage/none",
             "JobCompType=jobcomp/none",
             "KillWait=60",
+            # JAX's SLURM detection takes the coordinator port from the job id: clusters of
+            # other test workers on this host must not number their jobs alike.
+            f"FirstJobId={random.randrange(1_000, 1_000_000)}",
             f"NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN",
             "PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES",
             "",
