@@ -1,26 +1,17 @@
-"""Small shared data fixtures for the data tests (imported explicitly; not a conftest)."""
+"""Small shared data helpers for the data tests (imported explicitly; not a conftest). The raw
+layout they describe, `synthetic_raw`, is a conftest fixture: built once per worker."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-import pytest
 from PIL import Image
-
-from xmodal.data.builtin import dataset as synthetic
 
 EXIF_ORIENTATION = 0x0112
 
+# the built-in raw layout of `synthetic_raw` (conftest.py)
 SMALL = dict(num_recipes=300, image_size=48, seed=0)
-
-
-@pytest.fixture(scope="session")
-def synthetic_raw(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 300-recipe synthetic raw layout (written once per session and module importing it)."""
-    out = str(tmp_path_factory.mktemp("raw"))
-    synthetic.write_raw_dataset(out, **SMALL, num_workers=2)
-    return out
 
 
 def image_file(raw_dir: str, partition: str, image_id: str) -> str:

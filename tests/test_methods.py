@@ -3,48 +3,29 @@ arguments. The paper-size presets are in test_paper_presets.py."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 
 import jax
 import numpy as np
 import pytest
+from conftest import METHOD_RUN_STEPS
 
-from configs import adamine, common, ht, je
+from configs import adamine, common, je
 from xmodal.data import info as data_info
 from xmodal.data import pipeline
 from xmodal.run import check_data
 from xmodal.runtime import state as state_lib
-from xmodal.training.step import make_train_step
-
-STEPS = 150
+from xmodal.runtime.metrics import read_metrics
 
 
-def _losses(config, data_dir, steps=STEPS):
-    """Per-step metrics of `steps` jitted train steps on one device (the loop of train.py minus
-    the mesh, checkpoints and validation, which test_train.py covers)."""
-    info = data_info.load_info(data_dir)
-    graphdef, state, tx = state_lib.init_train_state(config, info["vocab_size"])
-    step_fn = jax.jit(make_train_step(graphdef, tx, config), donate_argnums=0)
-    batches = iter(
-        pipeline.train_dataset(data_dir, config.data, batch_size=config.train.batch_size, seed=0)
-    )
-    out = []
-    for batch in itertools.islice(batches, steps):
-        state, metrics = step_fn(state, batch)
-        out.append(metrics)
-    return jax.device_get(out), state
-
-
-@pytest.mark.parametrize("module, arg", [(ht, "tiny"), (adamine, "tiny"), (je, "tiny")])
-def test_tiny_preset_loss_falls(module, arg, tiny_data):
-    config = module.get_config(arg)
-    config.data.dir = tiny_data
-    config.train.num_steps = STEPS
-    config.train.lr = 3e-3
-    metrics, _ = _losses(config, tiny_data)
-    loss = np.array([m["loss"] for m in metrics])
+@pytest.mark.parametrize("method", ["ht", "adamine", "je"])
+def test_tiny_preset_loss_falls(method, method_run):
+    """The method's tiny run (conftest.method_run, shared with test_run.py): its loss, logged
+    at every step, falls."""
+    _, workdir = method_run(method)
+    loss = np.array([r["loss"] for r in read_metrics(workdir) if "loss" in r])
+    assert len(loss) == METHOD_RUN_STEPS
     assert np.all(np.isfinite(loss))
     # 5%: the adaptive-mining loss (AdaMine) is normalised by the number of violating triplets,
     # so it falls slowly by design even while the share of violating triplets drops.

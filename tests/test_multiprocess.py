@@ -418,35 +418,46 @@ def test_when_a_process_dies_or_hangs_the_others_stop_with_an_error_in_bounded_t
         assert procs[0].returncode != 0, out[-3000:]
 
 
+# Two processes x 2 devices, two steps: short runs whose first is kept for later tests.
+SHORT = [*TRAIN, "--config.train.num_steps=2", "--config.train.eval_at_end=False"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tiny_data, tmp_path_factory) -> tuple[str, str]:
+    """(workdir, warm cache): a two-step job of two processes, each with its own compilation
+    cache; process 0's cache is left warm with the job's programs (JAX's multi-process caching
+    writes from process 0 only)."""
+    root = tmp_path_factory.mktemp("two-processes")
+    workdir, warm = str(root / "run"), str(root / "warm")
+    args = [*SHORT, f"--config.data.dir={tiny_data}", f"--workdir={workdir}"]
+    _main(args, processes=2, devices=2, caches=(warm, str(root / "cold")))
+    return workdir, warm
+
+
+@pytest.mark.xdist_group("two_processes")  # one first job for both
 def test_a_process_with_a_warm_cache_waits_for_the_others_before_the_first_collective(
-    tiny_data, tmp_path
+    tiny_data, tmp_path, two_processes
 ):
     """Process 0 gets the train step from its compilation cache in about a second while process 1
     compiles it (a cold cache: another host's, or JAX's multi-process caching, which writes from
     process 0 only). Before, process 0 entered the step's collectives alone and gloo, which waits
     30 s for a new communicator, aborted the job under load; now it waits at the coordination
     service's barrier until every process has compiled, and the job runs as with cold caches."""
-    warm, cold = str(tmp_path / "warm"), str(tmp_path / "cold")
-    args = [
-        *TRAIN,
-        f"--config.data.dir={tiny_data}",
-        "--config.train.num_steps=2",
-        "--config.train.eval_at_end=False",
-    ]
-    first = str(tmp_path / "first")
-    _main([*args, f"--workdir={first}"], processes=2, devices=2, caches=(warm, cold + "-0"))
+    first, warm = two_processes
     assert os.listdir(warm)  # process 0 wrote its programs
     second = str(tmp_path / "second")
-    outs = _main([*args, f"--workdir={second}"], processes=2, devices=2, caches=(warm, cold))
+    args = [*SHORT, f"--config.data.dir={tiny_data}", f"--workdir={second}"]
+    outs = _main(args, processes=2, devices=2, caches=(warm, str(tmp_path / "cold")))
     waited = re.search(r"waited ([0-9.]+) s for every process to compile the train step", outs[0])
     assert waited and float(waited.group(1)) >= 1.0, outs[0][-3000:]
     assert _curve(second) == _curve(first)
 
 
-def test_resume_with_another_process_count_is_refused(tiny_data, tmp_path):
+@pytest.mark.xdist_group("two_processes")
+def test_resume_with_another_process_count_is_refused(tiny_data, tmp_path, two_processes):
     workdir = str(tmp_path / "run")
-    args = [*TRAIN, f"--config.data.dir={tiny_data}", f"--workdir={workdir}"]
-    _main([*args, "--config.train.num_steps=3"], processes=2, devices=2)
+    shutil.copytree(two_processes[0], workdir)  # the two-process job's checkpoints, at step 2
+    args = [*SHORT, f"--config.data.dir={tiny_data}", f"--workdir={workdir}"]
     proc = subprocess.run(
         [sys.executable, "-m", "xmodal.main", *args, "--config.train.num_steps=6"],
         cwd=REPO,

@@ -15,7 +15,6 @@ import sys
 import numpy as np
 import pytest
 from conftest import tiny_config
-from data_fixtures import synthetic_raw  # noqa: F401
 
 from xmodal import evaluate
 from xmodal.apps import gallery, search
@@ -31,7 +30,7 @@ def _write_raw(raw, layer1, layer2, det):
 
 
 @pytest.fixture(scope="module")
-def test_only_raw(synthetic_raw, tmp_path_factory):  # noqa: F811
+def test_only_raw(synthetic_raw, tmp_path_factory):
     """The test partition of the built-in raw data alone, without classes: someone's own test
     set or photo collection in the raw layout."""
     raw = str(tmp_path_factory.mktemp("own") / "raw")

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 from array_record.python.array_record_data_source import ArrayRecordDataSource
-from data_fixtures import SMALL, image_file, synthetic_raw  # noqa: F401
+from data_fixtures import SMALL, image_file
 from PIL import Image
 
 from xmodal.data import photos, prepare, records, tokenizer
@@ -21,7 +21,7 @@ def _read_split(data_dir, split):
 
 
 @pytest.fixture(scope="module")
-def prepared(synthetic_raw, tmp_path_factory):  # noqa: F811
+def prepared(synthetic_raw, tmp_path_factory):
     """Synthetic raw with one corrupt photo (of a recipe with 3) and one missing photo (of a
     recipe with 1), prepared with a small short side."""
     raw = str(tmp_path_factory.mktemp("raw_broken") / "raw")

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 from array_record.python.array_record_data_source import ArrayRecordDataSource
-from data_fixtures import synthetic_raw  # noqa: F401
 from PIL import Image
 
 from xmodal.data import prepare, records
@@ -249,7 +248,7 @@ def _files(folder):
     return out
 
 
-def test_interrupted_run_resumes_to_identical_bytes(synthetic_raw, tmp_path, monkeypatch):  # noqa: F811
+def test_interrupted_run_resumes_to_identical_bytes(synthetic_raw, tmp_path, monkeypatch):
     kw = dict(image_short_side=24, num_shards_per_split=3, num_workers=1, verbose=False)
     prepare.prepare(synthetic_raw, str(tmp_path / "ref"), **kw)
     reference = _files(tmp_path / "ref")

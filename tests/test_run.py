@@ -75,36 +75,18 @@ def test_text_limits_beyond_the_prepared_data_are_refused(tiny_data, tmp_path):
         Run.create(config, str(tmp_path))
 
 
-def _short_run(module, tiny_data, workdir, **overrides):
-    config = module.get_config("tiny")
-    config.data.dir = tiny_data
-    config.update_from_flattened_dict(
-        {
-            "train.num_steps": 4,
-            "train.eval_every": 4,
-            "train.checkpoint_every": 4,
-            "train.log_every": 2,
-            "train.val_pairs": 32,
-            "train.eval_at_end": False,
-            **overrides,
-        }
-    )
-    train_and_evaluate(config, workdir)
-    return config
-
-
-@pytest.fixture(scope="module", params=["tnlbt", "ht", "adamine", "je"])
-def method_run(request, trained, tiny_data, tmp_path_factory):
-    """(method, config, workdir): the session's tiny TNLBT run, or a short run of the method."""
+@pytest.fixture(params=["tnlbt", "ht", "adamine", "je"])
+def method_checkpoint(request, method_run):
+    """(config, workdir): the session's tiny TNLBT run (conftest.trained), or the method's tiny
+    run (conftest.method_run, shared with test_methods.py)."""
     if request.param == "tnlbt":
-        config, workdir, _ = trained
-        return "tnlbt", config, workdir
-    workdir = str(tmp_path_factory.mktemp(request.param))
-    return request.param, _short_run(METHODS[request.param], tiny_data, workdir), workdir
+        config, workdir, _ = request.getfixturevalue("trained")
+        return config, workdir
+    return method_run(request.param)
 
 
-def test_each_method_checkpoint_serves_every_use(method_run, tmp_path, capsys):
-    _, config, workdir = method_run
+def test_each_method_checkpoint_serves_every_use(method_checkpoint, tmp_path, capsys):
+    config, workdir = method_checkpoint
     results = evaluate.evaluate_checkpoint(config, workdir, which="latest")
     path = evaluate.embed_checkpoint(config, workdir, which="latest")
     with np.load(path) as f:

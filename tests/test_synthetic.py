@@ -4,7 +4,7 @@ import pickle
 import re
 
 import numpy as np
-from data_fixtures import SMALL, image_file, synthetic_raw  # noqa: F401
+from data_fixtures import SMALL, image_file
 from PIL import Image
 
 from xmodal.data.builtin import dataset as synthetic
@@ -24,7 +24,7 @@ def _load(raw):
     return layer1, layer2, det, id2class, names
 
 
-def test_layout_and_schema(synthetic_raw):  # noqa: F811
+def test_layout_and_schema(synthetic_raw):
     layer1, layer2, det, id2class, names = _load(synthetic_raw)
     assert len(layer1) == SMALL["num_recipes"]
     ids = [r["id"] for r in layer1]
@@ -60,7 +60,7 @@ def test_layout_and_schema(synthetic_raw):  # noqa: F811
     assert all(0 <= c < len(names) for c in labels)
 
 
-def test_text_reads_like_a_recipe(synthetic_raw):  # noqa: F811
+def test_text_reads_like_a_recipe(synthetic_raw):
     layer1, *_ = _load(synthetic_raw)
     lines = [t["text"] for r in layer1 for t in r["ingredients"]]
     assert any(
@@ -70,7 +70,7 @@ def test_text_reads_like_a_recipe(synthetic_raw):  # noqa: F811
     assert "degrees F" in steps and "minutes" in steps
 
 
-def test_deterministic_by_seed_and_worker_count(synthetic_raw, tmp_path):  # noqa: F811
+def test_deterministic_by_seed_and_worker_count(synthetic_raw, tmp_path):
     same = tmp_path / "same"
     synthetic.write_raw_dataset(str(same), **SMALL, num_workers=1)
     assert synthetic._fingerprint(str(same)) == synthetic._fingerprint(synthetic_raw)
@@ -90,7 +90,7 @@ def _histogram(path):
     return np.sqrt(v / v.sum())
 
 
-def test_photos_follow_their_recipe(synthetic_raw):  # noqa: F811
+def test_photos_follow_their_recipe(synthetic_raw):
     """Two photos of one recipe (different nuisance) must be nearer than photos of other recipes:
     nearest neighbour on colour histograms finds the other photo far above chance."""
     layer1, layer2, *_ = _load(synthetic_raw)

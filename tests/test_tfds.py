@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from array_record.python.array_record_data_source import ArrayRecordDataSource
 from conftest import tiny_config
-from data_fixtures import synthetic_raw  # noqa: F401
 from PIL import Image
 from test_prepare_faults import (  # noqa: F401
     EXPECTED_REPAIRED,
@@ -41,7 +40,7 @@ def _records(data_dir, split):
 
 
 @pytest.fixture(scope="module")
-def reference(synthetic_raw, tiny_data, tmp_path_factory):  # noqa: F811
+def reference(synthetic_raw, tiny_data, tmp_path_factory):
     """The built-in raw data prepared the usual way (with the tiny run's vocabulary, so a model
     of the tiny preset fits it)."""
     out = str(tmp_path_factory.mktemp("prepared"))
@@ -50,7 +49,7 @@ def reference(synthetic_raw, tiny_data, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def built(synthetic_raw, tiny_data, tmp_path_factory):  # noqa: F811
+def built(synthetic_raw, tiny_data, tmp_path_factory):
     """The same raw data built as a TFDS dataset by the command line, as a user runs it."""
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     cmd = [sys.executable, "-m", "xmodal.data.tfds.builder", f"--raw_dir={synthetic_raw}",
