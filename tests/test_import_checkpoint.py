@@ -395,6 +395,17 @@ def test_import_errors_name_the_keys_and_shapes(source, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "shapes" / "config.json")
 
 
+def test_an_import_without_data_asks_for_it(source, tmp_path):
+    from xmodal.run import Run
+
+    _, _, path = source
+    workdir = str(tmp_path / "w")
+    config = _tiny("")  # no data named: the vocabulary from the released word table
+    importer.import_checkpoint(path, workdir, config, load_into=_load_released_style)
+    with pytest.raises(ValueError, match=r"imported from .* no data recorded.*--config\.data\.dir"):
+        Run.from_workdir(workdir)
+
+
 def test_imported_workdir_refuses_to_resume_training(imported, tiny_data):
     from xmodal.training.loop import train_and_evaluate
 

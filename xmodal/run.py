@@ -255,6 +255,12 @@ class Run:
         data_dir = None
         if not data_info.names_data(config.data) and os.path.isdir(record.get("data_dir", "")):
             data_dir = record["data_dir"]
+        elif not data_info.names_data(config.data) and record.get(IMPORTED):
+            raise ValueError(
+                f"{workdir!r} holds a checkpoint imported from {record[IMPORTED]!r} with no "
+                "data recorded: name the data to use, prepared with its vocabulary "
+                "(--config.data.dir=DIR)"
+            )
         run = cls.create(config, workdir, mesh=mesh, data_dir=data_dir, uses_labels=False)
         if recorded is not None:
             run.check_compatible(recorded, record)
