@@ -116,6 +116,20 @@ def test_torch_free_reader_equals_torch_load(tmp_path):
     np.testing.assert_array_equal(sd["half"], ref["state_dict"]["half"].float().numpy())
 
 
+def test_parameters_beyond_a_state_dict_are_read_by_torch_where_it_is(tmp_path):
+    """A file of nn.Parameters names torch._utils._rebuild_parameter: outside what the reader
+    allows, so torch.load(weights_only=True) reads it (as before the torch-free reader)."""
+    torch = pytest.importorskip("torch")
+    path = str(tmp_path / "params.pth")
+    weight = torch.nn.Parameter(torch.randn(2, 3))
+    torch.save({"w": weight}, path)
+    with pytest.raises(ValueError, match=r"refused global torch\._utils\._rebuild_parameter"):
+        torch_zip.load(path)
+    np.testing.assert_array_equal(
+        import_weights.load_state_dict(path)["w"], weight.detach().numpy()
+    )
+
+
 def _forged_torch_file(path: str, payload: bytes) -> None:
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("archive/data.pkl", payload)
@@ -404,6 +418,13 @@ def test_an_import_without_data_asks_for_it(source, tmp_path):
     importer.import_checkpoint(path, workdir, config, load_into=_load_released_style)
     with pytest.raises(ValueError, match=r"imported from .* no data recorded.*--config\.data\.dir"):
         Run.from_workdir(workdir)
+
+
+def test_a_checkpoint_without_args_needs_a_config(source, tmp_path, capsys):
+    _, _, path = source
+    with pytest.raises(SystemExit):
+        importer.main([f"--checkpoint={path}", f"--workdir={tmp_path / 'w'}"])
+    assert "no args.pkl beside" in capsys.readouterr().err
 
 
 def test_imported_workdir_refuses_to_resume_training(imported, tiny_data):

@@ -19,6 +19,7 @@ training starts from scratch (`init_image_encoder`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import math
 import os
@@ -80,20 +81,35 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def _load_torch_file(path: str) -> Any:
-    """A torch.save file's object with numpy arrays: torch-free for the zip format."""
+    """A torch.save file's object with numpy arrays: torch-free for the zip format. A zip whose
+    pickle names a global beyond a state dict's (an nn.Parameter, ...) is read by
+    `torch.load(weights_only=True)` where torch is installed, and refused otherwise."""
     if torch_zip.is_torch_zip(path):
-        return torch_zip.load(path)
-    try:
-        import torch
-    except ImportError as e:
+        try:
+            return torch_zip.load(path)
+        except ValueError as refused:
+            if "refused global" not in str(refused) or importlib.util.find_spec("torch") is None:
+                raise
+            try:
+                return _torch_load(path)
+            except Exception:  # torch's weights_only refuses it too: say what ours refused
+                raise refused from None
+    if importlib.util.find_spec("torch") is None:
         raise ImportError(
             f"{path!r} is in PyTorch's pre-1.6 format, whose reading needs torch; or convert it "
             "to .safetensors where torch is"
-        ) from e
+        )
+    return _torch_load(path)
+
+
+def _torch_load(path: str) -> Any:
+    import torch
+
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
+    obj = {k: v.detach() for k, v in obj.items()}
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()}
 
 
