@@ -26,6 +26,7 @@ from flax import nnx
 
 from xmodal.apps import import_checkpoint as importer
 from xmodal.models import import_weights, torch_zip
+from xmodal.runtime import checkpointing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORD_TABLE = importer.WORD_TABLE
@@ -455,11 +456,35 @@ def test_init_from_starts_at_the_imported_weights(source, imported, tiny_data, t
     assert not all(np.array_equal(a, b) for a, b in pairs)  # the weights came from the import
 
 
+def test_init_from_reads_a_checkpoint_written_on_other_devices(source, imported, tmp_path):
+    """The import wrote on 8 devices; a one-device process reads the same model arrays."""
+    _, want, _ = source
+    script = (
+        "import sys, numpy as np\n"
+        "from xmodal.runtime import init_from, sharding\n"
+        "rep = sharding.replicated(sharding.make_mesh(1))\n"
+        "step, arrays = init_from.read_model_arrays(sys.argv[1], rep)\n"
+        "np.savez(sys.argv[2], **{k: v for k, v in arrays.items() if k.startswith('params.')})\n"
+    )
+    out = str(tmp_path / "arrays.npz")
+    done = subprocess.run(
+        [sys.executable, "-c", script, imported, out], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(out)
+    leaves = jax.tree_util.tree_flatten_with_path(want.params)[0]
+    assert len(leaves) > 10
+    for path, value in leaves:
+        np.testing.assert_array_equal(got["params." + checkpointing.path_name(path)], value)
+
+
 def test_init_from_another_architecture_names_the_first_difference(imported, tiny_data, tmp_path):
     from xmodal.run import Run
+    from xmodal.runtime import sharding
 
     config = _tiny(tiny_data, **{"model.init_from": imported, "model.text.mlp_dim": 48})
-    run = Run.create(config, str(tmp_path / "new"))
+    # one device: the checkpoint (written on 8) is read onto another topology
+    run = Run.create(config, str(tmp_path / "new"), mesh=sharding.make_mesh(1))
     first = r"params\.recipe_encoder\.ingredients\.encoder\.blocks\.0\.mlp\.fc1\.bias"
     shapes = r"checkpoint has \(64,\), this model has \(48,\)"
     with pytest.raises(ValueError, match=rf"another architecture: {first}: {shapes}"):

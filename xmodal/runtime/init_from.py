@@ -19,15 +19,20 @@ from xmodal.runtime import checkpointing
 MODEL_PARTS = ("params.", "model_state.")  # what is taken; opt_state, step, rng are not
 
 
-def read_model_arrays(workdir: str, which: str | int = "best") -> tuple[int, dict[str, Any]]:
+def read_model_arrays(
+    workdir: str, sharding: jax.sharding.Sharding, which: str | int = "best"
+) -> tuple[int, dict[str, Any]]:
     """(step, {name: array}) of the model parts of WORKDIR's checkpoint `which` (best, else
-    latest), restored onto the host whatever devices wrote it."""
+    latest), every array restored with `sharding` (this run's replicated one) whatever devices
+    wrote it."""
     manager = checkpointing.make_manager(workdir, keep=None, read_only=True)
     try:
         step = checkpointing.select_step(manager, which)
         stored = manager.item_metadata(step)[checkpointing.STATE]
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
-        args = ocp.args.Composite(**{checkpointing.STATE: ocp.args.StandardRestore(target)})
+        like = lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
+        target = jax.tree.map(like, stored)
+        restore = ocp.args.StandardRestore(target, fallback_sharding=sharding)
+        args = ocp.args.Composite(**{checkpointing.STATE: restore})
         restored = manager.restore(step, args=args)[checkpointing.STATE]
     finally:
         manager.close()
@@ -64,7 +69,8 @@ def read_checked(workdir: str, abstract_state: Any) -> dict[str, Any]:
     abstract state before anything is initialised: a ValueError naming the first parameter that
     differs (and how many do) when WORKDIR's model is another architecture."""
     try:
-        step, stored = read_model_arrays(workdir)
+        # the step counter is replicated in every layout (runtime.state.state_shardings)
+        step, stored = read_model_arrays(workdir, abstract_state.step.sharding)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"model.init_from={workdir!r}: {e}") from None
     diffs = architecture_differences(stored, abstract_state)
