@@ -76,7 +76,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         if not isinstance(v, np.ndarray):
             raise ValueError(f"{path!r}: {k!r} is a {type(v).__name__}, not a tensor")
         floating = np.issubdtype(v.dtype, np.floating) or v.dtype == ml_dtypes.bfloat16
-        out[str(k).removeprefix("module.")] = v.astype(np.float32) if floating else v
+        out[str(k).removeprefix("module.")] = v.astype(np.float32, copy=False) if floating else v
     return out
 
 
