@@ -162,7 +162,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.loss.triplet = 0.0  # instance triplet weight (H-T, TNLBT, AdaMine's L_ins)
     # Retrieval margin (TNLBT's dynamic margins; xmodal.training.losses.retrieval_margins): kind
     # constant uses `start`; linear ramps start -> end over `steps` (0: the whole run); adaptive
-    # sets each direction's margin in [min, max] from the share of triplets active at `start`.
+    # sets each direction's margin in [min, max] from the share of triplets active at `start`;
+    # adaptive_tfood is T-Food's map of that share (training.losses.tfood_adaptive_margin).
     c.loss.margin = dict(kind="constant", start=0.3, end=0.5, steps=0, min=0.2, max=0.5)
     # Triplet reduction: violating (AdaMine's adaptive mining) | hardest (VSE++) | mean (over the
     # B(B-1) triplets) | batch_mean (over the B x B matrix: H-T's TripletLoss; training.losses).
@@ -173,8 +174,13 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.loss.semantic_margin = 0.3
     c.loss.semantic_reduction = "violating"  # violating | mean (AdaMine_avg)
     # Semantic positives per query: all = every other item of its class (AdaMine's Eq. 4) | first
-    # = the first in batch order (the released code's `semantic_multimodal`).
+    # = the released code's `semantic_multimodal`: the first in batch order, and negatives capped
+    # at the fewest any query has.
     c.loss.semantic_positives = "all"
+    # How the instance and semantic triplet terms add up (xmodal.training.losses.ranking_total):
+    # sum = weight x term (AdaMine's Eq. 1, L_ins + lambda L_sem) | direction_mean = that sum over
+    # the number of directional terms (the released AdaMine: (IRR + RII + 0.1 SIRR + 0.1 SRII) / 4).
+    c.loss.combine = "sum"
     c.loss.pairwise = 0.0  # im2recipe / PWC++ pairwise cosine loss weight
     c.loss.pos_margin = 0.0
     c.loss.neg_margin = 0.9
