@@ -16,6 +16,13 @@ pickled dict id -> word, `{0: '<pad>', 1: '<start>', 2: '<end>', 3..: words, las
 `prepare --vocabulary=vocab.pkl` stores the table as the data's `tokenizer.json` (`to_json`), so a
 run's vocabulary fingerprint, its copy in the workdir and `--tokenizer_from` work as for a learned
 vocabulary, and data of another vocabulary is refused.
+
+What `prepare` still does its own way, for every vocabulary: the raw reader's clean-up
+(`raw.recipe1m.normalize_text`: NFKC, control characters and runs of whitespace made one space)
+and its dropping of empty lines. The released code reads layer1's text as it is and keeps an empty
+line as `<start> <end>` (one of its 20). They differ only on text with tabs or newlines next to a
+quantity ('12\tcup'), non-ASCII compatibility forms, control characters or empty lines; the
+released vocabulary holds only ASCII words.
 """
 
 from __future__ import annotations
