@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 EXTRA = "released"  # pyproject.toml's optional extra that brings `punkt`
-_CACHE_LINES = 1 << 18  # ingredient lines repeat a lot ("1 teaspoon salt")
+_CACHE_LINES = 1 << 16  # ingredient lines repeat a lot ("1 teaspoon salt")
 
 _ = re.compile
 # nltk 3.5, nltk/tokenize/destructive.py, NLTKWordTokenizer, applied in this order. Each rule also
