@@ -226,6 +226,11 @@ def test_missing_extra_is_named(tmp_path, monkeypatch):
         with pytest.raises(ImportError, match=r"xmodal\[released\]"):
             prepare.prepare(str(tmp_path / "no_raw"), str(tmp_path / "out"), vocabulary=vocab)
         assert not (tmp_path / "out").exists()  # refused before anything was written
+        kept = tmp_path / "released_data"  # data prepared with it, reused for more data
+        kept.mkdir()
+        tokenizer.save_tokenizer(ReleasedTokenizer(WORDS), str(kept))
+        with pytest.raises(ImportError, match=r"xmodal\[released\]"):
+            prepare.prepare(str(tmp_path / "no_raw"), str(tmp_path / "out"), tokenizer_from=kept)
     finally:
         released_words._punkt.cache_clear()
 

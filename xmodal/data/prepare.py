@@ -109,6 +109,8 @@ def prepare(
     vocab_dir = tokenizer.vocabulary_dir(tokenizer_from) if tokenizer_from else None
     if vocab_dir == os.path.abspath(out_dir):
         raise ValueError(f"--tokenizer_from={tokenizer_from!r} must not be --out_dir itself")
+    if vocab_dir is not None and isinstance(tokenizer.load_tokenizer(vocab_dir), ReleasedTokenizer):
+        released_words.check_available()  # the released rule, reused: its splitter is needed
     raw = read_recipe1m(raw_dir)
     train = [r for r in raw.recipes if r.partition == "train"]
     if not train and vocab_dir is None and released is None:
