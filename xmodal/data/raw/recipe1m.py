@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import re
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
 import ijson
+
+from xmodal.data.plain_pickle import plain_loads
 
 PARTITIONS = ("train", "val", "test")
 LAYER1, LAYER2, DET_INGRS, CLASSES = "layer1.json", "layer2.json", "det_ingrs.json", "classes1M.pkl"
@@ -130,26 +131,13 @@ def iter_json_list(path: str) -> Iterator[Any]:
             raise ValueError(f"{path} is not UTF-8 text: {e.reason}") from None
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Builds only what pickle's own opcodes make (dict, list, tuple, str, bytes, int, float,
-    bool, None); any class or function a pickle names is refused before it can run.
-
-    classes1M.pkl is two dicts of ids, indices and names (im2recipe's scripts/bigrams.py), none
-    of which needs a global; a plain `pickle.load` would run whatever code a forged one holds."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(
-            f"refused global {module}.{name}: only plain dicts, lists, strings and numbers are read"
-        )
-
-
 def load_classes(path: str) -> tuple[dict[str, int], list[str]]:
     """classes1M.pkl: two pickles in sequence: recipe id -> class index, class index -> name
-    (a dict or a list), read with `_PlainUnpickler`; a wrong shape is a ValueError naming it."""
+    (a dict or a list), read with `plain_pickle` (no code runs; classes1M.pkl is im2recipe's
+    scripts/bigrams.py output); a wrong shape is a ValueError naming it."""
     try:
         with open(path, "rb") as f:
-            reader = _PlainUnpickler(f, encoding="utf-8")
-            id2class, names = reader.load(), reader.load()
+            id2class, names = plain_loads(f, 2)
     except Exception as e:  # no code runs in here: any failure is the bytes' (truncated, forged)
         raise ValueError(
             f"cannot read {path}: expected two pickles (id->class, class->name): "
