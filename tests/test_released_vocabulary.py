@@ -137,6 +137,24 @@ def test_lines_are_framed_then_cut(tmp_path):
     assert tokenizer.special_ids(tok) == (0, 9, 1, 2)  # pad, unk, bos (<start>), eos (<end>)
 
 
+@needs_punkt
+def test_search_queries_are_tokenised_as_prepared_data(tmp_path):
+    """A user's recipe query (search, predict) gets the ingredient lines' quantity fixes, as
+    `prepare` gives the same lines (before, '12 cup' read as <unk> cup in queries only)."""
+    from xmodal.apps.retrieval import recipe_token_ids
+    from xmodal.data.pipeline import TextLimits
+
+    tok = read_vocab_pickle(_write_pickle(tmp_path / "v.pkl", dict(enumerate(WORDS))))
+    limits = TextLimits(
+        title_tokens=4, ingredients=2, instructions=1, ingredient_tokens=5, instruction_tokens=5
+    )
+    recipe = {"title": "Sugar", "ingredients": ["12 cup sugar"], "instructions": ["12 cup"]}
+    ids = recipe_token_ids(tok, limits, recipe)
+    assert ids["title"].tolist() == [1, 6, 2, 0]
+    assert ids["ingredients"].tolist() == [[1, 4, 5, 6, 2], [0, 0, 0, 0, 0]]
+    assert ids["instructions"].tolist() == [[1, 9, 5, 2, 0]]  # not an ingredient line
+
+
 def test_vocab_pickle_values_may_be_lists(tmp_path):
     table = {i: [w, "extra"] if i % 2 else w for i, w in enumerate(WORDS)}
     tok = read_vocab_pickle(_write_pickle(tmp_path / "v.pkl", table))
