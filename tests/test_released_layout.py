@@ -297,3 +297,69 @@ def test_live_torch_vectors_equal_the_file(vectors, tmp_path):
     for key, value in live.items():
         if key.startswith(("in/", "out/", "sd/", "size/")):
             np.testing.assert_allclose(value, vectors[key], atol=1e-6, err_msg=key)
+
+
+def _jax_to_torch(jax_model, torch_model) -> None:
+    """Copy the JAX model's parameters into tools/torch_reference.py's (the same module tree:
+    Linear kernels [in, out] -> weight [out, in], q/k/v [W, heads, hd] and out [heads, hd, W]
+    flattened, the patch conv HWIO -> OIHW, LayerNorm scale -> weight)."""
+    import torch
+
+    flat = {
+        ".".join(str(p) for p in path): np.asarray(v[...])
+        for path, v in nnx.state(jax_model, nnx.Param).flat_state()
+    }
+    renames = (
+        ("image_encoder.proj.", "image_encoder.patch_embed.proj."),
+        ("image_encoder.encoder.", "image_encoder."),
+    )
+    with torch.no_grad():
+        for key, param in torch_model.state_dict().items():
+            if key in ("mean", "std"):
+                continue
+            name = key
+            for old, new in renames:
+                name = name.replace(old, new)
+            if name.startswith("ssl_heads."):
+                name = name.replace(".weight", ".fc1.weight").replace(".bias", ".fc1.bias")
+            prefix, leaf = name.rsplit(".", 1)
+            candidates = {"weight": ("kernel", "scale", "embedding")}.get(leaf, (leaf,))
+            found = [c for c in candidates if f"{prefix}.{c}" in flat]
+            assert found, key
+            value = flat[f"{prefix}.{found[0]}"]
+            if found[0] == "kernel":
+                if value.ndim == 4:
+                    value = value.transpose(3, 2, 0, 1)
+                else:
+                    out = prefix.endswith(".attn.out")
+                    value = value.reshape(-1, value.shape[-1]) if out else value
+                    value = value.reshape(value.shape[0], -1).T
+            param.copy_(torch.from_numpy(np.ascontiguousarray(value).reshape(param.shape)))
+
+
+def test_torch_reference_follows_the_released_blocks(vectors, ported):
+    """tools/torch_reference.py built from the released-layout config has the JAX model's
+    parameters and, with them, its recipe and image embeddings (eval mode)."""
+    torch = pytest.importorskip("torch", reason="torch is optional (the benchmark's reference)")
+    sys.path.insert(0, REPO)
+    from tools import torch_reference
+
+    sizes = {k.removeprefix("size/"): v for k, v in vectors.items() if k.startswith("size/")}
+    c = released_config(sizes)
+    c.model.ssl_head = "linear"
+    ref = torch_reference.DualEncoder(c, int(sizes["vocab"])).eval()
+    assert torch_reference.count_params(ref) == sum(
+        int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(ported, nnx.Param))
+    )
+    _jax_to_torch(ported, ref)
+    batch = {c: torch.from_numpy(vectors[f"in/{c}"]) for c in COMPONENTS}
+    batch["image"] = torch.from_numpy(
+        np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    )
+    with torch.no_grad():
+        out = ref(batch)
+    recipe = vectors["out/recipe"]  # the released model's, on these weights
+    unit = recipe / np.linalg.norm(recipe, axis=-1, keepdims=True)
+    np.testing.assert_allclose(out["recipe"].numpy(), unit, atol=1e-5, rtol=0)
+    want_image = jax.jit(ported.embed_image)(jnp.asarray(batch["image"].numpy()))
+    np.testing.assert_allclose(out["image"].numpy(), want_image, atol=1e-5, rtol=0)
