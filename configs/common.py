@@ -169,7 +169,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         activation="gelu",  # gelu | relu
         norm_eps=1e-6,
         final_norm=True,
-        attention_dropout=0.0,  # > 0: training attention takes the XLA path (no fused kernel)
+        # Dropout on attention probabilities. No fused kernel (jax.nn.dot_product_attention,
+        # cuDNN) has it: while it is active (> 0, training) this encoder's attention is an
+        # explicit softmax on XLA whatever model.attention says; evaluation keeps the kernel.
+        attention_dropout=0.0,
         # xmodal (normal 0.02 word / position tables, xavier-uniform kernels) | pytorch (the
         # released H-T's: N(0, 1) words, xavier-normal positions, PyTorch's layer defaults).
         init="xmodal",
@@ -196,7 +199,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # image_proj, recipe_proj and the SSL heads: xmodal (xavier-uniform) | pytorch (nn.Linear's).
     c.model.head_init = "xmodal"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
-    c.model.attention = "auto"  # auto: cuDNN fused attention on GPU, XLA elsewhere
+    # auto: cuDNN fused attention on GPU, XLA elsewhere (attention-probability dropout while
+    # training: always XLA, see model.text.attention_dropout)
+    c.model.attention = "auto"
     c.model.remat = "none"  # none | full | dots | dots_no_batch (xmodal.models.layers)
     c.model.image_init = ""  # timm ViT / torchvision ResNet weights file to start the image from
     c.model.num_classes = 0  # > 0: shared class head (im2recipe), the dataset's classes incl. 0

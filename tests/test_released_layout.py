@@ -363,3 +363,22 @@ def test_torch_reference_follows_the_released_blocks(vectors, ported):
     np.testing.assert_allclose(out["recipe"].numpy(), unit, atol=1e-5, rtol=0)
     want_image = jax.jit(ported.embed_image)(jnp.asarray(batch["image"].numpy()))
     np.testing.assert_allclose(out["image"].numpy(), want_image, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("clip, scale", [(0.0, 1.0), (1.0, 1 / 50)])
+def test_grad_clip_zero_is_no_clipping(clip, scale):
+    """The released training clips nothing (train.grad_clip=0): Adam's first moment after one
+    step is (1 - b1) * g unclipped; with grad_clip=1 it is (1 - b1) * g / |g| (|g| = 50)."""
+    import optax
+
+    from xmodal.runtime import state as state_lib
+
+    cfg = ht.get_config("vit").train
+    cfg.grad_clip = clip
+    tx = state_lib.make_optimizer(cfg)
+    params = {"w": jnp.ones((2, 2))}
+    grads = {"w": jnp.full((2, 2), 25.0)}  # global norm 50
+    opt_state = tx.init(params)
+    _, opt_state = tx.update(grads, opt_state, params)
+    mu = optax.tree_utils.tree_get(opt_state, "mu")
+    np.testing.assert_allclose(mu["w"], 0.1 * 25.0 * scale, rtol=1e-6)
