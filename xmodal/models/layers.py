@@ -202,7 +202,8 @@ def attention_with_dropout(
     rng: jax.Array,
 ) -> jax.Array:
     """softmax(q k^T / sqrt(H)) with dropout on the probabilities, then times v (PyTorch's
-    `nn.MultiheadAttention` in training). q/k/v [B, T, N, H]; scores and softmax in float32."""
+    `nn.MultiheadAttention` in training). q/k/v [B, T, N, H]; scores and softmax in float32.
+    The dropout is `byte_dropout`'s: the rate rounded to a multiple of 1/256 (0.1 -> 26/256)."""
     depth = query.shape[-1]
     logits = jnp.einsum("bqnh,bknh->bnqk", query, key, preferred_element_type=jnp.float32)
     logits = logits / math.sqrt(depth)
