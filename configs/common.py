@@ -63,6 +63,33 @@ TINY_LSTM = {
     "model.lstm.sentence_hidden": 24,
     "model.lstm.instruction_hidden": 24,
 }
+# The released H-T (amzn/image-to-recipe-transformers @ 96e257e, src/models.py and src/config.py):
+# its recipe transformers are PyTorch's nn.TransformerEncoderLayer as it comes (post-LN, ReLU,
+# eps 1e-5, dropout 0.1 also on attention probabilities, no final LayerNorm), 50-row xavier-normal
+# position tables, an N(0, 1) word embedding; its recipe head is one Linear(3 x 512 -> 1024) +
+# tanh (`merger_recipe`), its image head Linear + tanh (`fc`), every Linear PyTorch-initialised.
+# Its ViT is timm's (pre-LN, GELU, eps 1e-6, final norm): the model.vit defaults.
+RELEASED_HT_MODEL = {
+    "model.text.block": "post_ln",
+    "model.text.activation": "relu",
+    "model.text.norm_eps": 1e-5,
+    "model.text.final_norm": False,
+    "model.text.dropout": 0.1,
+    "model.text.attention_dropout": 0.1,
+    "model.text.max_len": 50,
+    "model.text.init": "pytorch",
+    "model.text.merge_linear": False,
+    "model.recipe_head_activation": "tanh",
+    "model.image_head_activation": "tanh",
+    "model.head_init": "pytorch",
+}
+# Its training defaults (src/config.py): Adam without weight decay (--wd 0) and no gradient
+# clipping. (Its text-only batches of 2 x batch recipes without photos alternate with the paired
+# steps; this project adds them to every step instead: train.text_only_batch_size.)
+RELEASED_HT_TRAIN = {
+    "train.weight_decay": 0.0,
+    "train.grad_clip": 0.0,
+}
 # The paper-size ViT-B/16 (timm's patchify stem: ImageNet weights import one-to-one).
 VIT_B16 = {
     "model.vit.stem": "patch",
@@ -114,6 +141,14 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         pool="cls",
         stem="patch",  # patch (timm) | conv
         stem_first_norm=True,
+        # The ViT's block layout (xmodal.models.layers.BlockLayout): timm's, which the released
+        # H-T's ViT also is: pre_ln | post_ln, gelu | relu, LayerNorm eps, final LayerNorm,
+        # dropout on attention probabilities.
+        block="pre_ln",
+        activation="gelu",
+        norm_eps=1e-6,
+        final_norm=True,
+        attention_dropout=0.0,
     )
     c.model.resnet = dict(depth=50, width=64, blocks=(), num_classes=0, zero_init_residual=False)
     c.model.recipe = "hierarchical"  # hierarchical (H-T) | lstm (im2recipe) | transformer
@@ -127,6 +162,24 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         packed_ingredient_tokens=0,  # > 0: lines packed end to end into this many tokens
         packed_instruction_tokens=0,
         components=("ingredients", "instructions"),  # the flat transformer's inputs
+        # Block layout (xmodal.models.layers.BlockLayout). Defaults: pre-LN, exact GELU, eps
+        # 1e-6, final LayerNorm, no attention-probability dropout. The released H-T (PyTorch's
+        # nn.TransformerEncoderLayer): post_ln, relu, 1e-5, no final norm, 0.1 (configs/ht.py).
+        block="pre_ln",  # pre_ln | post_ln
+        activation="gelu",  # gelu | relu
+        norm_eps=1e-6,
+        final_norm=True,
+        # Dropout on attention probabilities. No fused kernel (jax.nn.dot_product_attention,
+        # cuDNN) has it: while it is active (> 0, training) this encoder's attention is an
+        # explicit softmax on XLA whatever model.attention says; evaluation keeps the kernel.
+        attention_dropout=0.0,
+        # xmodal (normal 0.02 word / position tables, xavier-uniform kernels) | pytorch (the
+        # released H-T's: N(0, 1) words, xavier-normal positions, PyTorch's layer defaults).
+        init="xmodal",
+        # H-T's hierarchical encoder: Linear(3W -> W) over the concatenated components before
+        # model.recipe_head (True) | the concatenation itself (False: one Linear(3W -> D) head,
+        # the released `merger_recipe`).
+        merge_linear=True,
     )
     # im2recipe / AdaMine text branch sizes (word2vec 300-d, bi-LSTM 2x300, sentences 1024).
     c.model.lstm = dict(
@@ -139,8 +192,16 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     )
     c.model.ssl_head = "linear"  # H-T's component heads: linear | mlp | "" (none)
     c.model.embed_dim = 128
+    # After each branch's Linear to embed_dim, before L2 normalisation: none | tanh (the
+    # released H-T's image `fc` + tanh and recipe `merger_recipe` + tanh).
+    c.model.image_head_activation = "none"
+    c.model.recipe_head_activation = "none"
+    # image_proj, recipe_proj and the SSL heads: xmodal (xavier-uniform) | pytorch (nn.Linear's).
+    c.model.head_init = "xmodal"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
-    c.model.attention = "auto"  # auto: cuDNN fused attention on GPU, XLA elsewhere
+    # auto: cuDNN fused attention on GPU, XLA elsewhere (attention-probability dropout while
+    # training: always XLA, see model.text.attention_dropout)
+    c.model.attention = "auto"
     c.model.remat = "none"  # none | full | dots | dots_no_batch (xmodal.models.layers)
     c.model.image_init = ""  # timm ViT / torchvision ResNet weights file to start the image from
     # WORKDIR of a run (or of `python -m xmodal.apps.import_checkpoint`, e.g. the released H-T
@@ -166,7 +227,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.loss.triplet = 0.0  # instance triplet weight (H-T, TNLBT, AdaMine's L_ins)
     # Retrieval margin (TNLBT's dynamic margins; xmodal.training.losses.retrieval_margins): kind
     # constant uses `start`; linear ramps start -> end over `steps` (0: the whole run); adaptive
-    # sets each direction's margin in [min, max] from the share of triplets active at `start`.
+    # sets each direction's margin in [min, max] from the share of triplets active at `start`;
+    # adaptive_tfood is T-Food's map of that share (training.losses.tfood_adaptive_margin).
     c.loss.margin = dict(kind="constant", start=0.3, end=0.5, steps=0, min=0.2, max=0.5)
     # Triplet reduction: violating (AdaMine's adaptive mining) | hardest (VSE++) | mean (over the
     # B(B-1) triplets) | batch_mean (over the B x B matrix: H-T's TripletLoss; training.losses).
@@ -177,8 +239,13 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.loss.semantic_margin = 0.3
     c.loss.semantic_reduction = "violating"  # violating | mean (AdaMine_avg)
     # Semantic positives per query: all = every other item of its class (AdaMine's Eq. 4) | first
-    # = the first in batch order (the released code's `semantic_multimodal`).
+    # = the released code's `semantic_multimodal`: the first in batch order, and negatives capped
+    # at the fewest any query has.
     c.loss.semantic_positives = "all"
+    # How the instance and semantic triplet terms add up (xmodal.training.losses.ranking_total):
+    # sum = weight x term (AdaMine's Eq. 1, L_ins + lambda L_sem) | direction_mean = that sum over
+    # the number of directional terms (the released AdaMine: (IRR + RII + 0.1 SIRR + 0.1 SRII) / 4).
+    c.loss.combine = "sum"
     c.loss.pairwise = 0.0  # im2recipe / PWC++ pairwise cosine loss weight
     c.loss.pos_margin = 0.0
     c.loss.neg_margin = 0.9
@@ -193,7 +260,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.train.min_lr_ratio = 0.01
     c.train.warmup_steps = 200
     c.train.weight_decay = 1e-4
-    c.train.grad_clip = 1.0
+    c.train.grad_clip = 1.0  # global-norm clipping; 0 = none (the released H-T's)
     c.train.freeze_image_steps = 0  # > 0: image backbone frozen for these first steps (AdaMine)
     c.train.fsdp = False  # shard params + optimizer state over the data axis (training.state)
     c.train.fsdp_min_size = 16384  # leaves with fewer elements stay replicated under fsdp

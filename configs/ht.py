@@ -5,6 +5,14 @@ self-supervised recipe component losses with the same loss; Adam(W) at 1e-4 in t
 
 Presets: default (CPU first run, small ResNet), tiny (tests), r50 (paper, ResNet-50), vit
 (paper, ViT-B/16). `--config.model.image=vit|resnet` switches the image branch of any preset.
+
+r50 and vit are the released model (amzn/image-to-recipe-transformers @ 96e257e), not only its
+sizes: post-LN / ReLU / eps 1e-5 recipe transformers with attention-probability dropout and no
+final norm, 50-row position tables, Linear(1536 -> 1024) + tanh recipe head, Linear + tanh image
+head, PyTorch's initialisers (common.RELEASED_HT_MODEL), no weight decay, no gradient clipping
+(common.RELEASED_HT_TRAIN), and text-only batches of 2 x 128 recipes without photos (the release
+alternates them with the paired steps; here both are in every step). default and tiny keep this
+project's layout (pre-LN, GELU, two-layer recipe head, no tanh).
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ PAPER = {
     "train.checkpoint_every": 2_000,
     "eval.batch_size": 1024,
     "data.num_workers": "auto",
+    **common.RELEASED_HT_MODEL,
+    **common.RELEASED_HT_TRAIN,
+    "train.text_only_batch_size": 256,  # the released text-only batches: 2 x batch_size
 }
 
 PRESETS: dict[str, dict] = {

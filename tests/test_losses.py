@@ -138,7 +138,10 @@ def test_unknown_reduction_is_a_clear_error():
         )
 
 
-def test_recipe_ssl_loss_averages_one_directional_triplets_over_pairs():
+def test_recipe_ssl_loss_averages_two_directional_triplets_over_pairs():
+    """H-T's released recipe loss scores each pair in both directions (its TripletLoss): the
+    one-directional form this replaced was about half of it (tests/test_reference_losses.py
+    holds the released values)."""
     a, b = _embeddings(1)
     c, d = _embeddings(2)
     pairs = {
@@ -147,7 +150,10 @@ def test_recipe_ssl_loss_averages_one_directional_triplets_over_pairs():
     }
     got = losses.recipe_ssl_loss(pairs, margin=0.3, reduction="violating")
     expected = (
-        _brute_direction(a, b, 0.3, "violating") + _brute_direction(c, d, 0.3, "violating")
+        _brute_direction(a, b, 0.3, "violating")
+        + _brute_direction(b, a, 0.3, "violating")
+        + _brute_direction(c, d, 0.3, "violating")
+        + _brute_direction(d, c, 0.3, "violating")
     ) / 2
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
 
@@ -170,10 +176,16 @@ def test_triplet_gradient_pulls_positive_closer():
 
 def _brute_semantic(queries, candidates, classes, margin, reduction, positives="all"):
     """AdaMine Eq. 3-5 by loops: labelled query q, positive p != q of q's class (every one:
-    the paper's Eq. 4; or only the first in batch order: the released `semantic_multimodal`),
+    the paper's Eq. 4; or only the first in batch order: the released `semantic_multimodal`,
+    which also keeps only each query's first k negatives, k the fewest any labelled query has),
     negative n of another labelled class; adaptive = sum / #non-zero, mean = sum / #triplets."""
     costs = []
     n = len(queries)
+
+    def negatives(q):
+        return [j for j in range(n) if classes[j] not in (0, classes[q])]
+
+    fewest = min((len(negatives(q)) for q in range(n) if classes[q]), default=n)
 
     def is_positive(q, p):
         if p == q or classes[q] == 0 or classes[p] != classes[q]:
@@ -183,7 +195,9 @@ def _brute_semantic(queries, candidates, classes, margin, reduction, positives="
         return True
 
     for q, p, neg in itertools.product(range(n), repeat=3):
-        if not is_positive(q, p) or classes[neg] in (0, classes[q]):
+        if not is_positive(q, p) or neg not in negatives(q):
+            continue
+        if positives == "first" and negatives(q).index(neg) >= fewest:
             continue
         d_pos = _cos_dist(queries[q], candidates[p])
         costs.append(max(0.0, margin + d_pos - _cos_dist(queries[q], candidates[neg])))

@@ -38,7 +38,7 @@ def test_adamine_ablation_flags():
     cls = adamine.get_config("paper,cls")
     assert cls.loss.semantic == 0.0 and cls.model.num_classes == common.RECIPE1M_CLASSES
     avg = adamine.get_config("tiny,avg")
-    assert avg.loss.reduction == avg.loss.semantic_reduction == "mean"
+    assert (avg.loss.reduction, avg.loss.semantic_reduction) == ("batch_mean", "mean")
     assert adamine.get_config("tiny,ingr").model.lstm.components == ("ingredients",)
     with pytest.raises(ValueError, match="flag"):
         adamine.get_config("paper,nosuch")

@@ -50,8 +50,10 @@ def test_paper_preset_builds_and_traces_a_step(module, arg, image_params, trace)
     )
     assert count_params(model.image_encoder) == image_params
     assert model.image_proj.kernel.shape[1] == config.model.embed_dim
-    if config.model.recipe == "hierarchical":  # H-T: 2 x 512 text transformer, 1024-d space
-        assert model.recipe_proj.kernel.shape == (512, 1024)
+    if config.model.recipe == "hierarchical":  # H-T: 2 x 512 text transformer, 1024-d space,
+        # reached by the released one Linear(3 x 512 -> 1024) + tanh (model.text.merge_linear)
+        assert model.recipe_proj.kernel.shape == (3 * 512, 1024)
+        assert model.recipe_encoder.merge is None
     if not trace:
         return
     graphdef, abstract, tx = state_lib.abstract_train_state(config, VOCAB)

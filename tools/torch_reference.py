@@ -1,8 +1,11 @@
 """Reference PyTorch TNLBT (ViT + H-T + triplet + H-T recipe SSL losses, and the extensions:
 dynamic margins and the cross decoder), for benchmarks only.
 
-Written to match xmodal's JAX model layer for layer (same widths, depths, pre-LN blocks with
-separate q/k/v projections, learned positions, masked means, float32 projections and losses), so
+Written to match xmodal's JAX model layer for layer (same widths, depths, blocks with separate
+q/k/v projections wired as the config says — pre-LN / GELU by default, or the released H-T's
+post-LN / ReLU / eps 1e-5 / attention-probability dropout / no final norm (`model.text.block`,
+..., `model.vit.block`, ...) — learned positions, masked means, the heads' tanh and merge as
+configured, float32 projections and losses), so
 both frameworks do the same FLOPs on the same shapes and train the same objective: the config's
 triplet reduction, margin schedule (constant, linear, adaptive) and cross decoder (teacher-forced
 cross-entropy over image tokens + the recipe embedding, recipe tokens dropped per example).
@@ -30,11 +33,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v/out projections (xmodal.models.layers)."""
+    """Multi-head attention with separate q/k/v/out projections (xmodal.models.layers), with
+    dropout on the attention probabilities while training when `dropout` > 0."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
         super().__init__()
-        self.heads = heads
+        self.heads, self.dropout = heads, dropout
         self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
         self.out = nn.Linear(width, width)
 
@@ -56,32 +60,59 @@ class Attention(nn.Module):
             heads(self.value, kv),
             attn_mask=mask,
             is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out(a.transpose(1, 2).reshape(b, t, w))
 
 
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+PRE_LN = dict(block="pre_ln", activation="gelu", norm_eps=1e-6, final_norm=True)
+
+
+def layout_of(section: Any) -> dict[str, Any]:
+    """A config section's block fields (model.text, model.vit): xmodal.models.layers.BlockLayout."""
+    keys = ("block", "activation", "norm_eps", "final_norm", "attention_dropout")
+    return {k: section[k] for k in keys}
+
+
 class Mlp(nn.Module):
-    def __init__(self, width: int, mlp_dim: int, dropout: float):
+    def __init__(self, width: int, mlp_dim: int, dropout: float, activation: str = "gelu"):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(width, mlp_dim), nn.Linear(mlp_dim, width)
         self.drop = nn.Dropout(dropout)
+        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(F.gelu(self.fc1(x))))
+        return self.fc2(self.drop(self.activation(self.fc1(x))))
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block (xmodal.models.layers.EncoderBlock)."""
+    """Transformer block (xmodal.models.layers.EncoderBlock): pre-LN, or post-LN as PyTorch's
+    `nn.TransformerEncoderLayer` (the released H-T's recipe encoder)."""
 
-    def __init__(self, width: int, heads: int, mlp_dim: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_dim: int,
+        dropout: float = 0.0,
+        block: str = "pre_ln",
+        activation: str = "gelu",
+        norm_eps: float = 1e-6,
+        attention_dropout: float = 0.0,
+    ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, eps=1e-6)
-        self.attn = Attention(width, heads)
-        self.norm2 = nn.LayerNorm(width, eps=1e-6)
-        self.mlp = Mlp(width, mlp_dim, dropout)
+        self.post_ln = block == "post_ln"
+        self.norm1 = nn.LayerNorm(width, eps=norm_eps)
+        self.attn = Attention(width, heads, attention_dropout)
+        self.norm2 = nn.LayerNorm(width, eps=norm_eps)
+        self.mlp = Mlp(width, mlp_dim, dropout, activation)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.post_ln:
+            x = self.norm1(x + self.drop(self.attn(x, x, mask)))
+            return self.norm2(x + self.drop(self.mlp(x)))
         h = self.norm1(x)
         x = x + self.drop(self.attn(h, h, mask))
         return x + self.drop(self.mlp(self.norm2(x)))
@@ -145,10 +176,23 @@ class CrossDecoder(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, width: int, depth: int, heads: int, mlp_dim: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        dropout: float = 0.0,
+        *,
+        final_norm: bool = True,
+        norm_eps: float = 1e-6,
+        **block: Any,
+    ):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_dim, dropout) for _ in range(depth))
-        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_dim, dropout, norm_eps=norm_eps, **block) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width, eps=norm_eps) if final_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         mask = None
@@ -166,13 +210,15 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 class ViT(nn.Module):
-    def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, mlp: int):
+    def __init__(
+        self, image_size: int, patch: int, width: int, depth: int, heads: int, mlp: int, **layout
+    ):
         super().__init__()
         n = (image_size // patch) ** 2
         self.proj = nn.Conv2d(3, width, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + n, width) * 0.02)
-        self.encoder = Encoder(width, depth, heads, mlp)
+        self.encoder = Encoder(width, depth, heads, mlp, **(layout or PRE_LN))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """-> all output tokens [B, 1 + N, width] (the CLS token first)."""
@@ -184,10 +230,10 @@ class ViT(nn.Module):
 class Pooled(nn.Module):
     """Learned positions + transformer + masked mean (H-T's SingleTransformerEncoder)."""
 
-    def __init__(self, width, depth, heads, mlp, dropout, max_len=64):
+    def __init__(self, width, depth, heads, mlp, dropout, max_len=64, **layout):
         super().__init__()
         self.pos_embed = nn.Parameter(torch.randn(max_len, width) * 0.02)
-        self.encoder = Encoder(width, depth, heads, mlp, dropout)
+        self.encoder = Encoder(width, depth, heads, mlp, dropout, **(layout or PRE_LN))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -196,16 +242,22 @@ class Pooled(nn.Module):
 
 
 class HierarchicalRecipeEncoder(nn.Module):
-    def __init__(self, vocab: int, width, depth, heads, mlp, dropout):
+    """`merge_linear`: Linear(3W -> W) over the components (xmodal's default), else their
+    concatenation (the released H-T, whose one Linear(3W -> D) is the dual encoder's head)."""
+
+    def __init__(
+        self, vocab: int, width, depth, heads, mlp, dropout, max_len=64, merge_linear=True, **layout
+    ):
         super().__init__()
         self.word_embed = nn.Embedding(vocab, width)
 
         def pooled() -> Pooled:
-            return Pooled(width, depth, heads, mlp, dropout)
+            return Pooled(width, depth, heads, mlp, dropout, max_len, **layout)
 
         self.title, self.ingredients, self.ingredients_merge = pooled(), pooled(), pooled()
         self.instructions, self.instructions_merge = pooled(), pooled()
-        self.merge = nn.Linear(3 * width, width)
+        self.merge = nn.Linear(3 * width, width) if merge_linear else nn.Identity()
+        self.width = width if merge_linear else 3 * width
 
     def _sentences(self, tokens, words, sentences):
         b, s, t = tokens.shape
@@ -227,19 +279,37 @@ class HierarchicalRecipeEncoder(nn.Module):
 
 
 class DualEncoder(nn.Module):
-    """TNLBT dual encoder with H-T's six linear SSL heads g_ab."""
+    """TNLBT dual encoder with H-T's six linear SSL heads g_ab; each head's Linear followed by
+    tanh when `model.image_head_activation` / `model.recipe_head_activation` say so."""
 
     def __init__(self, config: Any, vocab_size: int):
         super().__init__()
         v, t, d = config.model.vit, config.model.text, config.model.embed_dim
         self.image_encoder = ViT(
-            config.data.image_size, v.patch_size, v.width, v.depth, v.num_heads, v.mlp_dim
+            config.data.image_size,
+            v.patch_size,
+            v.width,
+            v.depth,
+            v.num_heads,
+            v.mlp_dim,
+            **layout_of(v),
         )
         self.recipe_encoder = HierarchicalRecipeEncoder(
-            vocab_size, t.width, t.depth, t.num_heads, t.mlp_dim, t.dropout
+            vocab_size,
+            t.width,
+            t.depth,
+            t.num_heads,
+            t.mlp_dim,
+            t.dropout,
+            t.max_len,
+            t.merge_linear,
+            **layout_of(t),
         )
+        tanh = {"none": nn.Identity, "tanh": nn.Tanh}
+        self.image_act = tanh[config.model.image_head_activation]()
+        self.recipe_act = tanh[config.model.recipe_head_activation]()
         self.image_proj = nn.Linear(v.width, d)
-        self.recipe_proj = nn.Linear(t.width, d)
+        self.recipe_proj = nn.Linear(self.recipe_encoder.width, d)
         self.ssl_heads = nn.ModuleDict(
             {f"{a}_to_{b}": nn.Linear(t.width, t.width) for a, b in SSL_PAIRS}
         )
@@ -258,8 +328,9 @@ class DualEncoder(nn.Module):
         pooled = tokens[:, 0]
         feats = self.recipe_encoder(*(batch[c] for c in COMPONENTS))
         with torch.autocast(images.device.type, enabled=False):  # f32 heads, as in xmodal
-            image = F.normalize(self.image_proj(pooled.float()), dim=-1)
-            recipe = F.normalize(self.recipe_proj(feats["recipe"].float()), dim=-1)
+            image = F.normalize(self.image_act(self.image_proj(pooled.float())), dim=-1)
+            recipe = self.recipe_act(self.recipe_proj(feats["recipe"].float()))
+            recipe = F.normalize(recipe, dim=-1)
             ssl = {
                 (a, b): (
                     F.normalize(self.ssl_heads[f"{a}_to_{b}"](feats[a].float()), dim=-1),

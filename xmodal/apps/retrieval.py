@@ -32,6 +32,28 @@ def _bucket(n: int, multiple: int, cap: int) -> int:
     return min(size, max(cap, multiple))
 
 
+def recipe_token_ids(
+    tok: Any, limits: pipeline.TextLimits, recipe: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """A recipe {'title': str, 'ingredients': [str], 'instructions': [str]} (missing fields are
+    empty) -> padded token ids per component, exactly as `prepare` + the eval pipeline make them
+    (ingredient lines as ingredient lines: the released vocabulary's quantity fixes)."""
+    for field in ("ingredients", "instructions"):
+        if isinstance(recipe.get(field), str):
+            raise TypeError(f"recipe {field!r} must be a list of strings, one per line")
+    rec = records.empty_recipe(
+        title_ids=tokenizer.encode(tok, recipe.get("title", "") or "", limits.title_tokens),
+        ingredient_ids=tokenizer.encode_batch(
+            tok, list(recipe.get("ingredients") or []), limits.ingredient_tokens, ingredient=True
+        ),
+        instruction_ids=tokenizer.encode_batch(
+            tok, list(recipe.get("instructions") or []), limits.instruction_tokens
+        ),
+    )
+    feats = pipeline.text_features(rec, limits)
+    return {k: feats[k] for k in COMPONENTS}
+
+
 class RetrievalModel:
     """Embedders of a restored checkpoint; every output row is a unit-norm float32 vector."""
 
@@ -104,25 +126,8 @@ class RetrievalModel:
         return self.embed_images(np.stack([pipeline.read_photo(p, self.image_size) for p in paths]))
 
     def tokenize(self, recipe: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """A recipe {'title': str, 'ingredients': [str], 'instructions': [str]} (missing fields
-        are empty) -> padded token ids, exactly as `prepare` + the eval pipeline make them."""
-        for field in ("ingredients", "instructions"):
-            if isinstance(recipe.get(field), str):
-                raise TypeError(f"recipe {field!r} must be a list of strings, one per line")
-        lim = self.limits
-        rec = records.empty_recipe(
-            title_ids=tokenizer.encode(
-                self.tokenizer, recipe.get("title", "") or "", lim.title_tokens
-            ),
-            ingredient_ids=tokenizer.encode_batch(
-                self.tokenizer, list(recipe.get("ingredients") or []), lim.ingredient_tokens
-            ),
-            instruction_ids=tokenizer.encode_batch(
-                self.tokenizer, list(recipe.get("instructions") or []), lim.instruction_tokens
-            ),
-        )
-        feats = pipeline.text_features(rec, self.limits)
-        return {k: feats[k] for k in COMPONENTS}
+        """`recipe_token_ids` with this run's vocabulary and text limits."""
+        return recipe_token_ids(self.tokenizer, self.limits, recipe)
 
     def encode_recipes(self, recipes: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """Recipes -> {'embedding': [N, D]} plus [N, width] per component of the model

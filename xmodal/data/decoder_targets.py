@@ -19,6 +19,7 @@ from xmodal.data import schema
 from xmodal.data import tokenizer as tokenizer_lib
 
 EXTRA_TOKENS = 2  # <ing>, <title>
+_FRAMING = (schema.PAD_ID, schema.UNK_ID, schema.BOS_ID, schema.EOS_ID)
 # data.decoder_order: the order the target lists a recipe's ingredients in. "recipe" keeps the
 # author's; "sorted" lists them alphabetically, so the decoder learns one order for a set instead
 # of guessing each author's (an ingredient list is scored as a set: `xmodal.predict`).
@@ -54,6 +55,12 @@ def encode_target(
     if length < 3:
         raise ValueError(f"decoder target length must be >= 3 (BOS, EOS, a token), got {length}")
     check_order(order)
+    if tokenizer_lib.special_ids(tok) != _FRAMING:
+        raise ValueError(
+            "the cross decoder frames its targets with [BOS]=2 and [EOS]=3 (schema, "
+            "xmodal.models.decoding); this data's vocabulary reserves other ids (H-T's released "
+            "<start>=1 <end>=2): train the cross decoder on data with a learned vocabulary"
+        )
     texts = [t for t in clean_ingredients if t.strip()]
     encoded = tokenizer_lib.encode_batch(tok, [*texts, title], length)
     names = encoded[:-1]

@@ -23,10 +23,16 @@ the photos, a timed sample gives an estimate of time and disk for this dataset a
 Evaluation-only and gallery data (no train partition) take the vocabulary of a trained run:
 `--tokenizer_from=DIR` (the run's workdir, its prepared data or a TFDS dataset) copies that
 tokenizer instead of learning one, so the token ids mean what the model learned they mean.
+
+`--vocabulary=vocab.pkl` takes H-T's released id -> word table instead and tokenises as the
+released code does (`released_vocab`: nltk-style words, `<start> ... <end>` lines, quantity fixes of
+ingredient lines; the token limits count the two markers, as released), so the released weights
+read the ids they were trained on. It needs the optional extra `released`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import shutil
@@ -35,11 +41,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from xmodal.data import photos, records, schema, tokenizer
+from xmodal.data import photos, records, released_words, schema, tokenizer
 from xmodal.data.jsonio import read_json, write_json
 from xmodal.data.raw.estimate import estimate, print_estimate
 from xmodal.data.raw.recipe1m import CLASSES, DET_INGRS, LAYER1, LAYER2, PARTITIONS, read_recipe1m
 from xmodal.data.raw.shards import STATE_DIR, photo_batches, plan_shards, shard_state, write_shard
+from xmodal.data.released_vocab import ReleasedTokenizer, read_vocab_pickle
 
 LARGE_TRAIN_SPLIT = 100_000  # auto min word count: 10 (H-T) above this many train recipes, else 1
 PLAN_FILE = "plan.json"
@@ -82,6 +89,7 @@ def prepare(
     max_tokens: int = 15,
     max_image_pixels: int = photos.MAX_PIXELS,
     tokenizer_from: str | None = None,
+    vocabulary: str | None = None,
     source: str | None = None,
     verbose: bool = True,
 ) -> dict:
@@ -91,15 +99,21 @@ def prepare(
     train partition has more than 100k recipes, else 1 (the built-in dataset is too small for 10).
     `tokenizer_from` (a workdir, prepared data or TFDS dataset): its vocabulary is reused instead
     of learning one from the train partition, which may then be absent (evaluation-only or
-    gallery data). Resumes an interrupted run into the same `out_dir` (see the module docstring).
+    gallery data). `vocabulary`: H-T's released `vocab.pkl` and its tokenisation (module
+    docstring). Resumes an interrupted run into the same `out_dir` (see the module docstring).
     """
+    if tokenizer_from and vocabulary:
+        raise ValueError("--tokenizer_from and --vocabulary both name a vocabulary: pass one")
+    released = _released_vocabulary(vocabulary) if vocabulary else None
     os.makedirs(out_dir, exist_ok=True)
     vocab_dir = tokenizer.vocabulary_dir(tokenizer_from) if tokenizer_from else None
     if vocab_dir == os.path.abspath(out_dir):
         raise ValueError(f"--tokenizer_from={tokenizer_from!r} must not be --out_dir itself")
+    if vocab_dir is not None and isinstance(tokenizer.load_tokenizer(vocab_dir), ReleasedTokenizer):
+        released_words.check_available()  # the released rule, reused: its splitter is needed
     raw = read_recipe1m(raw_dir)
     train = [r for r in raw.recipes if r.partition == "train"]
-    if not train and vocab_dir is None:
+    if not train and vocab_dir is None and released is None:
         raise ValueError(
             f"{raw_dir}: no usable recipe in the train partition, so no vocabulary to learn. "
             "To prepare data for evaluating or searching with a trained run, reuse its "
@@ -113,7 +127,7 @@ def prepare(
         max_instructions=max_instructions,
         max_tokens=max_tokens,
     )
-    if vocab_dir is None:
+    if vocab_dir is None and released is None:
         limits["min_word_count"] = min_word_count or (10 if len(train) > LARGE_TRAIN_SPLIT else 1)
     plan = dict(
         version=PLAN_VERSION,
@@ -125,6 +139,8 @@ def prepare(
     )
     if vocab_dir is not None:  # another vocabulary makes other records: start over
         plan["tokenizer"] = tokenizer.fingerprint(vocab_dir)
+    if released is not None:
+        plan["tokenizer"] = tokenizer.fingerprint_of(released.to_json())
     state_dir = os.path.join(out_dir, STATE_DIR)
     plan_path = os.path.join(state_dir, PLAN_FILE)
     resume = os.path.exists(plan_path) and read_json(plan_path) == plan
@@ -137,6 +153,8 @@ def prepare(
         staged = os.path.join(state_dir, records.TOKENIZER_FILE)
         if vocab_dir is not None:  # the very file: the same fingerprint
             shutil.copyfile(os.path.join(vocab_dir, records.TOKENIZER_FILE), staged)
+        elif released is not None:
+            tokenizer.save_tokenizer(released, state_dir)
         else:
             tok = tokenizer.build_tokenizer(
                 (t for r in train for t in (r.title, *r.ingredients, *r.instructions)),
@@ -218,8 +236,25 @@ def prepare(
     }
     if vocab_dir is not None:
         info["tokenizer_from"] = vocab_dir
+    if vocabulary:
+        info["vocabulary"] = {"file": os.path.abspath(vocabulary), "sha256": _sha256(vocabulary)}
     write_json(info, os.path.join(out_dir, records.DATASET_INFO))
     return info
+
+
+def _released_vocabulary(path: str) -> ReleasedTokenizer:
+    """The released table of `path`, once the rule's sentence splitter is known to be installed
+    (both checked before any raw data is read)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--vocabulary={path!r}: no such file (H-T's data/vocab.pkl)")
+    table = read_vocab_pickle(path)
+    released_words.check_available()
+    return table
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def define_option_flags() -> None:
@@ -234,6 +269,12 @@ def define_option_flags() -> None:
         None,
         "Reuse the vocabulary of a trained run (its workdir or prepared data dir, or a TFDS "
         "dataset) instead of learning one: for data without a train split.",
+    )
+    flags.DEFINE_string(
+        "vocabulary",
+        None,
+        "H-T's released id->word table (data/vocab.pkl of amzn/image-to-recipe-transformers): "
+        "its ids and tokenisation instead of a learned vocabulary (extra: xmodal[released]).",
     )
     flags.DEFINE_integer("image_short_side", 256, "Photos are downscaled to this short side.")
     flags.DEFINE_string(
@@ -268,6 +309,7 @@ def options_from_flags() -> dict[str, Any]:
         max_tokens=f.max_tokens,
         max_image_pixels=f.max_image_pixels,
         tokenizer_from=f.tokenizer_from,
+        vocabulary=f.vocabulary,
     )
 
 

@@ -3,9 +3,10 @@
 A plain `pickle.load` calls whatever class or function the file names (`os.system` included).
 `RestrictedUnpickler` builds what pickle's own opcodes make (dict, list, tuple, str, bytes, int,
 float, bool, None) and, of the globals a file names, exactly those in `allowed`; any other is
-refused before it can run. classes1M.pkl needs none; the released H-T `args.pkl` needs
-`argparse.Namespace` (and numpy's scalar rebuild); a `torch.save` file the tensor rebuild and the
-storage classes (`xmodal.models.torch_zip`).
+refused before it can run. classes1M.pkl and the released H-T `vocab.pkl` need none
+(`plain_loads`); the released H-T `args.pkl` needs `argparse.Namespace` (and numpy's scalar
+rebuild); a `torch.save` file the tensor rebuild and the storage classes
+(`xmodal.models.torch_zip`).
 """
 
 from __future__ import annotations
@@ -40,3 +41,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(
                 f"refused global {module}.{name}: only {self._what} are read"
             ) from None
+
+
+def plain_loads(f: BinaryIO, count: int) -> list[Any]:
+    """The first `count` pickles of `f`, in order, with no global allowed (text as UTF-8, so
+    Python 2 pickles read too). Raises what pickle raises on a forged or truncated file."""
+    reader = RestrictedUnpickler(f, encoding="utf-8")
+    return [reader.load() for _ in range(count)]

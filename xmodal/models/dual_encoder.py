@@ -2,10 +2,13 @@
 im2recipe / AdaMine / H-T) and a recipe branch (H-T's hierarchical transformer, im2recipe's
 LSTMs, or a flat transformer), chosen by `config.model.image` / `config.model.recipe`.
 
-Both branches end in a linear projection to a shared `embed_dim` space and L2 normalisation, so
-retrieval is a dot product. H-T's recipe self-supervision (Salvador et al., CVPR 2021, Sec. 3.2)
-adds one small head g_ab per ordered pair of recipe components (a != b): the loss pulls the
-normalised g_ab(e_a) towards the normalised e_b of the same recipe (see `xmodal.training.losses`).
+Both branches end in a linear projection to a shared `embed_dim` space (`image_proj`,
+`recipe_proj`), optionally followed by tanh (`model.image_head_activation`,
+`model.recipe_head_activation`: the released H-T's `ViTBackbone.fc` / `merger_recipe` heads), and
+L2 normalisation, so retrieval is a dot product. H-T's recipe self-supervision (Salvador et al.,
+CVPR 2021, Sec. 3.2) adds one small head g_ab per ordered pair of recipe components (a != b):
+the loss pulls the normalised g_ab(e_a) towards the normalised e_b of the same recipe (see
+`xmodal.training.losses`).
 
 Precision: encoders compute in `config.model.dtype` with float32 parameters; the projections and
 normalisation run in float32 so embeddings (and the losses on them) are float32.
@@ -26,10 +29,11 @@ from xmodal.data import decoder_targets
 from xmodal.data.schema import COMPONENTS, DECODER_TOKENS, IMAGE, TEXT_ONLY_PREFIX
 from xmodal.models.cross_decoder import CrossDecoder, teacher_forcing
 from xmodal.models.layers import (
-    DENSE_INIT,
+    BlockLayout,
     Dtype,
     count_params,
     l2_normalize,
+    linear_inits,
     resolve_dtype,
     set_remat,
 )
@@ -54,6 +58,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_ENCODERS = ("vit", "resnet")
 RECIPE_ENCODERS = ("hierarchical", "lstm", "transformer")
 
+# What follows each branch's linear head, before L2 normalisation (released H-T: tanh on both).
+HEAD_ACTIVATIONS = {"none": lambda x: x, "tanh": jnp.tanh}
+
 # Ordered component pairs (a, b), a != b, and the key each gets in the model's 'ssl' output.
 SSL_PAIRS: tuple[tuple[str, str], ...] = tuple(itertools.permutations(COMPONENTS, 2))
 
@@ -70,14 +77,17 @@ def normalize_images(images: jax.Array, dtype: Dtype) -> jax.Array:
 
 
 class SSLHead(nnx.Module):
-    """g_ab: Linear (H-T) or a 2-layer GELU MLP from component a's feature to b's space."""
+    """g_ab: Linear (H-T: the released `projector_recipes[a][b]`, Linear(W, W) with bias) or a
+    2-layer GELU MLP from component a's feature to b's space."""
 
-    def __init__(self, width: int, *, kind: str = "linear", rngs: nnx.Rngs):
+    def __init__(self, width: int, *, kind: str = "linear", init: str = "xmodal", rngs: nnx.Rngs):
         if kind not in ("linear", "mlp"):
             raise ValueError(f"ssl head must be 'linear' or 'mlp', got {kind!r}")
-        self.fc1 = nnx.Linear(width, width, kernel_init=DENSE_INIT, rngs=rngs)
+        self.fc1 = nnx.Linear(width, width, rngs=rngs, **linear_inits(width, init))
         self.fc2 = (
-            nnx.Linear(width, width, kernel_init=DENSE_INIT, rngs=rngs) if kind == "mlp" else None
+            nnx.Linear(width, width, rngs=rngs, **linear_inits(width, init))
+            if kind == "mlp"
+            else None
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -100,21 +110,39 @@ class DualEncoder(nnx.Module):
         num_classes: int = 0,
         freeze_image: bool = False,
         cross_decoder: CrossDecoder | None = None,
+        image_head_activation: str = "none",
+        recipe_head_activation: str = "none",
+        head_init: str = "xmodal",
+        ssl_width: int | None = None,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        for name, value in (
+            ("image_head_activation", image_head_activation),
+            ("recipe_head_activation", recipe_head_activation),
+        ):
+            if value not in HEAD_ACTIVATIONS:
+                raise ValueError(f"{name} must be one of {tuple(HEAD_ACTIVATIONS)}, got {value!r}")
+        self.image_head_activation = image_head_activation
+        self.recipe_head_activation = recipe_head_activation
+        ssl_width = ssl_width or recipe_width
         self.dtype = dtype
         self.freeze_image = freeze_image
         self.cross_decoder = cross_decoder
         self.image_encoder = image_encoder
         self.recipe_encoder = recipe_encoder
         # float32 projections: cheap, and keep the embeddings the losses see in full precision.
-        self.image_proj = nnx.Linear(image_width, embed_dim, kernel_init=DENSE_INIT, rngs=rngs)
-        self.recipe_proj = nnx.Linear(recipe_width, embed_dim, kernel_init=DENSE_INIT, rngs=rngs)
+        # head_init 'pytorch': nn.Linear's default, as the released H-T's heads get it.
+        self.image_proj = nnx.Linear(
+            image_width, embed_dim, rngs=rngs, **linear_inits(image_width, head_init)
+        )
+        self.recipe_proj = nnx.Linear(
+            recipe_width, embed_dim, rngs=rngs, **linear_inits(recipe_width, head_init)
+        )
         self.ssl_heads = (
             nnx.Dict(
                 {
-                    f"{a}_to_{b}": SSLHead(recipe_width, kind=ssl_head, rngs=rngs)
+                    f"{a}_to_{b}": SSLHead(ssl_width, kind=ssl_head, init=head_init, rngs=rngs)
                     for a, b in SSL_PAIRS
                 }
             )
@@ -124,10 +152,20 @@ class DualEncoder(nnx.Module):
         # im2recipe's semantic regularisation (Salvador 2017, Sec. 5.2): one linear classifier
         # shared by both embeddings, so the two modalities are tied to the same class directions.
         self.class_head = (
-            nnx.Linear(embed_dim, num_classes, kernel_init=DENSE_INIT, rngs=rngs)
+            nnx.Linear(embed_dim, num_classes, rngs=rngs, **linear_inits(embed_dim, "xmodal"))
             if num_classes
             else None
         )
+
+    def image_head(self, pooled: jax.Array) -> jax.Array:
+        """Pooled image feature -> unit-norm embedding [B, D] float32: Linear, activation, L2."""
+        x = self.image_proj(pooled.astype(jnp.float32))
+        return l2_normalize(HEAD_ACTIVATIONS[self.image_head_activation](x))
+
+    def recipe_head(self, recipe: jax.Array) -> jax.Array:
+        """Recipe feature -> unit-norm embedding [B, D] float32: Linear, activation, L2."""
+        x = self.recipe_proj(recipe.astype(jnp.float32))
+        return l2_normalize(HEAD_ACTIVATIONS[self.recipe_head_activation](x))
 
     def encode_image(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """uint8 [B, H, W, 3] -> (ViT tokens [B, 1+N, width], pooled [B, width]), compute dtype."""
@@ -144,14 +182,14 @@ class DualEncoder(nnx.Module):
         _, pooled = self.encode_image(images)
         if self.freeze_image:  # a fixed feature extractor (JE): no backbone gradients computed
             pooled = jax.lax.stop_gradient(pooled)
-        return l2_normalize(self.image_proj(pooled.astype(jnp.float32)))
+        return self.image_head(pooled)
 
     def embed_recipe(
         self, title: jax.Array, ingredients: jax.Array, instructions: jax.Array
     ) -> jax.Array:
         """title [B, T], ingredients [B, Ni, T], instructions [B, Ns, T] -> [B, embed_dim] f32."""
         feats = self.encode_recipe(title, ingredients, instructions)
-        return l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
+        return self.recipe_head(feats["recipe"])
 
     @property
     def recipe_components(self) -> tuple[str, ...]:
@@ -182,7 +220,7 @@ class DualEncoder(nnx.Module):
         pieces recombined queries are built from; see `embed_components`)."""
         feats = self.encode_recipe(title, ingredients, instructions)
         out = {c: feats[c].astype(jnp.float32) for c in self.recipe_components}
-        out["embedding"] = l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
+        out["embedding"] = self.recipe_head(feats["recipe"])
         return out
 
     def embed_components(self, parts: Mapping[str, jax.Array]) -> jax.Array:
@@ -192,8 +230,7 @@ class DualEncoder(nnx.Module):
         if missing:
             raise ValueError(f"component features missing: {missing}")
         feats = {c: parts[c].astype(self.dtype) for c in self.recipe_components}
-        merged = self.recipe_encoder.merge_components(feats)
-        return l2_normalize(self.recipe_proj(merged.astype(jnp.float32)))
+        return self.recipe_head(self.recipe_encoder.merge_components(feats))
 
     def check_decoder(self) -> None:
         """A clear error for a model trained without the cross decoder."""
@@ -245,12 +282,12 @@ class DualEncoder(nnx.Module):
         'ssl_text_only'.
         """
         feats = self.encode_recipe(*(batch[c] for c in COMPONENTS))
-        recipe = l2_normalize(self.recipe_proj(feats["recipe"].astype(jnp.float32)))
+        recipe = self.recipe_head(feats["recipe"])
         tokens, pooled = self.encode_image(batch[IMAGE])
         if self.freeze_image:  # a fixed feature extractor (JE): no backbone gradients computed
             tokens, pooled = jax.lax.stop_gradient((tokens, pooled))
         outputs: dict[str, Any] = {
-            IMAGE: l2_normalize(self.image_proj(pooled.astype(jnp.float32))),
+            IMAGE: self.image_head(pooled),
             "recipe": recipe,
             "ssl": self.recipe_ssl(feats),
         }
@@ -291,6 +328,18 @@ def build_image_encoder(
     raise ValueError(f"model.image must be one of {IMAGE_ENCODERS}, got {model_config.image!r}")
 
 
+def text_layout(text_config: Any) -> BlockLayout:
+    """`config.model.text`'s block fields -> the recipe transformers' `BlockLayout`."""
+    return BlockLayout(
+        block=text_config.block,
+        activation=text_config.activation,
+        norm_eps=text_config.norm_eps,
+        final_norm=text_config.final_norm,
+        attention_dropout=text_config.attention_dropout,
+        init=text_config.init,
+    )
+
+
 def build_recipe_encoder(
     model_config: ml_collections.ConfigDict,
     *,
@@ -314,6 +363,7 @@ def build_recipe_encoder(
             max_len=text["max_len"],
             dtype=dtype,
             attention=attention,
+            layout=text_layout(model_config.text),
             rngs=rngs,
         )
     if kind == "hierarchical":
@@ -321,8 +371,10 @@ def build_recipe_encoder(
             "ingredients": text["packed_ingredient_tokens"],
             "instructions": text["packed_instruction_tokens"],
         }
-        encoder = HierarchicalRecipeEncoder(vocab_size, packed_tokens=packed, **transformer)
-        return encoder, text["width"]
+        encoder = HierarchicalRecipeEncoder(
+            vocab_size, packed_tokens=packed, merge_linear=text["merge_linear"], **transformer
+        )
+        return encoder, encoder.width
     if kind == "lstm":
         encoder = LSTMRecipeEncoder(
             vocab_size, dtype=dtype, rngs=rngs, **_as_dict(model_config.lstm)
@@ -347,7 +399,10 @@ def build_model(
 
     `model.image` and `model.recipe` choose the encoders (`build_image_encoder`,
     `build_recipe_encoder`; standard ViT sizes: `VIT_VARIANTS`, e.g. configs.common.VIT_B16).
-    H-T's SSL heads exist
+    Each transformer's wiring (`model.text.block`, ... and `model.vit.block`, ...) and the heads
+    (`model.image_head_activation`, `model.recipe_head_activation`, `model.head_init`,
+    `model.text.merge_linear`) default to this project's layout; configs/ht.py:vit sets the
+    released H-T's. H-T's SSL heads exist
     for the hierarchical encoder when `model.ssl_head` is set; `model.num_classes` > 0 adds the
     shared class head; `model.freeze_image` stops gradients into the image backbone for the whole
     run. The model starts in train mode (dropout on, BatchNorm on batch statistics).
@@ -364,8 +419,11 @@ def build_model(
         model_config, vocab_size=vocab_size, dtype=dtype, attention=attention, rngs=rngs
     )
     ssl_head = model_config.ssl_head or None
+    ssl_width = None
     if model_config.recipe != "hierarchical":
         ssl_head = None  # H-T's component SSL needs equal-width component features
+    else:
+        ssl_width = model_config.text.width
     dec = model_config.cross_decoder
     cross_decoder = None
     if dec.enabled:
@@ -395,6 +453,10 @@ def build_model(
         num_classes=model_config.num_classes,
         freeze_image=model_config.freeze_image,
         cross_decoder=cross_decoder,
+        image_head_activation=model_config.image_head_activation,
+        recipe_head_activation=model_config.recipe_head_activation,
+        head_init=model_config.head_init,
+        ssl_width=ssl_width,
         dtype=dtype,
         rngs=rngs,
     )

@@ -7,6 +7,7 @@ kernel can be used on GPU (nnx's default attention never asks for it; DESIGN.md 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Literal
@@ -34,6 +35,83 @@ REMAT_POLICIES: dict[str, Any] = {
 # Initialisers as in ViT / timm (trunc-normal 0.02 would also do; xavier is big_vision's choice).
 DENSE_INIT = nnx.initializers.xavier_uniform()
 BIAS_INIT = nnx.initializers.normal(stddev=1e-6)
+
+BLOCKS = ("pre_ln", "post_ln")
+ACTIVATIONS = {"gelu": functools.partial(nnx.gelu, approximate=False), "relu": nnx.relu}
+INITS = ("xmodal", "pytorch")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+    """How the blocks of one transformer are wired and initialised (one per encoder config:
+    `model.text.*`, `model.vit.*`).
+
+    The defaults are this project's (ViT / timm): LayerNorm before each sub-layer ('pre_ln'),
+    exact GELU, eps 1e-6, a final LayerNorm, no dropout on attention probabilities. H-T's
+    released recipe encoder is PyTorch's `nn.TransformerEncoderLayer` as it comes: 'post_ln'
+    (LayerNorm after each residual sum), 'relu', eps 1e-5, attention-probability dropout = the
+    block's dropout, and no final LayerNorm (`nn.TransformerEncoder` adds none). A different
+    layout is a different function of the same parameters (issue 25: up to 1.27 apart).
+
+    `init`: 'xmodal' (xavier-uniform kernels, tiny biases) | 'pytorch' (what the released model's
+    PyTorch layers get by default: `pytorch_linear_init`, attention in-projections
+    xavier-uniform over the fused [3W, W] matrix with zero biases, and every block of a stack a
+    copy of the first, as `nn.TransformerEncoder` deep-copies its layer).
+    """
+
+    block: str = "pre_ln"
+    activation: str = "gelu"
+    norm_eps: float = 1e-6
+    final_norm: bool = True
+    attention_dropout: float = 0.0
+    init: str = "xmodal"
+
+    def __post_init__(self) -> None:
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+
+
+DEFAULT_LAYOUT = BlockLayout()  # this project's blocks
+ZEROS = nnx.initializers.zeros_init()
+
+
+def uniform_init(bound: float) -> nnx.Initializer:
+    """U(-bound, bound), whatever the shape (PyTorch's initialisers fix the bound up front)."""
+
+    def init(key: jax.Array, shape: Any, dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def pytorch_linear_init(fan_in: int) -> tuple[nnx.Initializer, nnx.Initializer]:
+    """(kernel, bias) initialisers of `torch.nn.Linear`: kaiming-uniform with a=sqrt(5), which
+    is U(+-1/sqrt(fan_in)) for the weight, and the same bound for the bias."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return uniform_init(bound), uniform_init(bound)
+
+
+def linear_inits(
+    fan_in: int, init: str, bias_init: nnx.Initializer = ZEROS
+) -> dict[str, nnx.Initializer]:
+    """`kernel_init` / `bias_init` keywords for an `nnx.Linear` under `BlockLayout.init`
+    ('xmodal': DENSE_INIT and `bias_init`, what each layer had before the option existed)."""
+    if init == "pytorch":
+        kernel, bias = pytorch_linear_init(fan_in)
+        return {"kernel_init": kernel, "bias_init": bias}
+    if init != "xmodal":
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return {"kernel_init": DENSE_INIT, "bias_init": bias_init}
 
 
 def resolve_dtype(name: str | Dtype) -> Dtype:
@@ -65,6 +143,9 @@ def dot_product_attention(
     mask: jax.Array | None = None,
     implementation: AttentionImpl = "auto",
     is_causal: bool = False,
+    dropout_rng: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = True,
     **unused: Any,
 ) -> jax.Array:
     """`attention_fn` for `nnx.MultiHeadAttention` that calls `jax.nn.dot_product_attention`.
@@ -74,11 +155,21 @@ def dot_product_attention(
     [B, N or 1, Tq, Tk] (a [B, 1, 1, Tk] padding mask fails at lowering: "Bias must have same seq
     length as QKV"), so the mask is broadcast to that form here, for every attention site at once
     (XLA fuses the broadcast), and odd sequence lengths are padded for it (`even_lengths`). Causal
-    attention is `is_causal`, which the kernel handles without a mask. Attention-probability
-    dropout is not supported by the fused kernels, so the blocks apply dropout on the residual
-    branches instead (`unused` swallows nnx's dropout args).
+    attention is `is_causal`, which the kernel handles without a mask.
+
+    Dropout on the attention probabilities (`BlockLayout.attention_dropout`, PyTorch's default in
+    H-T's released encoder) exists in neither `jax.nn.dot_product_attention` nor cuDNN's fused
+    kernel: while it is active (a rate > 0 and not deterministic, i.e. training) the attention is
+    computed here with an explicit softmax (`attention_with_dropout`), whatever `implementation`
+    says; evaluation, and every attention without that dropout, takes the requested kernel.
     """
     del unused
+    if dropout_rate > 0.0 and not deterministic:
+        if dropout_rng is None:
+            raise ValueError("attention dropout is active but no dropout key was given")
+        return attention_with_dropout(
+            query, key, value, mask=mask, is_causal=is_causal, rate=dropout_rate, rng=dropout_rng
+        )
     impl = attention_implementation(implementation, query.dtype)
     tq = query.shape[1]
     if mask is not None:
@@ -98,6 +189,33 @@ def dot_product_attention(
         implementation=impl,
     )
     return out[:, :tq]
+
+
+def attention_with_dropout(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    mask: jax.Array | None,
+    is_causal: bool,
+    rate: float,
+    rng: jax.Array,
+) -> jax.Array:
+    """softmax(q k^T / sqrt(H)) with dropout on the probabilities, then times v (PyTorch's
+    `nn.MultiheadAttention` in training). q/k/v [B, T, N, H]; scores and softmax in float32.
+    The dropout is `byte_dropout`'s: the rate rounded to a multiple of 1/256 (0.1 -> 26/256)."""
+    depth = query.shape[-1]
+    logits = jnp.einsum("bqnh,bknh->bnqk", query, key, preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(depth)
+    keep = jnp.ones((), jnp.bool_)
+    if mask is not None:
+        keep = mask.astype(jnp.bool_)
+    if is_causal:
+        tq, tk = query.shape[1], key.shape[1]
+        keep = keep & jnp.tril(jnp.ones((tq, tk), jnp.bool_))
+    logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
+    probs = byte_dropout(jax.nn.softmax(logits, axis=-1), rate, rng)
+    return jnp.einsum("bnqk,bknh->bqnh", probs.astype(value.dtype), value)
 
 
 def even_lengths(
@@ -170,34 +288,65 @@ class Dropout(nnx.Dropout):
 
     def __call__(self, inputs: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
         deterministic = self.deterministic if deterministic is None else deterministic
-        drop = round(self.rate * 256)
-        if deterministic or drop == 0:
+        if deterministic or round(self.rate * 256) == 0:
             return inputs
-        if drop == 256:
-            return jnp.zeros_like(inputs)
         shape = list(inputs.shape)
         for dim in self.broadcast_dims:
             shape[dim] = 1
-        *lead, last = shape
-        words = jax.random.bits(self.rngs(), (*lead, -(-last // 4)), jnp.uint32)
-        byte = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(*lead, -1)[..., :last]
-        keep = jnp.broadcast_to(byte >= drop, inputs.shape)
-        scale = jnp.asarray(256 / (256 - drop), inputs.dtype)
-        return jax.lax.select(keep, inputs * scale, jnp.zeros_like(inputs))
+        return byte_dropout(inputs, self.rate, self.rngs(), tuple(shape))
 
 
-def layer_norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """The LayerNorm of every transformer here (eps 1e-6 as in ViT; f32 parameters)."""
-    return nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+def byte_dropout(
+    inputs: jax.Array, rate: float, key: jax.Array, shape: tuple[int, ...] | None = None
+) -> jax.Array:
+    """Dropout with one random byte per element (`Dropout`): the rate rounded to a multiple of
+    1/256, kept elements scaled by the exact inverse keep rate. `shape`: the mask's shape,
+    broadcast to the input's (default: the input's)."""
+    drop = round(rate * 256)
+    if drop == 0:
+        return inputs
+    if drop == 256:
+        return jnp.zeros_like(inputs)
+    *lead, last = inputs.shape if shape is None else shape
+    words = jax.random.bits(key, (*lead, -(-last // 4)), jnp.uint32)
+    byte = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(*lead, -1)[..., :last]
+    keep = jnp.broadcast_to(byte >= drop, inputs.shape)
+    scale = jnp.asarray(256 / (256 - drop), inputs.dtype)
+    return jax.lax.select(keep, inputs * scale, jnp.zeros_like(inputs))
+
+
+def layer_norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs, eps: float = 1e-6) -> nnx.LayerNorm:
+    """The LayerNorm of every transformer here (eps 1e-6 as in ViT; PyTorch's default is 1e-5;
+    f32 parameters)."""
+    return nnx.LayerNorm(width, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 def attention_layer(
-    width: int, num_heads: int, *, dtype: Dtype, attention: AttentionImpl, rngs: nnx.Rngs
+    width: int,
+    num_heads: int,
+    *,
+    dtype: Dtype,
+    attention: AttentionImpl,
+    rngs: nnx.Rngs,
+    dropout: float = 0.0,
+    init: str = "xmodal",
 ) -> nnx.MultiHeadAttention:
     """Multi-head attention routed through `jax.nn.dot_product_attention` (cuDNN-capable), shared
-    by encoder self-attention and decoder self-/cross-attention (`is_causal=True` at the call)."""
+    by encoder self-attention and decoder self-/cross-attention (`is_causal=True` at the call).
+
+    `dropout` > 0 drops attention probabilities while training (`dot_product_attention`). `init`
+    'pytorch' is `nn.MultiheadAttention`'s: q/k/v kernels xavier-uniform over the fused [3W, W]
+    in-projection, the output kernel as `nn.Linear`'s, every bias zero."""
     if width % num_heads:
         raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+    inits: dict[str, Any] = {"kernel_init": DENSE_INIT}
+    if init == "pytorch":
+        inits = {
+            "kernel_init": uniform_init(math.sqrt(6.0 / (width + 3 * width))),
+            "out_kernel_init": pytorch_linear_init(width)[0],
+        }
+    elif init != "xmodal":
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     return nnx.MultiHeadAttention(
         num_heads=num_heads,
         in_features=width,
@@ -205,16 +354,19 @@ def attention_layer(
         out_features=width,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=DENSE_INIT,
         bias_init=nnx.initializers.zeros_init(),
         attention_fn=functools.partial(dot_product_attention, implementation=attention),
+        dropout_rate=dropout,
+        # Train mode from the start, like every Dropout here (`model.eval()` flips it).
+        deterministic=False if dropout else None,
         decode=False,
         rngs=rngs,
+        **inits,
     )
 
 
 class Mlp(nnx.Module):
-    """Transformer feed-forward: Linear -> GELU -> Linear (timm names: fc1, fc2)."""
+    """Transformer feed-forward: Linear -> GELU (or ReLU) -> Linear (timm names: fc1, fc2)."""
 
     def __init__(
         self,
@@ -222,31 +374,32 @@ class Mlp(nnx.Module):
         mlp_dim: int,
         *,
         dropout: float = 0.0,
+        activation: str = "gelu",
+        init: str = "xmodal",
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        linear = functools.partial(
-            nnx.Linear,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            kernel_init=DENSE_INIT,
-            bias_init=BIAS_INIT,
-            rngs=rngs,
-        )
-        self.fc1 = linear(width, mlp_dim)
-        self.fc2 = linear(mlp_dim, width)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        linear = functools.partial(nnx.Linear, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.fc1 = linear(width, mlp_dim, **linear_inits(width, init, BIAS_INIT))
+        self.fc2 = linear(mlp_dim, width, **linear_inits(mlp_dim, init, BIAS_INIT))
         self.drop = Dropout(dropout, rngs=rngs)
+        self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nnx.gelu(self.fc1(x), approximate=False)
+        x = ACTIVATIONS[self.activation](self.fc1(x))
         return self.fc2(self.drop(x))
 
 
 class EncoderBlock(nnx.Module):
-    """Pre-LN transformer block: x + Attn(LN(x)); x + MLP(LN(x)) (ViT, Dosovitskiy et al. 2021).
+    """Transformer block, pre-LN by default: x + Attn(LN(x)); x + MLP(LN(x)) (ViT, Dosovitskiy
+    et al. 2021), or post-LN: LN(x + Attn(x)); LN(x + MLP(x)) (Vaswani et al. 2017; PyTorch's
+    `nn.TransformerEncoderLayer` default, which H-T's released recipe encoder uses).
 
-    Pre-LN trains stably without warm-up tricks at the depths used here; H-T's PyTorch layers are
-    post-LN, a difference that does not matter at 2 layers but does for the 12-layer ViT.
+    Pre-LN trains stably without warm-up tricks at depth; post-LN is kept to be the released H-T
+    (`BlockLayout`). Dropout sits where PyTorch puts it: on each residual branch and inside the
+    MLP, plus on the attention probabilities when `layout.attention_dropout` > 0.
     """
 
     def __init__(
@@ -258,16 +411,37 @@ class EncoderBlock(nnx.Module):
         dropout: float = 0.0,
         dtype: Dtype = jnp.float32,
         attention: AttentionImpl = "auto",
+        layout: BlockLayout = DEFAULT_LAYOUT,
         rngs: nnx.Rngs,
     ):
-        self.norm1 = layer_norm(width, dtype=dtype, rngs=rngs)
-        self.attn = attention_layer(width, num_heads, dtype=dtype, attention=attention, rngs=rngs)
+        self.post_ln = layout.block == "post_ln"
+        self.norm1 = layer_norm(width, dtype=dtype, rngs=rngs, eps=layout.norm_eps)
+        self.attn = attention_layer(
+            width,
+            num_heads,
+            dtype=dtype,
+            attention=attention,
+            dropout=layout.attention_dropout,
+            init=layout.init,
+            rngs=rngs,
+        )
         self.drop = Dropout(dropout, rngs=rngs)
-        self.norm2 = layer_norm(width, dtype=dtype, rngs=rngs)
-        self.mlp = Mlp(width, mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs)
+        self.norm2 = layer_norm(width, dtype=dtype, rngs=rngs, eps=layout.norm_eps)
+        self.mlp = Mlp(
+            width,
+            mlp_dim,
+            dropout=dropout,
+            activation=layout.activation,
+            init=layout.init,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.remat = "none"  # a key of REMAT_POLICIES; set for a whole model with `set_remat`
 
     def forward(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        if self.post_ln:
+            x = self.norm1(x + self.drop(self.attn(x, mask=mask)))
+            return self.norm2(x + self.drop(self.mlp(x)))
         x = x + self.drop(self.attn(self.norm1(x), mask=mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 
@@ -289,7 +463,8 @@ def set_remat(module: nnx.Module, policy: str) -> None:
 
 
 class TransformerEncoder(nnx.Module):
-    """A stack of pre-LN blocks with an optional final LayerNorm (needed after pre-LN blocks)."""
+    """A stack of blocks (`layout.block`) with an optional final LayerNorm (`layout.final_norm`:
+    needed after pre-LN blocks, absent from PyTorch's `nn.TransformerEncoder`)."""
 
     def __init__(
         self,
@@ -299,9 +474,9 @@ class TransformerEncoder(nnx.Module):
         mlp_dim: int,
         *,
         dropout: float = 0.0,
-        final_norm: bool = True,
         dtype: Dtype = jnp.float32,
         attention: AttentionImpl = "auto",
+        layout: BlockLayout = DEFAULT_LAYOUT,
         rngs: nnx.Rngs,
     ):
         self.blocks = nnx.List(
@@ -313,12 +488,21 @@ class TransformerEncoder(nnx.Module):
                     dropout=dropout,
                     dtype=dtype,
                     attention=attention,
+                    layout=layout,
                     rngs=rngs,
                 )
                 for _ in range(depth)
             ]
         )
-        self.norm = layer_norm(width, dtype=dtype, rngs=rngs) if final_norm else None
+        if layout.init == "pytorch":  # nn.TransformerEncoder deep-copies one initialised layer
+            first = nnx.state(self.blocks[0], nnx.Param)
+            for block in list(self.blocks)[1:]:
+                nnx.update(block, jax.tree.map(jnp.copy, first))
+        self.norm = (
+            layer_norm(width, dtype=dtype, rngs=rngs, eps=layout.norm_eps)
+            if layout.final_norm
+            else None
+        )
 
     def __call__(
         self,

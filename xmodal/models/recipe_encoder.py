@@ -5,7 +5,16 @@ learning": one word embedding shared by all components; the title is a transform
 averaged; ingredients and instructions are lists of sentences, each encoded by a word-level
 transformer and averaged, then a second, sentence-level transformer runs over the sentence vectors
 and is averaged again. The recipe feature is a linear layer over the concatenated component
-features. Every average is masked (token id 0 is padding), so padding never changes the result.
+features (`merge_linear`; without it the concatenation itself, which the dual encoder's one
+Linear(3W -> D) + tanh head maps, as the released H-T's `merger_recipe` does). Every average is
+masked (token id 0 is padding), so padding never changes the result.
+
+Released H-T (amzn/image-to-recipe-transformers, src/models.py): its blocks are PyTorch's
+post-LN / ReLU / eps 1e-5 layers with attention-probability dropout and no final norm
+(`BlockLayout`), its position tables have 50 rows, xavier-normal, and its word embedding is
+N(0, 1) (`init='pytorch'`). A fully padded ingredient or instruction line: the released code lets
+it attend to its first (padding) token and the sentence-level transformer masks it out; here it
+attends everywhere and is masked out the same way, so real rows agree.
 
 Packing (`packed_tokens`): padding every line to the longest line's length wastes most of the
 word-level transformer's work (on the built-in data half of the tokens are padding). With a budget
@@ -24,13 +33,29 @@ from flax import nnx
 
 from xmodal.data.schema import COMPONENTS, PAD_ID
 from xmodal.models.layers import (
-    DENSE_INIT,
+    DEFAULT_LAYOUT,
+    INITS,
     AttentionImpl,
+    BlockLayout,
     Dropout,
     Dtype,
     TransformerEncoder,
+    linear_inits,
     masked_mean,
 )
+
+# Position tables: normal(0.02) here; xavier-normal in the released H-T (LearnedPositionalEncoding).
+POSITION_INITS = {
+    "xmodal": nnx.initializers.normal(0.02),
+    "pytorch": nnx.initializers.variance_scaling(1.0, "fan_avg", "normal"),  # not truncated
+}
+# Word embedding: normal(0.02) here; N(0, 1) in the released H-T (nn.Embedding's default).
+WORD_INITS = {"xmodal": nnx.initializers.normal(0.02), "pytorch": nnx.initializers.normal(1.0)}
+
+
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
 class PackedLines(NamedTuple):
@@ -71,7 +96,8 @@ def pack_lines(tokens: jax.Array, length: int) -> PackedLines:
 
 
 class PooledTransformer(nnx.Module):
-    """Learned positions + transformer + masked average: H-T's `SingleTransformerEncoder`."""
+    """Learned positions + transformer + masked average: H-T's `SingleTransformerEncoder`
+    (`layout` wires and initialises the blocks; `layout.init` also picks the position init)."""
 
     def __init__(
         self,
@@ -84,9 +110,11 @@ class PooledTransformer(nnx.Module):
         dropout: float,
         dtype: Dtype,
         attention: AttentionImpl,
+        layout: BlockLayout = DEFAULT_LAYOUT,
         rngs: nnx.Rngs,
     ):
-        self.pos_embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (max_len, width)))
+        check_init(layout.init)
+        self.pos_embed = nnx.Param(POSITION_INITS[layout.init](rngs.params(), (max_len, width)))
         self.drop = Dropout(dropout, rngs=rngs)
         self.encoder = TransformerEncoder(
             width,
@@ -96,6 +124,7 @@ class PooledTransformer(nnx.Module):
             dropout=dropout,
             dtype=dtype,
             attention=attention,
+            layout=layout,
             rngs=rngs,
         )
 
@@ -141,6 +170,8 @@ class HierarchicalRecipeEncoder(nnx.Module):
         dtype: Dtype = jnp.float32,
         attention: AttentionImpl = "auto",
         packed_tokens: dict[str, int] | None = None,
+        layout: BlockLayout = DEFAULT_LAYOUT,
+        merge_linear: bool = True,
         rngs: nnx.Rngs,
     ):
         packed_tokens = dict(packed_tokens or {})
@@ -154,12 +185,13 @@ class HierarchicalRecipeEncoder(nnx.Module):
         # Component -> packed tokens per recipe; 0 or absent: every line padded on its own.
         self.components = COMPONENTS
         self.packed_tokens = {k: int(v) for k, v in packed_tokens.items() if v}
+        check_init(layout.init)
         self.word_embed = nnx.Embed(
             vocab_size,
             width,
             dtype=dtype,
             param_dtype=jnp.float32,
-            embedding_init=nnx.initializers.normal(0.02),
+            embedding_init=WORD_INITS[layout.init],
             rngs=rngs,
         )
 
@@ -173,6 +205,7 @@ class HierarchicalRecipeEncoder(nnx.Module):
                 dropout=dropout,
                 dtype=dtype,
                 attention=attention,
+                layout=layout,
                 rngs=rngs,
             )
 
@@ -181,14 +214,21 @@ class HierarchicalRecipeEncoder(nnx.Module):
         self.ingredients_merge = pooled()  # ingredient vectors -> ingredients feature
         self.instructions = pooled()
         self.instructions_merge = pooled()
-        self.merge = nnx.Linear(
-            3 * width,
-            out_features or width,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            kernel_init=DENSE_INIT,
-            rngs=rngs,
+        self.widths = {c: width for c in self.components}
+        # merge_linear: Linear(3W -> W) (this project's default); else the concatenation [3W].
+        self.merge = (
+            nnx.Linear(
+                3 * width,
+                out_features or width,
+                dtype=dtype,
+                param_dtype=jnp.float32,
+                rngs=rngs,
+                **linear_inits(3 * width, layout.init),
+            )
+            if merge_linear
+            else None
         )
+        self.width = (out_features or width) if merge_linear else 3 * width
 
     def _sentences(
         self,
@@ -236,4 +276,5 @@ class HierarchicalRecipeEncoder(nnx.Module):
     def merge_components(self, feats: dict[str, jax.Array]) -> jax.Array:
         """Component features [B, width] each -> the recipe feature (H-T's merge transformer
         input is their concatenation); also how recombined queries are encoded."""
-        return self.merge(jnp.concatenate([feats[c] for c in self.components], axis=-1))
+        merged = jnp.concatenate([feats[c] for c in self.components], axis=-1)
+        return merged if self.merge is None else self.merge(merged)

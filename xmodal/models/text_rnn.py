@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xmodal.data.schema import COMPONENTS, PAD_ID
-from xmodal.models.layers import AttentionImpl, Dtype, masked_mean
-from xmodal.models.recipe_encoder import PooledTransformer
+from xmodal.models.layers import DEFAULT_LAYOUT, AttentionImpl, BlockLayout, Dtype, masked_mean
+from xmodal.models.recipe_encoder import WORD_INITS, PooledTransformer, check_init
 
 
 def _check_components(components: Sequence[str]) -> tuple[str, ...]:
@@ -185,15 +185,17 @@ class TransformerRecipeEncoder(nnx.Module):
         components: Sequence[str] = ("ingredients", "instructions"),
         dtype: Dtype = jnp.float32,
         attention: AttentionImpl = "auto",
+        layout: BlockLayout = DEFAULT_LAYOUT,
         rngs: nnx.Rngs,
     ):
         self.components = _check_components(components)
+        check_init(layout.init)
         self.word_embed = nnx.Embed(
             vocab_size,
             width,
             dtype=dtype,
             param_dtype=jnp.float32,
-            embedding_init=nnx.initializers.normal(0.02),
+            embedding_init=WORD_INITS[layout.init],
             rngs=rngs,
         )
         self.encoders = nnx.Dict(
@@ -207,6 +209,7 @@ class TransformerRecipeEncoder(nnx.Module):
                     dropout=dropout,
                     dtype=dtype,
                     attention=attention,
+                    layout=layout,
                     rngs=rngs,
                 )
                 for c in self.components

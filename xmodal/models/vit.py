@@ -16,6 +16,7 @@ from flax import nnx
 
 from xmodal.models.layers import (
     AttentionImpl,
+    BlockLayout,
     Dropout,
     Dtype,
     TransformerEncoder,
@@ -119,9 +120,11 @@ class ConvStem(nnx.Module):
 class ViT(TransformerEncoder):
     """ViT backbone: returns all output tokens (for cross-attention) and a pooled feature.
 
-    A `TransformerEncoder` (pre-LN blocks + final LayerNorm) with a patch stem, a class token and
-    position embeddings in front: its blocks and norm keep the `blocks.N` / `norm` names of
-    timm's layout, which the weight import maps one-to-one."""
+    A `TransformerEncoder` (pre-LN blocks + final LayerNorm: timm's and the released H-T's ViT)
+    with a patch stem, a class token and position embeddings in front: its blocks and norm keep
+    the `blocks.N` / `norm` names of timm's layout, which the weight import maps one-to-one.
+    `block`, `activation`, `norm_eps`, `final_norm` and `attention_dropout` are the ViT's own
+    `BlockLayout` (`config.model.vit`), independent of the recipe transformers'."""
 
     def __init__(
         self,
@@ -136,10 +139,22 @@ class ViT(TransformerEncoder):
         stem: str = "patch",
         stem_first_norm: bool = True,
         dropout: float = 0.0,
+        block: str = "pre_ln",
+        activation: str = "gelu",
+        norm_eps: float = 1e-6,
+        final_norm: bool = True,
+        attention_dropout: float = 0.0,
         dtype: Dtype = jnp.float32,
         attention: AttentionImpl = "auto",
         rngs: nnx.Rngs,
     ):
+        layout = BlockLayout(
+            block=block,
+            activation=activation,
+            norm_eps=norm_eps,
+            final_norm=final_norm,
+            attention_dropout=attention_dropout,
+        )
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch {patch_size}")
         if pool not in ("cls", "gap"):
@@ -157,13 +172,15 @@ class ViT(TransformerEncoder):
             nnx.initializers.normal(0.02)(rngs.params(), (1, 1 + self.num_patches, width))
         )
         self.pos_drop = Dropout(dropout, rngs=rngs)
-        block_options = dict(dropout=dropout, dtype=dtype, attention=attention, rngs=rngs)
+        block_options = dict(
+            dropout=dropout, dtype=dtype, attention=attention, layout=layout, rngs=rngs
+        )
         super().__init__(width, depth, num_heads, mlp_dim, **block_options)
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """images: normalised float [B, H, W, 3] -> (tokens [B, 1+N, width], pooled [B, width]).
 
-        tokens[:, 0] is the class token; all tokens are after the final LayerNorm.
+        tokens[:, 0] is the class token; all tokens are after the final LayerNorm (if any).
         """
         x = self.patch_embed(images.astype(self.dtype))
         if x.shape[1] != self.num_patches:

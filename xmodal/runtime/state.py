@@ -83,7 +83,12 @@ def make_optimizer(
         weight_decay=train_config.weight_decay,
         mask=_decay_mask,
     )
-    clip = optax.clip_by_global_norm(train_config.grad_clip)
+    # grad_clip 0: no clipping (the released H-T's training).
+    clip = (
+        optax.clip_by_global_norm(train_config.grad_clip)
+        if train_config.grad_clip > 0
+        else optax.identity()
+    )
     freeze_steps = train_config.freeze_image_steps
     if freeze_image:
         frozen = optax.set_to_zero()

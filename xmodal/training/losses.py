@@ -19,7 +19,9 @@ from xmodal.models.cross_decoder import teacher_forcing
 
 REDUCTIONS = ("violating", "hardest", "mean", "batch_mean")
 SEMANTIC_POSITIVES = ("all", "first")
-MARGIN_KINDS = ("constant", "linear", "adaptive")
+MARGIN_KINDS = ("constant", "linear", "adaptive", "adaptive_tfood")
+# How the ranking terms (instance and semantic triplet) enter the total: `ranking_total`.
+COMBINES = ("sum", "direction_mean")
 
 
 def triplet_costs(
@@ -99,7 +101,7 @@ def margin_settings(loss_config: Any) -> dict[str, Any]:
     kind = settings["kind"]
     if kind not in MARGIN_KINDS:
         raise ValueError(f"unknown margin kind {kind!r}; choose from {MARGIN_KINDS}")
-    if kind == "adaptive" and not settings["min"] <= settings["max"]:
+    if kind.startswith("adaptive") and not settings["min"] <= settings["max"]:
         raise ValueError(
             f"adaptive margin needs min <= max, got {settings['min']}, {settings['max']}"
         )
@@ -130,6 +132,24 @@ def adaptive_margin(
     return low + (high - low) * (1.0 - active_fraction(costs))
 
 
+def tfood_adaptive_margin(
+    queries: jax.Array, candidates: jax.Array, *, reference: float, low: float, high: float
+) -> jax.Array:
+    """T-Food's adaptive margin: m = clip(high * (1 - a), low, high), a = share of the B x B
+    matrix (its zeroed diagonal counted) active at `reference`; no gradient flows through it.
+
+    mshukor/TFood 466c120, recipe1m/models/criterions/triplet.py, `Triplet.__call__` with
+    `margin_params.adaptive_margin` (`alpha_irr`, `alpha_rii`). The same signal as
+    `adaptive_margin`, another map: high scaled by the inactive share, floored at `low`, where
+    `adaptive_margin` interpolates from `low` to `high` over the B(B-1) triplets.
+    """
+    costs = triplet_costs(
+        jax.lax.stop_gradient(queries), jax.lax.stop_gradient(candidates), reference
+    )
+    share = jnp.sum(costs > 0) / max(costs.size, 1)
+    return jnp.clip(high * (1.0 - share), low, high)
+
+
 def retrieval_margins(
     settings: dict[str, Any],
     image: jax.Array,
@@ -141,7 +161,8 @@ def retrieval_margins(
     """The (image->recipe, recipe->image) margins in use at `step` (the dynamic margins).
 
     constant: `start`. linear: `start` -> `end` over `steps` (0: the whole run, `total_steps`).
-    adaptive: `adaptive_margin` per direction with reference `start`, bounds [`min`, `max`].
+    adaptive: `adaptive_margin` per direction with reference `start`, bounds [`min`, `max`];
+    adaptive_tfood: `tfood_adaptive_margin` likewise.
     """
     kind = settings["kind"]
     if kind == "constant":
@@ -154,22 +175,34 @@ def retrieval_margins(
     if kind == "adaptive":
         bounds = dict(reference=settings["start"], low=settings["min"], high=settings["max"])
         return adaptive_margin(image, recipe, **bounds), adaptive_margin(recipe, image, **bounds)
+    if kind == "adaptive_tfood":
+        bounds = dict(reference=settings["start"], low=settings["min"], high=settings["max"])
+        return (
+            tfood_adaptive_margin(image, recipe, **bounds),
+            tfood_adaptive_margin(recipe, image, **bounds),
+        )
     raise ValueError(f"unknown margin kind {kind!r}; choose from {MARGIN_KINDS}")
 
 
 def recipe_ssl_loss(
     pairs: Mapping[str, tuple[jax.Array, jax.Array]], *, margin: float | jax.Array, reduction: str
 ) -> jax.Array:
-    """H-T's self-supervised recipe loss (Salvador et al., CVPR 2021, Sec. 3.3).
+    """H-T's self-supervised recipe loss (Salvador et al., CVPR 2021, Sec. 3.3), as released.
 
-    For each ordered pair of recipe components (a, b) the model maps a's embedding towards b's,
-    g_ab(e_a); a triplet loss then asks g_ab(e_a) of recipe i to be closer to e_b of recipe i than
-    to e_b of any other recipe in the batch. Averaged over the pairs.
+    For each ordered pair of recipe components (a, b) the model maps a's feature into b's space,
+    g_ab(e_a); H-T's two-direction triplet loss then asks g_ab(e_a) of recipe i to be nearer e_b
+    of recipe i than e_b of any other recipe, *and* e_b of recipe i to be nearer g_ab(e_a) of
+    recipe i than that of any other recipe. Averaged over the pairs. The released code
+    (amzn/image-to-recipe-transformers 96e257e, src/train.py `trainIter`, lines 51-71) calls its
+    `TripletLoss` (src/utils/loss.py: both directions, `(cost_s + cost_im).mean()`) on
+    (e_b, g_ab(e_a)) for the six ordered pairs of raw (un-merged) component features and divides
+    by their count (`loss_recipe /= c`); with `reduction='batch_mean'` this is that loss.
     """
     if not pairs:
         return jnp.zeros((), jnp.float32)
     terms = [
         reduce_costs(triplet_costs(pred, target, margin), reduction)
+        + reduce_costs(triplet_costs(target, pred, margin), reduction)
         for pred, target in pairs.values()
     ]
     return sum(terms) / len(terms)
@@ -187,12 +220,14 @@ def semantic_triplet_costs(
     For query i and candidates p, n of the other modality: cost [m + d(q_i, c_p) - d(q_i, c_n)]_+
     where p shares the query's class and n has another class. The query's own match (p = i) is
     the instance loss's positive, not a semantic one. `positives`: 'all' = every other item of
-    the class (the paper's Eq. 4); 'first' = only the first of them in batch order (the released
-    code: Cadene/recipe1m.bootstrap.pytorch, recipe1m/models/criterions/triplet.py,
-    `Triplet.semantic_multimodal`, which also keeps only as many negatives per query as the
-    query with the fewest has — an artifact of its rectangular matrix, not kept here). Class 0 is
-    Recipe1M's "no class" (about half the pairs): such items are neither queries, positives nor
-    negatives, since an unlabelled dish may well be of the query's class. Returns (costs
+    the class (the paper's Eq. 4); 'first' = the released code's selection (Cadene/
+    recipe1m.bootstrap.pytorch 6ca20a2, recipe1m/models/criterions/triplet.py,
+    `Triplet.semantic_multimodal`): only the first of them in batch order, and each query keeps
+    only its first k negatives in batch order, k = the fewest negatives any labelled query has
+    (the released [queries, k] cost matrix; a query with no positive has no triplet, where the
+    released code fails). Class 0 is Recipe1M's "no class" (about half the pairs): such items are
+    neither queries, positives nor negatives, since an unlabelled dish may well be of the query's
+    class. Returns (costs
     [B, B, B] indexed [query, positive, negative], valid [B, B, B] bool marking real triplets).
     Memory is O(B^3): fine at AdaMine's batch of 100 (1M triplets), ~2 GB at 768.
     """
@@ -208,6 +243,9 @@ def semantic_triplet_costs(
     if positives == "first":
         same &= jnp.cumsum(same, axis=1) == 1
     other = (classes[:, None] != classes[None, :]) & labelled[:, None] & labelled[None, :]
+    if positives == "first":
+        fewest = jnp.min(jnp.where(labelled, jnp.sum(other, axis=1), n))
+        other &= jnp.cumsum(other, axis=1) <= fewest
     valid = same[:, :, None] & other[:, None, :]
     costs = jax.nn.relu(margin + sims[:, None, :] - sims[:, :, None])
     return jnp.where(valid, costs, 0.0), valid
@@ -290,6 +328,27 @@ def cross_decoder_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
+def ranking_total(terms: Mapping[str, tuple[float, jax.Array]], combine: str) -> jax.Array:
+    """The ranking terms' contribution to the loss; `terms` maps a name to (weight, value), each
+    value the sum of its two directions (image->recipe + recipe->image).
+
+    sum: sum of weight x value — AdaMine's Eq. 1, L = L_ins + lambda L_sem, and every other
+        method. direction_mean: that sum over the number of directional terms (two per term) —
+        the released AdaMine (Cadene/recipe1m.bootstrap.pytorch 6ca20a2,
+        recipe1m/models/criterions/triplet.py, `Triplet.__call__`: `out['loss'] = total_loss /
+        len(losses.keys())` over the weighted IRR, RII, SIRR, SRII of
+        recipe1m/options/adamine.yaml), i.e. (IRR + RII + 0.1 SIRR + 0.1 SRII) / 4.
+    """
+    if combine not in COMBINES:
+        raise ValueError(f"loss.combine must be one of {COMBINES}, got {combine!r}")
+    total = jnp.zeros((), jnp.float32)
+    for weight, value in terms.values():
+        total += weight * value
+    if combine == "direction_mean" and terms:
+        total /= 2 * len(terms)
+    return total
+
+
 def compute_losses(
     outputs: Mapping[str, Any],
     batch: Mapping[str, jax.Array],
@@ -305,11 +364,12 @@ def compute_losses(
     `DECODER_TOKENS` for the cross decoder (shifted by `teacher_forcing`). `step` (traced inside
     jit) and `total_steps` drive the margin schedule; the margins in use are reported as
     'margin_i2r' / 'margin_r2i'. The recipe SSL loss keeps the schedule's base margin
-    (`margin.start`): the schedule tunes the cross-modal task only.
+    (`margin.start`): the schedule tunes the cross-modal task only. The instance and semantic
+    triplet terms enter through `ranking_total` (`loss.combine`), the others as weight x value.
     """
     metrics: dict[str, jax.Array] = {}
-    total = jnp.zeros((), jnp.float32)
     margin = margin_settings(loss_config)
+    ranking: dict[str, tuple[float, jax.Array]] = {}  # the ranking terms: (weight, value)
     if loss_config.triplet:
         m_i2r, m_r2i = retrieval_margins(
             margin, outputs["image"], outputs["recipe"], step=step, total_steps=total_steps
@@ -321,10 +381,15 @@ def compute_losses(
             margin_r2i=m_r2i,
             reduction=loss_config.reduction,
         )
-        total += loss_config.triplet * triplet
+        ranking["triplet"] = (loss_config.triplet, triplet)
         metrics["loss_triplet"] = triplet
         metrics["margin_i2r"], metrics["margin_r2i"] = m_i2r, m_r2i
         metrics.update(stats)
+    if loss_config.semantic:
+        semantic = _semantic_loss(outputs, batch, loss_config, metrics)
+        ranking["semantic"] = (loss_config.semantic, semantic)
+        metrics["loss_semantic"] = semantic
+    total = ranking_total(ranking, loss_config.combine)
     if loss_config.recipe_ssl and outputs.get("ssl"):
         ssl = recipe_ssl_loss(
             outputs["ssl"], margin=margin["start"], reduction=loss_config.reduction
@@ -355,24 +420,10 @@ def _class_aware_losses(
     loss_config: Any,
     metrics: dict[str, jax.Array],
 ) -> jax.Array:
-    """AdaMine's semantic triplet (`loss.semantic`), the pairwise cosine loss of im2recipe / PWC++
-    (`loss.pairwise`) and the classification heads (`loss.image_cls`, `loss.recipe_cls`); each
-    weight 0 leaves its term out. Class labels: the batch's `schema.CLASS_ID`."""
+    """The pairwise cosine loss of im2recipe / PWC++ (`loss.pairwise`) and the classification
+    heads (`loss.image_cls`, `loss.recipe_cls`); each weight 0 leaves its term out. Class labels:
+    the batch's `schema.CLASS_ID`."""
     total = jnp.zeros((), jnp.float32)
-    if loss_config.semantic:
-        if schema.CLASS_ID not in batch:
-            raise ValueError(f"loss.semantic needs {schema.CLASS_ID!r} in the batch")
-        semantic, stats = bidirectional_semantic_loss(
-            outputs["image"],
-            outputs["recipe"],
-            batch[schema.CLASS_ID],
-            margin=loss_config.semantic_margin,
-            reduction=loss_config.semantic_reduction,
-            positives=loss_config.semantic_positives,
-        )
-        total += loss_config.semantic * semantic
-        metrics["loss_semantic"] = semantic
-        metrics.update(stats)
     if loss_config.pairwise:
         pairwise = pairwise_cosine_loss(
             outputs["image"],
@@ -396,3 +447,25 @@ def _class_aware_losses(
         total += weight * ce
         metrics[f"loss_{side}_cls"] = ce
     return total
+
+
+def _semantic_loss(
+    outputs: Mapping[str, Any],
+    batch: Mapping[str, jax.Array],
+    loss_config: Any,
+    metrics: dict[str, jax.Array],
+) -> jax.Array:
+    """AdaMine's semantic triplet (`loss.semantic`) on the batch's `schema.CLASS_ID` labels; its
+    shares of active triplets go to `metrics`."""
+    if schema.CLASS_ID not in batch:
+        raise ValueError(f"loss.semantic needs {schema.CLASS_ID!r} in the batch")
+    semantic, stats = bidirectional_semantic_loss(
+        outputs["image"],
+        outputs["recipe"],
+        batch[schema.CLASS_ID],
+        margin=loss_config.semantic_margin,
+        reduction=loss_config.semantic_reduction,
+        positives=loss_config.semantic_positives,
+    )
+    metrics.update(stats)
+    return semantic

@@ -97,7 +97,9 @@ def tokenize_recipes(tok: Any, recipes: list[RawRecipe], limits: dict) -> list[r
     instructions = [r.instructions[: limits["max_instructions"]] for r in recipes]
     n = limits["max_tokens"]
     titles = tokenizer.encode_batch(tok, [r.title for r in recipes], limits["max_title_tokens"])
-    ingr_ids = iter(tokenizer.encode_batch(tok, [t for ts in ingredients for t in ts], n))
+    ingr_ids = iter(
+        tokenizer.encode_batch(tok, [t for ts in ingredients for t in ts], n, ingredient=True)
+    )
     instr_ids = iter(tokenizer.encode_batch(tok, [t for ts in instructions for t in ts], n))
     return [
         records.empty_recipe(
