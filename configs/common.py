@@ -204,6 +204,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.model.attention = "auto"
     c.model.remat = "none"  # none | full | dots | dots_no_batch (xmodal.models.layers)
     c.model.image_init = ""  # timm ViT / torchvision ResNet weights file to start the image from
+    # WORKDIR of a run (or of `python -m xmodal.apps.import_checkpoint`, e.g. the released H-T
+    # weights) whose best (else latest) checkpoint's model starts this run at step 0: same model
+    # fields and vocabulary, no optimizer state (xmodal.runtime.init_from).
+    c.model.init_from = ""
     c.model.num_classes = 0  # > 0: shared class head (im2recipe), the dataset's classes incl. 0
     c.model.freeze_image = False  # the image backbone is a fixed feature extractor (JE)
     # Cross decoder (TNLBT extension, "fuse before generating"; xmodal.models.cross_decoder):

@@ -367,3 +367,88 @@ def test_grad_clip_zero_is_no_clipping(clip, scale):
     _, opt_state = tx.update(grads, opt_state, params)
     mu = optax.tree_utils.tree_get(opt_state, "mu")
     np.testing.assert_allclose(mu["w"], 0.1 * 25.0 * scale, rtol=1e-6)
+
+
+def _timm_backbone(width: int, patch: int, tokens: int, mlp: int) -> dict[str, np.ndarray]:
+    """A one-block timm ViT state dict (random values) as the released checkpoint names it."""
+    rng = np.random.default_rng(3)
+    shapes = {
+        "patch_embed.proj.weight": (width, 3, patch, patch),
+        "patch_embed.proj.bias": (width,),
+        "cls_token": (1, 1, width),
+        "pos_embed": (1, tokens, width),
+        "blocks.0.norm1.weight": (width,),
+        "blocks.0.norm1.bias": (width,),
+        "blocks.0.attn.qkv.weight": (3 * width, width),
+        "blocks.0.attn.qkv.bias": (3 * width,),
+        "blocks.0.attn.proj.weight": (width, width),
+        "blocks.0.attn.proj.bias": (width,),
+        "blocks.0.norm2.weight": (width,),
+        "blocks.0.norm2.bias": (width,),
+        "blocks.0.mlp.fc1.weight": (mlp, width),
+        "blocks.0.mlp.fc1.bias": (mlp,),
+        "blocks.0.mlp.fc2.weight": (width, mlp),
+        "blocks.0.mlp.fc2.bias": (width,),
+        "norm.weight": (width,),
+        "norm.bias": (width,),
+        "head.weight": (1000, width),  # timm's ImageNet classifier: not used
+        "head.bias": (1000,),
+    }
+    return {
+        f"image_encoder.backbone.{k}": rng.normal(size=s).astype(np.float32)
+        for k, s in shapes.items()
+    }
+
+
+def test_a_whole_released_checkpoint_loads_through_the_import_path(vectors):
+    """`released_ht.load_into` (what `xmodal.apps.import_checkpoint` calls): the recipe side
+    gives the released outputs, the ViT backbone takes timm's names, and what the model cannot
+    take is an error naming it."""
+    from xmodal.models.released_ht import load_into
+
+    model = released_model(vectors)
+    backbone = _timm_backbone(width=12, patch=8, tokens=1 + (16 // 8) ** 2, mlp=8)
+    load_into(model, {**state_dict(vectors), **backbone})
+    model.eval()
+    ids = [jnp.asarray(vectors[f"in/{c}"], jnp.int32) for c in COMPONENTS]
+    recipe = jnp.tanh(model.recipe_proj(model.encode_recipe(*ids)["recipe"]))
+    np.testing.assert_allclose(recipe, vectors["out/recipe"], atol=1e-5, rtol=0)
+    vit = model.image_encoder
+    weight = backbone["image_encoder.backbone.patch_embed.proj.weight"]
+    np.testing.assert_array_equal(vit.patch_embed.proj.kernel[...], weight.transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(vit.cls_token[...], backbone["image_encoder.backbone.cls_token"])
+    extra = {"image_encoder.backbone.blocks.0.attn.extra": np.zeros(3, np.float32)}
+    with pytest.raises(ValueError, match=r"image backbone \(1\): .*blocks\.0\.attn\.extra"):
+        load_into(released_model(vectors), {**state_dict(vectors), **backbone, **extra})
+
+
+def test_load_into_refuses_a_model_of_another_layout(vectors):
+    from xmodal.models.released_ht import load_into
+
+    sizes = {k.removeprefix("size/"): v for k, v in vectors.items() if k.startswith("size/")}
+    c = released_config(sizes)
+    c.model.text.block = "pre_ln"
+    model = build_model(c.model, vocab_size=40, image_size=16, rngs=nnx.Rngs(0), decoder_max_len=8)
+    with pytest.raises(ValueError, match="does not compute as the released H-T"):
+        load_into(model, state_dict(vectors))
+
+
+def test_the_released_resnet_backbone_is_named_by_position():
+    """The released ResNet backbone is torchvision's children in an nn.Sequential."""
+    from xmodal.models.released_ht import backbone_names
+
+    x = np.ones(2, np.float32)
+    entries = {
+        "image_encoder.backbone.0.weight": x,
+        "image_encoder.backbone.1.running_mean": x,
+        "image_encoder.backbone.4.0.conv1.weight": x,
+        "image_encoder.backbone.7.2.downsample.1.bias": x,
+    }
+    assert sorted(backbone_names(entries, vit=False)) == [
+        "bn1.running_mean",
+        "conv1.weight",
+        "layer1.0.conv1.weight",
+        "layer4.2.downsample.1.bias",
+    ]
+    with pytest.raises(ValueError, match=r"backbone\.9\.weight: not a child"):
+        backbone_names({"image_encoder.backbone.9.weight": x}, vit=False)

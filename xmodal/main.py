@@ -1,6 +1,10 @@
 """Command line: `python -m xmodal.main --config=configs/tnlbt.py[:preset] [--workdir=DIR]
 [--mode=train|eval|embed] [--checkpoint=best|latest|STEP] [--split=test] [--config.a.b=v ...]`.
 
+`--config` may be left out with `--mode=eval|embed` and a `--workdir` holding `config.json` (a
+trained or imported run): its recorded config is used, `--config.a.b=v` overriding it
+(`--config.data.dir=NEW` evaluates it on other data).
+
 Thin on purpose: flags, multi-host start-up, then one call into train or evaluate.
 """
 
@@ -15,7 +19,11 @@ from ml_collections import config_flags
 
 from xmodal.runtime import distributed
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file[:preset] (for --mode=eval|embed, default: WORKDIR/config.json).",
+)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics and results go (default: runs/<method>-<preset>)."
 )
@@ -44,7 +52,7 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     distributed.HEARTBEAT_TIMEOUT_S,
     "Several processes: a process silent this long counts as dead and the job stops.",
 )
-flags.mark_flags_as_required(["config"])
+_RECORDED_OVERRIDES: dict[str, str] = {}  # --config.a.b=v given without --config (parse_flags)
 
 
 def default_workdir(config) -> str:
@@ -59,9 +67,38 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.join(cache, "xmodal", "jax"))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, except that `--config.a.b=v` without `--config` are set aside as
+    overrides of the workdir's recorded config (absl knows them only once a file is named)."""
+    if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+        overrides = [a for a in argv[1:] if a.startswith("--config.") and "=" in a]
+        _RECORDED_OVERRIDES.update(a[len("--config.") :].split("=", 1) for a in overrides)
+        argv = [a for a in argv if a not in overrides]
+    return app.parse_flags_with_usage(argv)
+
+
+def resolve_config(workdir: str | None) -> ml_collections.ConfigDict:
+    """`--config`, else (eval and embed only) WORKDIR's recorded config with the overrides."""
+    if _CONFIG.value is not None:
+        return _CONFIG.value
+    if _MODE.value == "train" or not workdir:
+        raise app.UsageError(
+            "--config is required, except with --mode=eval|embed and a --workdir holding the "
+            "config.json of a trained or imported run"
+        )
+    import argparse
+
+    from xmodal.apps.cli import run_config
+    from xmodal.run import read_record
+
+    named = argparse.Namespace(workdir=workdir, config=None, overrides=_RECORDED_OVERRIDES)
+    return run_config(named) or read_record(workdir)[0]
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = resolve_config(_WORKDIR.value)
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
     enable_compilation_cache()
     distributed.initialize(
@@ -71,7 +108,7 @@ def main(argv: list[str]) -> None:
         heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
     )
     with distributed.failing_together():
-        _run(_CONFIG.value, _WORKDIR.value or default_workdir(_CONFIG.value))
+        _run(config, _WORKDIR.value or default_workdir(config))
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -95,4 +132,4 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -42,7 +42,9 @@ RECORD_HINT = (
     "it is the record training wrote: restore it from a copy, or move it aside and pass "
     "--config=configs/<method>.py[:preset] with the run's settings"
 )
-INIT_ONLY_FIELDS = ("model.image_init",)  # model fields that only matter at init, not for shapes
+# Model fields that only matter at init, not for shapes.
+INIT_ONLY_FIELDS = ("model.image_init", "model.init_from")
+IMPORTED = "imported_from"  # run record key of a workdir written by xmodal.apps.import_checkpoint
 # (config data field, dataset_info limits field): the prepared records hold at most this much.
 TEXT_LIMITS = (
     ("max_title_tokens", "max_title_tokens"),
@@ -72,6 +74,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 ("train.text_only_batch_size", t.text_only_batch_size),
                 ("model.cross_decoder.enabled", m.cross_decoder.enabled),
                 ("model.image_init", m.image_init),
+                ("model.init_from", m.init_from),
             )
             if value
         ]
@@ -81,6 +84,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 f"{', '.join(on)} cannot apply (use cca.features_from=WORKDIR for trained ones)"
             )
         return
+    if m.image_init and m.init_from:
+        raise ValueError(
+            f"{method}: model.image_init and model.init_from both set: init_from already gives "
+            "the image encoder its weights; set one"
+        )
     ssl = config.loss.recipe_ssl and m.recipe == "hierarchical" and m.ssl_head
     if t.text_only_batch_size and not ssl:
         raise ValueError(
@@ -178,8 +186,9 @@ def model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _vocab_fingerprint(data_dir: str) -> str | None:
-    """`tokenizer.fingerprint` of a data dir, None when it has no tokenizer (or is gone)."""
-    if not os.path.exists(os.path.join(data_dir, records.TOKENIZER_FILE)):
+    """`tokenizer.fingerprint` of a data dir, None when it has no tokenizer (or is gone, or
+    none is recorded: an imported checkpoint's)."""
+    if not data_dir or not os.path.exists(os.path.join(data_dir, records.TOKENIZER_FILE)):
         return None
     return tokenizer.fingerprint(data_dir)
 
@@ -246,6 +255,12 @@ class Run:
         data_dir = None
         if not data_info.names_data(config.data) and os.path.isdir(record.get("data_dir", "")):
             data_dir = record["data_dir"]
+        elif not data_info.names_data(config.data) and record.get(IMPORTED):
+            raise ValueError(
+                f"{workdir!r} holds a checkpoint imported from {record[IMPORTED]!r} with no "
+                "data recorded: name the data to use, prepared with its vocabulary "
+                "(--config.data.dir=DIR)"
+            )
         run = cls.create(config, workdir, mesh=mesh, data_dir=data_dir, uses_labels=False)
         if recorded is not None:
             run.check_compatible(recorded, record)
@@ -259,9 +274,9 @@ class Run:
     def vocab_size(self) -> int:
         return self.layout.vocab_size
 
-    def write_record(self, config: ml_collections.ConfigDict | None = None) -> None:
+    def write_record(self, config: ml_collections.ConfigDict | None = None, **extra: Any) -> None:
         """WORKDIR/config.json (process 0): the config (default: this run's) and what the run
-        resolved."""
+        resolved, with `extra` in the run record."""
         if jax.process_index() != 0:
             return
         os.makedirs(self.workdir, exist_ok=True)
@@ -272,10 +287,12 @@ class Run:
             "vocab_fingerprint": _vocab_fingerprint(self.data_dir),
             "devices": self.mesh.size,
             "processes": jax.process_count(),
+            **extra,
         }
         # Written whole, then renamed: the other processes of a job read them meanwhile.
         source = os.path.join(self.data_dir, records.TOKENIZER_FILE)
-        if os.path.exists(source):  # the vocabulary stays with the run: --tokenizer_from=WORKDIR
+        # The vocabulary stays with the run: --tokenizer_from=WORKDIR.
+        if self.data_dir and os.path.exists(source):
             kept = os.path.join(self.workdir, records.TOKENIZER_FILE)
             shutil.copyfile(source, kept + ".tmp")
             os.replace(kept + ".tmp", kept)
@@ -344,6 +361,12 @@ class Run:
         if not os.path.exists(os.path.join(self.workdir, CONFIG_FILE)):
             return
         _, record = read_record(self.workdir)
+        if record.get(IMPORTED):
+            raise ValueError(
+                f"{self.workdir!r} holds a checkpoint imported from {record[IMPORTED]!r}, which "
+                "has no training position to resume: start a new run from it with "
+                f"--config.model.init_from={self.workdir} and another --workdir"
+            )
         saved = record.get("processes", 1)
         if saved != jax.process_count():
             raise ValueError(
@@ -358,8 +381,17 @@ class Run:
         )
 
     def init_state(self) -> state_lib.TrainState:
-        """A fresh state in its shardings; the image encoder from `model.image_init` if set."""
+        """A fresh state in its shardings; the model from `model.init_from`'s checkpoint (a run
+        on data of its vocabulary), or the image encoder from `model.image_init`, if set."""
+        source, stored = self.config.model.init_from, None
+        if source:  # another run's (or an imported) model, checked before the init
+            from xmodal.runtime import init_from
+
+            dataclasses.replace(self, workdir=source, _pairs=None).check_vocabulary()
+            stored = init_from.read_checked(source, self.layout.abstract)
         state = self.layout.init()
+        if stored is not None:
+            state = init_from.apply(state, stored, self.layout.shardings)
         if self.config.model.image_init:  # pretrained image encoder (timm / torchvision file)
             from xmodal.models.import_weights import init_image_encoder
 

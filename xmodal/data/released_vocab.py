@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from xmodal.data import released_words, schema
-from xmodal.data.plain_pickle import plain_loads
+from xmodal.data.safe_pickle import plain_loads
 
 KIND = "released-ht"  # tokenizer.json's `kind` for this rule (learned vocabularies have none)
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -105,8 +105,8 @@ def is_released(data: Any) -> bool:
 
 def read_vocab_pickle(path: str) -> ReleasedTokenizer:
     """The released `vocab.pkl` (id -> word; a list value stands for its first item, as in
-    `dataset.py`), read without running code (`plain_pickle`). A file that is not such a table is
-    a ValueError naming what is wrong."""
+    `dataset.py`), read without running code (`safe_pickle.plain_loads`). A file that is not
+    such a table is a ValueError naming what is wrong."""
     with open(path, "rb") as f:
         try:
             (table,) = plain_loads(f, 1)

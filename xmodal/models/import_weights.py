@@ -9,52 +9,164 @@
   ignored), conv kernels OIHW -> HWIO, BatchNorm running statistics into the batch-stats
   variables.
 
-Files: `.safetensors` (via the `safetensors` package, numpy only) or `.pth`/`.pt` (needs torch).
+Files (`load_state_dict`): `.safetensors` (numpy only), a `torch.save` file (`.pth`/`.pt`/`.bin`/
+`.ckpt`; the zip format of torch >= 1.6 is read without torch, `xmodal.models.torch_zip`) or the
+released H-T `.zip` (`model-best.ckpt`, with its `args.pkl` read by `load_released_args`).
 Nothing is downloaded. `config.model.image_init = '/path/file.safetensors'` applies an import when
 training starts from scratch (`init_image_encoder`).
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import io
 import math
 import os
-from collections.abc import Mapping
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from xmodal.data.safe_pickle import RestrictedUnpickler
+from xmodal.models import torch_zip
 from xmodal.models.vit import PatchEmbed
 
 StateDict = Mapping[str, np.ndarray]
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+ARGS_NAME, CHECKPOINT_NAME = "args.pkl", "model-best.ckpt"  # the released H-T archive
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """A PyTorch state dict file as float32/int numpy arrays (a 'state_dict'/'model' wrapper
-    is unwrapped, a 'module.' prefix dropped)."""
+    is unwrapped, a 'module.' prefix dropped).
+
+    `.safetensors`; a `torch.save` file (`.pth`, `.pt`, `.bin`, `.ckpt`: the zip format is read
+    without torch by `torch_zip`, an older one needs torch); or a released H-T `.zip`
+    (`<name>/model-best.ckpt` beside `args.pkl`, see `released_archive_member`)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
-        sd = dict(load_file(path))
-    elif path.endswith((".pth", ".pt", ".bin")):
-        try:
-            import torch
-        except ImportError as e:
-            raise ImportError(
-                f"reading {path!r} needs torch; or convert it to .safetensors where torch is"
-            ) from e
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model", "module"):
-            if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-        sd = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()}
+        obj: Any = dict(load_file(path))
+    elif path.endswith(TORCH_SUFFIXES):
+        obj = _load_torch_file(path)
+    elif path.endswith(".zip"):
+        with zipfile.ZipFile(path) as z, tempfile.TemporaryDirectory() as tmp:
+            member = released_archive_member(z, CHECKPOINT_NAME, path)
+            obj = _load_torch_file(z.extract(member, tmp))
     else:
-        raise ValueError(f"{path!r}: expected a .safetensors or .pth/.pt file")
-    return {k.removeprefix("module."): np.asarray(v) for k, v in sd.items()}
+        raise ValueError(
+            f"{path!r}: expected a .safetensors, .pth/.pt/.bin/.ckpt or released .zip file"
+        )
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(v, np.ndarray):
+            raise ValueError(f"{path!r}: {k!r} is a {type(v).__name__}, not a tensor")
+        floating = np.issubdtype(v.dtype, np.floating) or v.dtype == ml_dtypes.bfloat16
+        out[str(k).removeprefix("module.")] = v.astype(np.float32, copy=False) if floating else v
+    return out
+
+
+def _load_torch_file(path: str) -> Any:
+    """A torch.save file's object with numpy arrays: torch-free for the zip format. A zip whose
+    pickle names a global beyond a state dict's (an nn.Parameter, ...) is read by
+    `torch.load(weights_only=True)` where torch is installed, and refused otherwise."""
+    if torch_zip.is_torch_zip(path):
+        try:
+            return torch_zip.load(path)
+        except ValueError as refused:
+            if "refused global" not in str(refused) or importlib.util.find_spec("torch") is None:
+                raise
+            try:
+                return _torch_load(path)
+            except Exception:  # torch's weights_only refuses it too: say what ours refused
+                raise refused from None
+    if importlib.util.find_spec("torch") is None:
+        raise ImportError(
+            f"{path!r} is in PyTorch's pre-1.6 format, whose reading needs torch; or convert it "
+            "to .safetensors where torch is"
+        )
+    return _torch_load(path)
+
+
+def _torch_load(path: str) -> Any:
+    import torch
+
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    obj = {k: v.detach() for k, v in obj.items()}
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()}
+
+
+def released_archive_member(z: zipfile.ZipFile, name: str, path: str) -> str:
+    """The one member of a released H-T zip (`MODEL_NAME/args.pkl` and
+    `MODEL_NAME/model-best.ckpt`, the README's layout) whose file name is `name`."""
+    found = [n for n in z.namelist() if os.path.basename(n) == name]
+    if len(found) != 1:
+        raise ValueError(
+            f"{path!r}: expected one {name} in the archive (the released layout "
+            f"MODEL_NAME/{{{ARGS_NAME}, {CHECKPOINT_NAME}}}), found {found or 'none'}"
+        )
+    return found[0]
+
+
+def _numpy_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    """`numpy.dtype` as a pickle rebuilds it, for plain numbers only."""
+    dtype = np.dtype(spec) if isinstance(spec, str) else None
+    if dtype is None or dtype.kind not in "biuf":
+        raise ValueError(f"refused numpy dtype {spec!r}: only numbers are read")
+    return dtype
+
+
+def _numpy_scalar(dtype: np.dtype, data: bytes) -> Any:
+    """A pickled numpy scalar (np.float64 in `args.best_loss`) as the Python number."""
+    if not isinstance(dtype, np.dtype) or not isinstance(data, bytes):
+        raise ValueError("refused numpy scalar: only numbers are read")
+    return np.frombuffer(data, dtype, count=1)[0].item()
+
+
+# What the released H-T `args.pkl` (a pickled argparse.Namespace, src/train.py) may hold.
+ARGS_GLOBALS: dict[tuple[str, str], Any] = {
+    ("argparse", "Namespace"): argparse.Namespace,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+}
+
+
+def load_released_args(path: str) -> dict[str, Any]:
+    """The released H-T training arguments (`args.pkl`, or the one inside a released `.zip`)
+    as a dict, read by `RestrictedUnpickler` allowing exactly `argparse.Namespace` and numpy's
+    numbers: a forged file naming anything else is refused before it runs."""
+    if path.endswith(".zip"):
+        with zipfile.ZipFile(path) as z:
+            data = z.read(released_archive_member(z, ARGS_NAME, path))
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    try:
+        what = "argparse.Namespace and numbers"
+        args = RestrictedUnpickler(io.BytesIO(data), ARGS_GLOBALS, what=what).load()
+    except Exception as e:  # nothing outside ARGS_GLOBALS runs: any failure is the bytes'
+        raise ValueError(f"cannot read {path!r} as H-T's args.pkl: {e}") from None
+    if not isinstance(args, argparse.Namespace):
+        raise ValueError(f"{path!r}: args.pkl holds a {type(args).__name__}, not a Namespace")
+    return dict(vars(args))
 
 
 def _assign(var: Any, value: np.ndarray, name: str) -> None:
@@ -185,12 +297,22 @@ def load_image_encoder(encoder: Any, path_or_sd: str | StateDict) -> list[str]:
     raise TypeError(f"no importer for {type(encoder).__name__}")
 
 
-def init_image_encoder(state: Any, graphdef: nnx.GraphDef, path: str, shardings: Any) -> Any:
-    """The train state with its image encoder replaced by the weights in `path` (a fresh
-    optimizer state stays valid: Adam's moments start at zero whatever the parameters)."""
-    model = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.model_state))
-    unused = load_image_encoder(model.image_encoder, path)
+def replace_model(
+    state: Any, graphdef: nnx.GraphDef, shardings: Any, load: Callable[[nnx.Module], Any]
+) -> Any:
+    """The train state with its model changed in place by `load(model)` (an importer), back in
+    `shardings` (a fresh optimizer state stays valid: Adam's moments start at zero whatever the
+    parameters); returns the state."""
+    model = nnx.merge(graphdef, state.params, state.model_state)  # jax arrays: assignable
+    load(model)
     _, params, model_state = nnx.split(model, nnx.Param, ...)
+    return jax.device_put(state.replace(params=params, model_state=model_state), shardings)
+
+
+def init_image_encoder(state: Any, graphdef: nnx.GraphDef, path: str, shardings: Any) -> Any:
+    """The train state with its image encoder replaced by the weights in `path`."""
+    unused: list[str] = []
+    load = lambda model: unused.extend(load_image_encoder(model.image_encoder, path))
+    state = replace_model(state, graphdef, shardings, load)
     print(f"[xmodal] image encoder initialised from {path} (ignored: {', '.join(unused) or '-'})")
-    state = state.replace(params=params, model_state=model_state)
-    return jax.device_put(state, shardings)
+    return state

@@ -32,6 +32,18 @@ import jax.numpy as jnp
 import numpy as np
 
 BACKBONE_PREFIX = "image_encoder.backbone."
+# The released ResNet backbone is torchvision's children but the last two, in an nn.Sequential,
+# so its parameters are named by position: `backbone.4.0.conv1` is `layer1.0.conv1`.
+RESNET_CHILDREN = {
+    "0": "conv1",
+    "1": "bn1",
+    "4": "layer1",
+    "5": "layer2",
+    "6": "layer3",
+    "7": "layer4",
+}
+# Backbone entries the model has no use for: timm's ImageNet classifier, BatchNorm's step count.
+UNUSED_BACKBONE = ("head.", "num_batches_tracked")
 COMPONENT_NAMES = ("title", "ingredients", "instructions")
 SENTENCE_COMPONENTS = ("ingredients", "instructions")
 
@@ -212,3 +224,41 @@ def check_released_layout(model: Any) -> None:
         problems.append("model.text.final_norm must be False")
     if problems:
         raise ValueError("the model does not compute as the released H-T: " + "; ".join(problems))
+
+
+def backbone_names(entries: Mapping[str, Any], vit: bool) -> dict[str, np.ndarray]:
+    """The released `image_encoder.backbone.*` entries under timm's ViT names (`vit`) or
+    torchvision's ResNet names (positions in the released nn.Sequential -> `layerN`)."""
+    sd = {k.removeprefix(BACKBONE_PREFIX): np.asarray(v) for k, v in entries.items()}
+    if vit:
+        return sd
+    named = {}
+    for key, value in sd.items():
+        child, _, rest = key.partition(".")
+        if child not in RESNET_CHILDREN:
+            raise ValueError(
+                f"{BACKBONE_PREFIX}{key}: not a child of the released ResNet backbone "
+                f"(positions {', '.join(RESNET_CHILDREN)})"
+            )
+        named[f"{RESNET_CHILDREN[child]}.{rest}"] = value
+    return named
+
+
+def load_into(model: Any, state_dict: Mapping[str, Any]) -> None:
+    """A released H-T checkpoint's state dict into `model` (a `DualEncoder` built with the
+    released layout), in place: the recipe side and heads (`load_released_ht`), then the image
+    backbone through `xmodal.models.import_weights`. A model of another layout, missing or
+    unexpected keys and shape mismatches are errors naming them."""
+    from xmodal.models import import_weights  # the image importers; not needed otherwise
+
+    check_released_layout(model)
+    entries = load_released_ht(model, state_dict)
+    encoder = model.image_encoder
+    vit = hasattr(encoder, "patch_embed")
+    unused = import_weights.load_image_encoder(encoder, backbone_names(entries, vit))
+    unexpected = [k for k in unused if not any(u in k for u in UNUSED_BACKBONE)]
+    if unexpected:
+        raise ValueError(
+            f"not in this model's image backbone ({len(unexpected)}): "
+            + ", ".join(BACKBONE_PREFIX + k for k in unexpected)
+        )

@@ -216,7 +216,9 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     manager.reload()
 
 
-def _path_name(path: tuple) -> str:
+def path_name(path: tuple) -> str:
+    """A pytree path as a dotted name (`params.image_encoder.fc.kernel`), as the checkpoint
+    metadata and the train state both name a leaf."""
     parts = []
     for k in path:
         for attr in ("key", "name", "idx"):
@@ -234,13 +236,13 @@ def shape_mismatches(manager: ocp.CheckpointManager, step: int, abstract_state: 
     trees share no name (metadata that could not be read, e.g. after a failed restore)."""
     stored_tree = manager.item_metadata(step)[STATE]
     stored = {
-        _path_name(p): tuple(getattr(m, "shape", ()) or ())
+        path_name(p): tuple(getattr(m, "shape", ()) or ())
         for p, m in jax.tree_util.tree_flatten_with_path(stored_tree)[0]
     }
     leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
     # PRNG keys are stored as raw key data (another shape): not a model difference.
-    keys = {_path_name(p) for p, a in leaves if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)}
-    wanted = {_path_name(p): tuple(a.shape) for p, a in leaves if _path_name(p) not in keys}
+    keys = {path_name(p) for p, a in leaves if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)}
+    wanted = {path_name(p): tuple(a.shape) for p, a in leaves if path_name(p) not in keys}
     stored = {k: v for k, v in stored.items() if k not in keys}
     if not set(stored) & set(wanted):  # metadata not read as this kind of tree: nothing to compare
         return []

@@ -21,7 +21,7 @@ from typing import Any
 
 import ijson
 
-from xmodal.data.plain_pickle import plain_loads
+from xmodal.data.safe_pickle import plain_loads
 
 PARTITIONS = ("train", "val", "test")
 LAYER1, LAYER2, DET_INGRS, CLASSES = "layer1.json", "layer2.json", "det_ingrs.json", "classes1M.pkl"
@@ -133,8 +133,8 @@ def iter_json_list(path: str) -> Iterator[Any]:
 
 def load_classes(path: str) -> tuple[dict[str, int], list[str]]:
     """classes1M.pkl: two pickles in sequence: recipe id -> class index, class index -> name
-    (a dict or a list), read with `plain_pickle` (no code runs; classes1M.pkl is im2recipe's
-    scripts/bigrams.py output); a wrong shape is a ValueError naming it."""
+    (a dict or a list), read with `safe_pickle.plain_loads` (no code runs; classes1M.pkl is
+    im2recipe's scripts/bigrams.py output); a wrong shape is a ValueError naming it."""
     try:
         with open(path, "rb") as f:
             id2class, names = plain_loads(f, 2)
