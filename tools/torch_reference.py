@@ -403,8 +403,9 @@ def tnlbt_loss(
     total_steps: int,
 ) -> torch.Tensor:
     """training.losses.compute_losses for TNLBT's terms: triplets with the margin schedule,
-    H-T's recipe SSL at the base margin, and the cross decoder's cross-entropy (its labels: the
-    batch's decoder tokens shifted by one, as cross_decoder.teacher_forcing)."""
+    H-T's recipe SSL (two-directional) at the base margin, and the cross decoder's
+    cross-entropy (its labels: the batch's decoder tokens shifted by one, as
+    cross_decoder.teacher_forcing)."""
     red = loss_config.reduction
     m_i2r, m_r2i = margins(
         loss_config.margin, outputs["image"], outputs["recipe"], step, total_steps
@@ -414,7 +415,10 @@ def tnlbt_loss(
         + reduce_costs(triplet_costs(outputs["recipe"], outputs["image"], m_r2i), red)
     )
     base = loss_config.margin.start
-    ssl = [reduce_costs(triplet_costs(p, t, base), red) for p, t in outputs["ssl"].values()]
+    ssl = [  # both directions of each pair, as H-T's released TripletLoss
+        reduce_costs(triplet_costs(p, t, base), red) + reduce_costs(triplet_costs(t, p, base), red)
+        for p, t in outputs["ssl"].values()
+    ]
     loss = loss + loss_config.recipe_ssl * sum(ssl) / len(ssl)
     if loss_config.cross_decoder and "decoder_logits" in outputs:
         logits = outputs["decoder_logits"]
