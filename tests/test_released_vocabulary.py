@@ -47,14 +47,24 @@ def _fixture_vocab(fixture, path):
     return _write_pickle(path, table)
 
 
-@needs_punkt
-def test_prepare_gives_the_released_ids(tmp_path):
+def _fixture() -> dict:
     with open(FIXTURE) as f:
-        fixture = json.load(f)
+        return json.load(f)
+
+
+def _raw(tmp_path, recipes: list) -> str:
+    """A raw Recipe1M folder holding only `layer1.json` with `recipes`."""
     raw = tmp_path / "raw"
     raw.mkdir()
     with open(raw / "layer1.json", "w") as f:
-        json.dump(fixture["layer1"], f)
+        json.dump(recipes, f)
+    return str(raw)
+
+
+@needs_punkt
+def test_prepare_gives_the_released_ids(tmp_path):
+    fixture = _fixture()
+    raw = _raw(tmp_path, fixture["layer1"])
     out = str(tmp_path / "data")
     vocab = _fixture_vocab(fixture, tmp_path / "vocab.pkl")
     info = prepare.prepare(str(raw), out, vocabulary=vocab, num_workers=1, verbose=False)
@@ -207,12 +217,7 @@ def test_tokenizer_json_round_trip_and_fingerprints(tmp_path):
 
 @needs_punkt
 def test_another_vocabulary_restarts_and_tokenizer_from_keeps_it(tmp_path):
-    with open(FIXTURE) as f:
-        fixture = json.load(f)
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    with open(raw / "layer1.json", "w") as f:
-        json.dump(fixture["layer1"][:2], f)
+    raw = _raw(tmp_path, _fixture()["layer1"][:2])
     vocab_a = _write_pickle(tmp_path / "a.pkl", dict(enumerate(WORDS)))
     vocab_b = _write_pickle(tmp_path / "b.pkl", dict(enumerate([*WORDS[:3], "pepper", *WORDS[4:]])))
     out = str(tmp_path / "data")
