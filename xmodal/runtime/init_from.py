@@ -93,6 +93,6 @@ def apply(state: Any, stored: dict[str, Any], shardings: Any) -> Any:
         name = checkpointing.path_name(path)
         if not name.startswith(MODEL_PARTS) or _is_key(ours):
             return ours
-        return np.asarray(stored[name], ours.dtype)
+        return stored[name].astype(ours.dtype)  # on device: no host round trip
 
     return jax.device_put(jax.tree_util.tree_map_with_path(take, state), shardings)
