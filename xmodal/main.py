@@ -86,13 +86,10 @@ def resolve_config(workdir: str | None) -> ml_collections.ConfigDict:
             "--config is required, except with --mode=eval|embed and a --workdir holding the "
             "config.json of a trained or imported run"
         )
-    import argparse
-
-    from xmodal.apps.cli import run_config
+    from xmodal.apps.cli import config_for
     from xmodal.run import read_record
 
-    named = argparse.Namespace(workdir=workdir, config=None, overrides=_RECORDED_OVERRIDES)
-    return run_config(named) or read_record(workdir)[0]
+    return config_for(workdir, None, _RECORDED_OVERRIDES) or read_record(workdir)[0]
 
 
 def main(argv: list[str]) -> None:

@@ -68,20 +68,27 @@ def with_overrides(
 
 
 def run_config(args: argparse.Namespace) -> ml_collections.ConfigDict | None:
-    """The config the arguments name: --config (else, with overrides, the recorded one) with
-    the overrides applied; None = the run's recorded config as it is. Data named by an override
+    """`config_for` the arguments' --workdir, --config and overrides."""
+    return config_for(args.workdir, args.config, args.overrides)
+
+
+def config_for(
+    workdir: str, config_file: str | None, overrides: dict[str, str]
+) -> ml_collections.ConfigDict | None:
+    """The config `config_file` names (else, with overrides, WORKDIR's recorded one) with the
+    overrides applied; None = the run's recorded config as it is. Data named by an override
     (`--config.data.dir=NEW`: a new test set or gallery) replaces the recorded data location,
     whichever of `data_info.DATA_LOCATIONS` the run was trained with."""
     from xmodal.data import info as data_info
     from xmodal.run import read_record
 
-    config = load_config_file(args.config) if args.config else None
-    if args.overrides:
-        config = config or read_record(args.workdir)[0]
+    config = load_config_file(config_file) if config_file else None
+    if overrides:
+        config = config or read_record(workdir)[0]
         locations = [f"data.{k}" for k in data_info.DATA_LOCATIONS]
-        if any(k in args.overrides for k in locations):
+        if any(k in overrides for k in locations):
             config.update_from_flattened_dict(dict.fromkeys(locations, ""))
-        config = with_overrides(config, args.overrides)
+        config = with_overrides(config, overrides)
     return config
 
 
