@@ -1,10 +1,9 @@
 """The released H-T layout (configs/ht.py:vit, configs.common.RELEASED_HT_MODEL) computes what
 amzn/image-to-recipe-transformers' `JointEmbedding` computes with the same weights.
 
-The expected values come from the released code itself (tests/data/released_ht_recipe.npz,
-written by `python tools/reference_vectors.py --released_dir=CHECKOUT`); no torch is needed here.
-With torch installed and XMODAL_RELEASED_DIR pointing at a checkout, the vectors are also
-regenerated live and compared with the file.
+The expected values come from the released code itself (tests/data/released_ht_recipe.npz: the
+recipe side and heads; tests/data/released_ht_image.npz: the ViT and ResNet image encoders),
+written by `python tools/reference_vectors.py --released_dir=CHECKOUT`; no torch is needed here.
 """
 
 from __future__ import annotations
@@ -452,3 +451,71 @@ def test_the_released_resnet_backbone_is_named_by_position():
     ]
     with pytest.raises(ValueError, match=r"backbone\.9\.weight: not a child"):
         backbone_names({"image_encoder.backbone.9.weight": x}, vit=False)
+
+
+IMAGE_VECTORS = os.path.join(REPO, "tests", "data", "released_ht_image.npz")
+
+
+@pytest.fixture(scope="module")
+def image_vectors() -> dict[str, np.ndarray]:
+    with np.load(IMAGE_VECTORS) as f:
+        return {k: f[k] for k in f.files}
+
+
+def released_image_state_dict(image_vectors, name: str) -> dict[str, np.ndarray]:
+    """The released image encoder's `image_encoder.*` entries: stored (ViT), or regenerated
+    from the stored keys, shapes and seed (the ResNet's 8M values)."""
+    if name == "vit":
+        return {k.removeprefix("vit/sd/"): v for k, v in image_vectors.items() if "/sd/" in k}
+    from tools.reference_vectors import seeded_values
+
+    keys = [str(k) for k in image_vectors["resnet/keys"]]
+    shapes = {k: tuple(int(n) for n in image_vectors[f"resnet/shape/{k}"]) for k in keys}
+    return seeded_values(shapes, int(image_vectors["resnet/seed"]))
+
+
+def released_image_model(vectors, image_vectors, name: str):
+    """configs/ht.py's released layout with the reference's recipe sizes and its image encoder
+    (:vit's ViT, or :r50's ResNet-50 layout with one block per stage)."""
+    sizes = {k.removeprefix("size/"): v for k, v in vectors.items() if k.startswith("size/")}
+    c = released_config(sizes)
+    size = int(image_vectors[f"{name}/size/image_size"])
+    if name == "vit":
+        prefix = "vit/size/"
+        v = {k.removeprefix(prefix): int(x) for k, x in image_vectors.items() if prefix in k}
+        c.model.vit.update(
+            patch_size=v["patch"], width=v["width"], depth=v["depth"], num_heads=v["heads"]
+        )
+        c.model.vit.mlp_dim = v["mlp"]
+    else:
+        c.model.image = "resnet"
+        blocks = tuple(int(b) for b in image_vectors["resnet/size/blocks"])
+        c.model.resnet.update(depth=50, width=64, blocks=blocks)
+    vocab = int(sizes["vocab"])
+    return build_model(
+        c.model, vocab_size=vocab, image_size=size, rngs=nnx.Rngs(0), decoder_max_len=8
+    )
+
+
+def test_the_image_vectors_come_from_the_released_commit(image_vectors):
+    assert str(image_vectors["meta/commit"]).startswith("96e257e")
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet"])
+def test_released_image_encoders_give_the_released_embeddings(vectors, image_vectors, name):
+    """A released checkpoint with the ViT (timm's names) or the ResNet (torchvision's children
+    by position) loads through `released_ht.load_into` (the import path) and embeds the same
+    photos as the released `ViTBackbone` / `TorchVisionBackbone` + fc + tanh, from uint8 photos
+    normalised as the released eval transform does."""
+    from xmodal.models.released_ht import load_into
+
+    recipe_side = {k: v for k, v in state_dict(vectors).items() if not k.startswith("image_")}
+    model = released_image_model(vectors, image_vectors, name)
+    load_into(model, {**recipe_side, **released_image_state_dict(image_vectors, name)})
+    model.eval()
+    got = jax.jit(lambda photos: model.embed_image(photos))(image_vectors[f"{name}/in"])
+    want = image_vectors[f"{name}/out"]
+    unit = want / np.linalg.norm(want, axis=-1, keepdims=True)
+    np.testing.assert_allclose(got, unit, atol=1e-4, rtol=0)
+    # The photos' embeddings differ by far more than the tolerance (a weak check otherwise).
+    assert np.abs(unit[0] - unit[1]).max() > 100 * 1e-4
