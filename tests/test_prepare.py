@@ -125,3 +125,46 @@ def test_ensure_builtin_dataset_builds_once(tmp_path):
     stamp = os.path.getmtime(info_path)
     assert synthetic.ensure_builtin_dataset(str(tmp_path), **kw) == data_dir
     assert os.path.getmtime(info_path) == stamp  # cached, not rebuilt
+
+
+def test_torchvision_resize_is_the_released_eval_resize(tmp_path):
+    """`photo_resize=torchvision` stores what the released H-T's `transforms.Resize(256)` makes of
+    a PIL photo (torchvision calls Pillow's resize, bilinear, to (short, int(short * long /
+    short))): the long side truncated, small photos upscaled, stored losslessly."""
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(rng.integers(0, 256, (451, 300, 3), dtype=np.uint8))  # 300 x 451
+    big.save(tmp_path / "big.png")
+    small = Image.fromarray(rng.integers(0, 256, (100, 150, 3), dtype=np.uint8))  # 150 x 100
+    small.save(tmp_path / "small.png")
+    spec = photos.PhotoSpec(256, resize="torchvision")
+    for name, img, size in [("big", big, (256, 384)), ("small", small, (384, 256))]:
+        stored = photos.load_photo(str(tmp_path / f"{name}.png"), spec).jpeg
+        out = Image.open(io.BytesIO(stored))
+        assert out.format == "PNG" and out.size == size  # 256 * 451 / 300 = 384.85 -> 384
+        want = np.asarray(img.resize(size, Image.Resampling.BILINEAR))
+        np.testing.assert_array_equal(np.asarray(out), want)
+    # The default rounds the long side, never upscales, and stores JPEG.
+    out = Image.open(io.BytesIO(photos.load_image(str(tmp_path / "big.png"), 256)))
+    assert out.format == "JPEG" and out.size == (256, 385)
+    with pytest.raises(ValueError, match="photo resize 'bicubic': expected one of"):
+        photos.PhotoSpec(256, resize="bicubic")
+
+
+def test_center_crop_offset_rounds_half_to_even_as_torchvision():
+    """A margin of 163 rows: torchvision's CenterCrop starts at round(81.5) = 82, not 81."""
+    from xmodal.data.pipeline import center_crop
+
+    pixels = np.random.default_rng(1).integers(0, 256, (387, 256, 3), dtype=np.uint8)
+    crop = center_crop(Image.fromarray(pixels), 224)  # the eval crop: 224 of a 256 short side
+    np.testing.assert_array_equal(crop, pixels[82:306, 16:240])
+
+
+def test_prepare_records_the_photo_resize_and_stores_png(synthetic_raw, tmp_path):
+    out = str(tmp_path / "data")
+    info = prepare.prepare(
+        synthetic_raw, out, image_short_side=SHORT_SIDE, photo_resize="torchvision", verbose=False
+    )
+    assert info["photo_resize"] == "torchvision"
+    (rec, *_) = _read_split(out, "train")
+    img = Image.open(io.BytesIO(rec["images"][0]))
+    assert img.format == "PNG" and min(img.size) == SHORT_SIDE

@@ -178,3 +178,10 @@ def test_data_locations_are_named_once_and_clearly(built, tmp_path):
         data_info.load_info(built)  # given as data.dir
     with pytest.raises(FileNotFoundError, match=r"no split 'nope'.*it has test, test_text"):
         pipeline.open_split(tfds_records.dataset_dir(built), "nope")
+
+
+def test_a_tfds_build_refuses_png_photos(tmp_path):
+    from xmodal.data.tfds.builder import Recipe1M
+
+    with pytest.raises(ValueError, match="photo_resize=torchvision stores PNG photos"):
+        Recipe1M(data_dir=str(tmp_path), prepare_options={"photo_resize": "torchvision"})

@@ -6,9 +6,11 @@ xmodal's own environment does not hold; a scratch venv does):
 
     REF=python-with-torch-torchvision-timm; XM=.venv/bin/python
     $REF tools/released_acceptance.py build --released_dir=CHECKOUT --out=C       # C/vit_ssl.zip
-    $XM -m xmodal.data.prepare --raw_dir=R --out_dir=D --vocabulary=CHECKOUT/data/vocab.pkl
+    $XM -m xmodal.data.prepare --raw_dir=R --out_dir=D --vocabulary=CHECKOUT/data/vocab.pkl \
+        --photo_resize=torchvision
     $XM -m xmodal.apps.import_checkpoint --checkpoint=C/vit_ssl.zip --workdir=W --config.data.dir=D
-    $XM -m xmodal.main --workdir=W --mode=embed --config.data.dir=D         # W/embeddings_test.npz
+    $XM -m xmodal.main --workdir=W --mode=embed --config.data.dir=D \
+        --config.eval.batch_size=64                                          # W/embeddings_test.npz
     $XM tools/released_acceptance.py tokens --data_dir=D --out=C/test.json
     $REF tools/released_acceptance.py released --released_dir=CHECKOUT --checkpoint_dir=C \
         --raw_dir=R --tokens=C/test.json --out=C/released.npz

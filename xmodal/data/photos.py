@@ -24,6 +24,12 @@ from typing import BinaryIO
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 JPEG_QUALITY = 90
+# How `prepare` resizes and stores photos. "xmodal": JPEG draft decode, bicubic, sizes rounded,
+# never upscaled, JPEG quality 90 (fast, small). "torchvision": what the released H-T's eval
+# transform does before its crop (`transforms.Resize(short_side)` on a PIL image: a full decode,
+# Pillow's bilinear, the long side truncated, small photos upscaled too), stored losslessly as
+# PNG (about 3x the JPEG bytes), so that an imported released model sees its own pixels.
+PHOTO_RESIZE = ("xmodal", "torchvision")
 MAX_PIXELS = 200_000_000  # ~ 14k x 14k; past this a "photo" is a decompression bomb
 LARGE_PIXELS = 12_000_000  # photos of at least this many pixels are counted as "large"
 _ORIENTATION = 0x0112
@@ -32,6 +38,22 @@ _PIL_LIMIT_LOCK = threading.Lock()
 
 class PhotoError(Exception):
     """A photo that cannot be used; the message is the reason reported in dataset_info."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotoSpec:
+    """How `prepare` stores each photo: its short side, the size past which a photo is refused
+    as a decompression bomb, and the resize (`PHOTO_RESIZE`)."""
+
+    short_side: int = 256
+    max_pixels: int = MAX_PIXELS
+    resize: str = "xmodal"
+
+    def __post_init__(self) -> None:
+        if self.resize not in PHOTO_RESIZE:
+            raise ValueError(
+                f"photo resize {self.resize!r}: expected one of {', '.join(PHOTO_RESIZE)}"
+            )
 
 
 @dataclasses.dataclass
@@ -79,17 +101,28 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_photo(path: str, short_side: int, max_pixels: int = MAX_PIXELS) -> Photo:
-    """The photo at `path` as JPEG bytes: upright, RGB, short side `short_side` (never upscaled).
+def torchvision_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """(w, h) that `torchvision.transforms.Resize(short_side)` gives: the short side set, the
+    long side scaled and truncated."""
+    w, h = size
+    if w <= h:
+        return short_side, int(short_side * h / w)
+    return int(short_side * w / h), short_side
+
+
+def load_photo(path: str, spec: PhotoSpec) -> Photo:
+    """The photo at `path` as stored bytes: upright, RGB, short side `spec.short_side`, resized
+    and encoded as `spec.resize` says (`PHOTO_RESIZE`).
 
     Raises PhotoError (with the reason to report) for a photo that cannot be used.
     """
+    short_side, torchvision = spec.short_side, spec.resize == "torchvision"
     if not os.path.exists(path):
         raise PhotoError(f"image file not found: {path}")
     if os.path.getsize(path) == 0:
         raise PhotoError("empty image file")
     repairs: list[str] = []
-    img = open_photo(path, max_pixels)
+    img = open_photo(path, spec.max_pixels)
     try:
         with warnings.catch_warnings():
             # e.g. "possibly corrupt EXIF data": the pixels decode fine, so the photo is kept
@@ -101,19 +134,24 @@ def load_photo(path: str, short_side: int, max_pixels: int = MAX_PIXELS) -> Phot
                 repairs.append(f"{mode} converted to RGB")
             if w * h >= LARGE_PIXELS:
                 repairs.append("large photo decoded at reduced scale")
-            scale = min(1.0, short_side / min(w, h))
-            img.draft("RGB", (max(1, round(w * scale)), max(1, round(h * scale))))
+            if not torchvision:
+                scale = min(1.0, short_side / min(w, h))
+                img.draft("RGB", (max(1, round(w * scale)), max(1, round(h * scale))))
             img.load()
             if img.getexif().get(_ORIENTATION, 1) not in (1, None):
                 repairs.append("rotated upright by EXIF orientation")
                 img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
-            if min(img.size) > short_side:
-                s = short_side / min(img.size)
-                size = (max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s)))
-                img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
             out = io.BytesIO()
-            img.save(out, format="JPEG", quality=JPEG_QUALITY)
+            if torchvision:
+                img = img.resize(torchvision_size(img.size, short_side), Image.Resampling.BILINEAR)
+                img.save(out, format="PNG", compress_level=1)
+            else:
+                if min(img.size) > short_side:
+                    s = short_side / min(img.size)
+                    size = (max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s)))
+                    img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+                img.save(out, format="JPEG", quality=JPEG_QUALITY)
     except PhotoError:
         raise
     except OSError as e:
@@ -128,5 +166,5 @@ def load_photo(path: str, short_side: int, max_pixels: int = MAX_PIXELS) -> Phot
 
 
 def load_image(path: str, short_side: int) -> bytes:
-    """`load_photo(...).jpeg`: the stored JPEG bytes only."""
-    return load_photo(path, short_side).jpeg
+    """`load_photo(...).jpeg` with the default spec at `short_side`: the stored bytes only."""
+    return load_photo(path, PhotoSpec(short_side)).jpeg

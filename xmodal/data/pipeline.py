@@ -156,7 +156,8 @@ def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> np.nda
 def center_crop(img: Image.Image, size: int) -> np.ndarray:
     w, h = img.size
     side = _eval_crop_side(img)
-    x, y = (w - side) // 2, (h - side) // 2
+    # torchvision's CenterCrop offset: half the margin, rounded half to even (Python's round).
+    x, y = round((w - side) / 2), round((h - side) / 2)
     return _resize_box(img, size, (x, y, x + side, y + side))
 
 

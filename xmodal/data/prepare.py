@@ -88,6 +88,7 @@ def prepare(
     max_instructions: int = 20,
     max_tokens: int = 15,
     max_image_pixels: int = photos.MAX_PIXELS,
+    photo_resize: str = "xmodal",
     tokenizer_from: str | None = None,
     vocabulary: str | None = None,
     source: str | None = None,
@@ -100,8 +101,11 @@ def prepare(
     `tokenizer_from` (a workdir, prepared data or TFDS dataset): its vocabulary is reused instead
     of learning one from the train partition, which may then be absent (evaluation-only or
     gallery data). `vocabulary`: H-T's released `vocab.pkl` and its tokenisation (module
-    docstring). Resumes an interrupted run into the same `out_dir` (see the module docstring).
+    docstring). `photo_resize`: 'xmodal' or 'torchvision' (the released H-T's eval resize,
+    stored losslessly; `photos.PHOTO_RESIZE`). Resumes an interrupted run into the same
+    `out_dir` (see the module docstring).
     """
+    spec = photos.PhotoSpec(image_short_side, max_image_pixels, photo_resize)
     if tokenizer_from and vocabulary:
         raise ValueError("--tokenizer_from and --vocabulary both name a vocabulary: pass one")
     released = _released_vocabulary(vocabulary) if vocabulary else None
@@ -137,6 +141,8 @@ def prepare(
         max_image_pixels=max_image_pixels,
         limits=limits,
     )
+    if photo_resize != "xmodal":  # plans written before the option stay valid
+        plan["photo_resize"] = photo_resize
     if vocab_dir is not None:  # another vocabulary makes other records: start over
         plan["tokenizer"] = tokenizer.fingerprint(vocab_dir)
     if released is not None:
@@ -176,7 +182,7 @@ def prepare(
     if todo and verbose:
         if resume:
             print(f"[prepare] resuming: {len(paired) - len(todo)} of {len(paired)} shards done")
-        print_estimate(estimate(todo, tok, limits, workers, image_short_side, max_image_pixels))
+        print_estimate(estimate(todo, tok, limits, workers, spec))
     total = sum(len(s.recipes) for s in paired)
     left = sum(len(s.recipes) for s in todo)
     with tqdm(
@@ -184,7 +190,7 @@ def prepare(
     ) as bar:
         pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and todo else None
         try:
-            batches = photo_batches(pool, todo, image_short_side, max_image_pixels)
+            batches = photo_batches(pool, todo, spec)
             for shard, results in zip(todo, batches, strict=True):
                 states[shard.name] = write_shard(out_dir, shard, tok, limits, results, bar)
         finally:
@@ -231,6 +237,7 @@ def prepare(
         "class_names": raw.class_names,
         "image_short_side": image_short_side,
         "max_image_pixels": max_image_pixels,
+        "photo_resize": photo_resize,
         "limits": limits,
         "source": source or os.path.abspath(raw_dir),
     }
@@ -277,6 +284,14 @@ def define_option_flags() -> None:
         "its ids and tokenisation instead of a learned vocabulary (extra: xmodal[released]).",
     )
     flags.DEFINE_integer("image_short_side", 256, "Photos are downscaled to this short side.")
+    flags.DEFINE_enum(
+        "photo_resize",
+        "xmodal",
+        list(photos.PHOTO_RESIZE),
+        "xmodal: JPEG draft decode, bicubic, JPEG q90 (fast, small). torchvision: as the released "
+        "H-T's eval transform resizes (Pillow bilinear, long side truncated), stored as PNG "
+        "(for imported released weights).",
+    )
     flags.DEFINE_string(
         "num_shards_per_split", "auto", "'auto' (~1024 recipes a shard) or a count."
     )
@@ -308,6 +323,7 @@ def options_from_flags() -> dict[str, Any]:
         max_instructions=f.max_instructions,
         max_tokens=f.max_tokens,
         max_image_pixels=f.max_image_pixels,
+        photo_resize=f.photo_resize,
         tokenizer_from=f.tokenizer_from,
         vocabulary=f.vocabulary,
     )

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from xmodal.data import records
+from xmodal.data.photos import PhotoSpec
 from xmodal.data.raw.shards import Shard, load_recipe_photos, tokenize_recipes
 
 ESTIMATE_SAMPLE = 32  # photos timed before the run for the time / disk estimate
@@ -21,7 +22,7 @@ def _human(seconds: float) -> str:
 
 
 def estimate(
-    shards: list[Shard], tok: Any, limits: dict, workers: int, short_side: int, max_pixels: int
+    shards: list[Shard], tok: Any, limits: dict, workers: int, spec: PhotoSpec
 ) -> dict[str, float]:
     """Times `ESTIMATE_SAMPLE` photos spread over `shards` (serially, here) and extrapolates time
     and disk to these shards and to full Recipe1M, assuming workers scale linearly."""
@@ -32,7 +33,7 @@ def estimate(
     sample = [(r.image_ids[0], r.image_paths[0]) for r in paired[::step][:ESTIMATE_SAMPLE]]
     start, sizes = time.perf_counter(), []
     for iid, path in sample:
-        for _, data, _, _ in load_recipe_photos(([iid], [path], short_side, max_pixels)):
+        for _, data, _, _ in load_recipe_photos(([iid], [path], spec)):
             if data is not None:
                 sizes.append(len(data))
     per_image = (time.perf_counter() - start) / max(1, len(sample))

@@ -57,13 +57,13 @@ def plan_shards(
 PhotoResult = tuple[str, bytes | None, str, list[str]]  # image id, JPEG or None, reason, repairs
 
 
-def load_recipe_photos(task: tuple[list[str], list[str], int, int]) -> list[PhotoResult]:
+def load_recipe_photos(task: tuple[list[str], list[str], photos.PhotoSpec]) -> list[PhotoResult]:
     """Worker: one result per photo of one recipe."""
-    ids, paths, short_side, max_pixels = task
+    ids, paths, spec = task
     out: list[PhotoResult] = []
     for iid, path in zip(ids, paths, strict=True):
         try:
-            photo = photos.load_photo(path, short_side, max_pixels)
+            photo = photos.load_photo(path, spec)
             out.append((iid, photo.jpeg, "", photo.repairs))
         except photos.PhotoError as e:
             out.append((iid, None, f"{e} ({path})", []))
@@ -71,13 +71,13 @@ def load_recipe_photos(task: tuple[list[str], list[str], int, int]) -> list[Phot
 
 
 def photo_batches(
-    pool: Any, shards: list[Shard], short_side: int, max_pixels: int
+    pool: Any, shards: list[Shard], spec: photos.PhotoSpec
 ) -> Iterator[Iterator[list[PhotoResult]]]:
     """Per shard, its per-recipe photo results in order; the next shard is already queued while
     one is consumed, so workers never wait on the writer (and at most two shards are in flight)."""
 
     def submit(shard: Shard) -> Iterator[list[PhotoResult]]:
-        tasks = [(r.image_ids, r.image_paths, short_side, max_pixels) for r in shard.recipes]
+        tasks = [(r.image_ids, r.image_paths, spec) for r in shard.recipes]
         if pool is None:
             return map(load_recipe_photos, tasks)
         return pool.imap(load_recipe_photos, tasks, chunksize=4)

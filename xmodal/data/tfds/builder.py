@@ -72,6 +72,12 @@ class Recipe1M(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
     def __init__(self, *, prepare_options: dict[str, Any] | None = None, **kwargs: Any):
         kwargs.setdefault("file_format", "array_record")  # TFRecord would need TensorFlow
         self._prepare_options = dict(prepare_options or {})
+        if self._prepare_options.get("photo_resize", "xmodal") != "xmodal":
+            raise ValueError(
+                "photo_resize=torchvision stores PNG photos, and this dataset's image feature "
+                "is JPEG: prepare a folder instead (python -m xmodal.data.prepare "
+                "--photo_resize=torchvision)"
+            )
         self._staging: str | None = None
         super().__init__(**kwargs)
 
