@@ -285,3 +285,20 @@ def test_target_encoding_round_trips_and_truncates_with_eos():
     assert short.tolist() == [2, 4, 3]
     with pytest.raises(ValueError, match=">= 3"):
         decoder_targets.encode_target(tok, [], "x", vocab_size=vocab, length=2)
+
+
+def test_decoding_starts_and_stops_with_the_vocabularys_framing():
+    """H-T's released vocabulary starts with <start>=1 and ends with <end>=2: decoding stops
+    there (with the learned vocabularies' [EOS]=3 it would write past it)."""
+    script = jnp.asarray([5, 2, 7, 7, 7, 7])  # the token each step emits; 2 = <end>
+
+    def logits(tokens, memory, valid):  # next-token logits: one-hot at each position
+        return jax.nn.one_hot(jnp.broadcast_to(script, tokens.shape), 9) * 10.0
+
+    memory, valid = jnp.zeros((1, 1, 4)), jnp.ones((1, 1), bool)
+    released = decoding.Framing(bos=1, eos=2, pad=0)
+    greedy = decoding.greedy_decode(logits, memory, valid, 6, released)
+    best, _ = decoding.beam_decode(logits, memory, valid, 6, 2, 0.0, released)
+    assert greedy.tolist() == best.tolist() == [[1, 5, 2, 0, 0, 0]]
+    learned = decoding.greedy_decode(logits, memory, valid, 6)  # [BOS]=2, [EOS]=3
+    assert learned.tolist() == [[2, 5, 2, 7, 7, 7]]

@@ -258,10 +258,17 @@ def test_missing_extra_is_named(tmp_path, monkeypatch):
         released_words._punkt.cache_clear()
 
 
-def test_cross_decoder_targets_refuse_the_released_ids():
+@needs_punkt
+def test_cross_decoder_targets_take_the_released_framing():
+    """With the released vocabulary the target starts with <start>, ends with <end> and pads
+    with <pad> (before: [BOS]=2 and [EOS]=3 regardless, i.e. <end> and a word), and the per-line
+    <start> ... <end> markers stay out of its words; it decodes back."""
     from xmodal.data import decoder_targets
 
-    with pytest.raises(ValueError, match="released"):
-        decoder_targets.encode_target(
-            ReleasedTokenizer(WORDS), ["salt"], "salt", vocab_size=len(WORDS), length=8
-        )
+    tok, v = ReleasedTokenizer(WORDS), len(WORDS)
+    ids = decoder_targets.encode_target(tok, ["Salt", "sugar"], "salt", vocab_size=v, length=10)
+    assert ids.tolist() == [1, 3, v, 6, v + 1, 3, 2, 0, 0, 0]
+    want = {"ingredients": ["salt", "sugar"], "title": "salt"}
+    assert decoder_targets.decode_target(tok, ids, vocab_size=v) == want
+    cut = decoder_targets.encode_target(tok, ["salt", "sugar"], "salt", vocab_size=v, length=4)
+    assert cut.tolist() == [1, 3, v, 2]  # cut, and still ends

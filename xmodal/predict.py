@@ -22,7 +22,7 @@ from flax import nnx
 
 from xmodal.data import decoder_targets, pipeline, records
 from xmodal.data import tokenizer as tokenizer_lib
-from xmodal.models.decoding import beam_decode, greedy_decode
+from xmodal.models.decoding import Framing, beam_decode, greedy_decode
 from xmodal.run import Run
 from xmodal.runtime import results as results_lib
 from xmodal.runtime import sharding
@@ -39,6 +39,8 @@ class Predictor:
         self.length = run.config.data.max_decoder_tokens
         self.vocab_size = run.vocab_size
         self.tokenizer = tokenizer_lib.load_tokenizer(run.data_dir)
+        special = tokenizer_lib.special_ids(self.tokenizer)
+        self._framing = Framing(special.bos, special.eos, special.pad)
         nnx.merge(run.graphdef, state.params, state.model_state).check_decoder()
         self._params, self._model_state = state.params, state.model_state  # not the optimizer
         # alpha is traced: a new length penalty reuses the compiled search (beam sets the shapes)
@@ -59,8 +61,12 @@ class Predictor:
         def decode(model: Any, images: jax.Array, alpha: jax.Array) -> jax.Array:
             memory, valid = model.photo_memory(images)
             if beam == 1:
-                return greedy_decode(model.decoder_logits, memory, valid, self.length)
-            return beam_decode(model.decoder_logits, memory, valid, self.length, beam, alpha)[0]
+                return greedy_decode(
+                    model.decoder_logits, memory, valid, self.length, self._framing
+                )
+            return beam_decode(
+                model.decoder_logits, memory, valid, self.length, beam, alpha, self._framing
+            )[0]
 
         return in_eval_mode(self.run.graphdef, decode)(params, model_state, images, alpha)
 

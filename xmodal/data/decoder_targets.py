@@ -2,6 +2,10 @@
 
     [BOS] olive oil <ing> garlic <ing> tomato <title> garlic tomato pasta [EOS] [PAD] ...
 
+BOS, EOS and PAD are the vocabulary's own (`tokenizer.special_ids`): [BOS]=2 [EOS]=3 [PAD]=0 for
+a learned one, H-T's <start>=1 <end>=2 <pad>=0 for the released one (whose per-line <start> and
+<end> markers are left out of the target's words).
+
 Words are the dataset tokenizer's ids (`xmodal.data.tokenizer`); two separators are appended to
 its vocabulary: <ing> = vocab_size between ingredients and <title> = vocab_size + 1 before the
 title, so a generated sequence splits back into ingredients and title unambiguously (a comma token
@@ -15,11 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from xmodal.data import schema
 from xmodal.data import tokenizer as tokenizer_lib
 
 EXTRA_TOKENS = 2  # <ing>, <title>
-_FRAMING = (schema.PAD_ID, schema.UNK_ID, schema.BOS_ID, schema.EOS_ID)
 # data.decoder_order: the order the target lists a recipe's ingredients in. "recipe" keeps the
 # author's; "sorted" lists them alphabetically, so the decoder learns one order for a set instead
 # of guessing each author's (an ingredient list is scored as a set: `xmodal.predict`).
@@ -55,26 +57,25 @@ def encode_target(
     if length < 3:
         raise ValueError(f"decoder target length must be >= 3 (BOS, EOS, a token), got {length}")
     check_order(order)
-    if tokenizer_lib.special_ids(tok) != _FRAMING:
-        raise ValueError(
-            "the cross decoder frames its targets with [BOS]=2 and [EOS]=3 (schema, "
-            "xmodal.models.decoding); this data's vocabulary reserves other ids (H-T's released "
-            "<start>=1 <end>=2): train the cross decoder on data with a learned vocabulary"
-        )
+    special = tokenizer_lib.special_ids(tok)
+    framing = (special.bos, special.eos)
     texts = [t for t in clean_ingredients if t.strip()]
-    encoded = tokenizer_lib.encode_batch(tok, [*texts, title], length)
+    encoded = [
+        [i for i in words if i not in framing]  # the released rule's per-line markers
+        for words in tokenizer_lib.encode_batch(tok, [*texts, title], length + 2)
+    ]
     names = encoded[:-1]
     if order == "sorted":
         names = sorted(names, key=lambda words: tokenizer_lib.decode(tok, words))
-    ids: list[int] = [schema.BOS_ID]
+    ids: list[int] = [special.bos]
     for i, words in enumerate(names):
         if i:
             ids.append(ingredient_sep(vocab_size))
         ids.extend(words)
     ids.append(title_sep(vocab_size))
     ids.extend(encoded[-1])
-    ids = [*ids[: length - 1], schema.EOS_ID]
-    out = np.full((length,), schema.PAD_ID, np.int32)
+    ids = [*ids[: length - 1], special.eos]
+    out = np.full((length,), special.pad, np.int32)
     out[: len(ids)] = ids
     return out
 
@@ -86,13 +87,14 @@ def check_order(order: str) -> None:
 
 def decode_target(tok: Any, ids: Sequence[int], *, vocab_size: int) -> dict[str, Any]:
     """Generated ids -> {'ingredients': [str, ...], 'title': str}; stops at the first EOS."""
+    special = tokenizer_lib.special_ids(tok)
     ingredients: list[list[int]] = [[]]
     title: list[int] = []
     in_title = False
     for i in (int(x) for x in ids):
-        if i == schema.EOS_ID:
+        if i == special.eos:
             break
-        if i in (schema.PAD_ID, schema.BOS_ID):
+        if i in (special.pad, special.bos):
             continue
         if i == title_sep(vocab_size):
             in_title = True

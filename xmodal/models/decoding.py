@@ -2,15 +2,16 @@
 
 Pure functions of a next-token logits function (`DualEncoder.decoder_logits`) and the decoder's
 memory: each is one `jax.lax.fori_loop` over a [B, length] token buffer (BOS first, PAD after
-EOS, `xmodal.data.schema`), so under `jax.jit` there is one compilation per (batch size, beam)
-and none per token; every step re-runs the small decoder over the buffer with the causal mask
-(no KV cache: the decoder is a few layers over <= 64 tokens). Photo -> ingredients with a
-restored model is `xmodal.predict`.
+EOS: the vocabulary's ids, `Framing`), so under `jax.jit` there is one compilation per (batch
+size, beam) and none per token; every step re-runs the small decoder over the buffer with the
+causal mask (no KV cache: the decoder is a few layers over <= 64 tokens). Photo -> ingredients
+with a restored model is `xmodal.predict`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,23 +19,39 @@ import jax.numpy as jnp
 from xmodal.data import schema
 
 NEG_INF = -1e9
+
+
+class Framing(NamedTuple):
+    """The ids a generated sequence starts with, ends with and is padded with after its end: the
+    vocabulary's (`xmodal.data.tokenizer.special_ids`)."""
+
+    bos: int
+    eos: int
+    pad: int
+
+
+SCHEMA_FRAMING = Framing(schema.BOS_ID, schema.EOS_ID, schema.PAD_ID)  # a learned vocabulary's
 LogitsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def greedy_decode(
-    logits_fn: LogitsFn, memory: jax.Array, memory_valid: jax.Array, length: int
+    logits_fn: LogitsFn,
+    memory: jax.Array,
+    memory_valid: jax.Array,
+    length: int,
+    framing: Framing = SCHEMA_FRAMING,
 ) -> jax.Array:
     """[B, length] ids: BOS, then the argmax token at each step; PAD after EOS.
     `logits_fn(tokens, memory, valid)` gives next-token logits (`DualEncoder.decoder_logits`)."""
     b = memory.shape[0]
-    buf = jnp.zeros((b, length), jnp.int32).at[:, 0].set(schema.BOS_ID)
+    buf = jnp.full((b, length), framing.pad, jnp.int32).at[:, 0].set(framing.bos)
 
     def step(t, carry):
         buf, done = carry
         logits = logits_fn(buf, memory, memory_valid)[:, t - 1]
         nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        nxt = jnp.where(done, schema.PAD_ID, nxt)
-        return buf.at[:, t].set(nxt), done | (nxt == schema.EOS_ID)
+        nxt = jnp.where(done, framing.pad, nxt)
+        return buf.at[:, t].set(nxt), done | (nxt == framing.eos)
 
     buf, _ = jax.lax.fori_loop(1, length, step, (buf, jnp.zeros((b,), jnp.bool_)))
     return buf
@@ -54,6 +71,7 @@ def beam_decode(
     length: int,
     beam: int,
     alpha: float = 0.0,
+    framing: Framing = SCHEMA_FRAMING,
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search: ([B, length] best sequence, [B] its summed log-probability).
 
@@ -65,7 +83,7 @@ def beam_decode(
     b = memory.shape[0]
     mem = jnp.repeat(memory, beam, axis=0)
     mem_valid = jnp.repeat(memory_valid, beam, axis=0)
-    buf = jnp.zeros((b, beam, length), jnp.int32).at[:, :, 0].set(schema.BOS_ID)
+    buf = jnp.full((b, beam, length), framing.pad, jnp.int32).at[:, :, 0].set(framing.bos)
     scores = jnp.full((b, beam), NEG_INF).at[:, 0].set(0.0)  # one live beam at the start
     done = jnp.zeros((b, beam), jnp.bool_)
     lengths = jnp.zeros((b, beam), jnp.int32)  # generated tokens, EOS included
@@ -74,7 +92,7 @@ def beam_decode(
         buf, scores, done, lengths = carry
         logits = logits_fn(buf.reshape(b * beam, length), mem, mem_valid)[:, t - 1]
         vocab = logits.shape[-1]
-        pad_only = jnp.full((vocab,), NEG_INF).at[schema.PAD_ID].set(0.0)
+        pad_only = jnp.full((vocab,), NEG_INF).at[framing.pad].set(0.0)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, beam, vocab)
         logp = jnp.where(done[..., None], pad_only, logp)
         cand = (scores[..., None] + logp).reshape(b, beam * vocab)
@@ -84,7 +102,7 @@ def beam_decode(
         origin, token = flat // vocab, (flat % vocab).astype(jnp.int32)
         buf = jnp.take_along_axis(buf, origin[..., None], axis=1).at[:, :, t].set(token)
         lengths = jnp.take_along_axis(cand_len, flat, axis=1)
-        done = jnp.take_along_axis(done, origin, axis=1) | (token == schema.EOS_ID)
+        done = jnp.take_along_axis(done, origin, axis=1) | (token == framing.eos)
         return buf, scores, done, lengths
 
     buf, scores, _, _ = jax.lax.fori_loop(1, length, step, (buf, scores, done, lengths))
