@@ -11,7 +11,10 @@ sizes: post-LN / ReLU / eps 1e-5 recipe transformers with attention-probability 
 final norm, 50-row position tables, Linear(1536 -> 1024) + tanh recipe head, Linear + tanh image
 head, PyTorch's initialisers (common.RELEASED_HT_MODEL), no weight decay, no gradient clipping
 (common.RELEASED_HT_TRAIN), and text-only batches of 2 x 128 recipes without photos (the release
-alternates them with the paired steps; here both are in every step). default and tiny keep this
+alternates them with the paired steps; here both are in every step). One training default is not
+mirrored: the learning rate warms up over 1,000 steps and decays by cosine (the release keeps
+1e-4 and multiplies it by 0.1 every 30 epochs of its paired loader, PyTorch's StepLR, over 100
+epochs; an epoch is a dataset size this config does not know). default and tiny keep this
 project's layout (pre-LN, GELU, two-layer recipe head, no tanh).
 """
 
