@@ -1,12 +1,13 @@
 """Reference loss values from the released PyTorch code, for tests that need no torch.
 
     python tools/reference_losses.py --released_dir=HT --adamine_dir=ADAMINE --tfood_dir=TFOOD \
-        [--out=tests/data/reference_losses.json]
+        --acme_dir=ACME [--out=tests/data/reference_losses.json]
 
-HT, ADAMINE and TFOOD are checkouts of amzn/image-to-recipe-transformers (96e257e),
-Cadene/recipe1m.bootstrap.pytorch (6ca20a2) and mshukor/TFood (466c120); their code is run
-from there, never copied here. Needs torch (CPU is enough). Writes small random inputs and what
-the released functions return on them (in float64), with each checkout's commit:
+HT, ADAMINE, TFOOD and ACME are checkouts of amzn/image-to-recipe-transformers (96e257e),
+Cadene/recipe1m.bootstrap.pytorch (6ca20a2), mshukor/TFood (466c120) and hwang1996/ACME
+(318091b); their code is run from there, never copied here. Needs torch (CPU is enough).
+Writes small random inputs and what the released functions return on them (in float64), with
+each checkout's commit:
 
 - H-T: `TripletLoss` (src/utils/loss.py, margin 0.3) on an image/recipe batch, and the recipe
   self-supervised loss as src/train.py `trainIter` forms it (lines 51-71: `TripletLoss(q, v)`
@@ -19,6 +20,13 @@ the released functions return on them (in float64), with each checkout's commit:
   `torch.logical_and(...)` (the fix T-Food's copy of the file made), in memory only.
 - T-Food: `Triplet.__call__` with `margin_params.adaptive_margin` (its adaptive margin), IRR and
   RII only, and the margins it chose (`alpha_irr`, `alpha_rii`).
+- ACME: `train.py` cannot be imported (it parses arguments, builds its networks on the GPU and
+  imports `torch.legacy` at the top), so its loss functions (`KL_loss`,
+  `compute_gradient_penalty`, `train_Dnet`, `train_Gnet`) are taken out of it by name (`ast`)
+  and run with its module-level criteria rebuilt as it builds them (lines 46-59), on the CPU
+  (`torch.cuda.FloatTensor` -> `torch.FloatTensor`); the discriminators are small stand-ins
+  whose outputs are recorded. `triplet_loss.py`'s `global_loss` runs with `TripletLoss`'s
+  `.cuda()` and `torch.cuda.device` removed. In memory only.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from absl import app, flags
 flags.DEFINE_string("released_dir", None, "checkout of amzn/image-to-recipe-transformers")
 flags.DEFINE_string("adamine_dir", None, "checkout of Cadene/recipe1m.bootstrap.pytorch")
 flags.DEFINE_string("tfood_dir", None, "checkout of mshukor/TFood")
+flags.DEFINE_string("acme_dir", None, "checkout of hwang1996/ACME")
 flags.DEFINE_string("out", "tests/data/reference_losses.json", "where to write the values")
 FLAGS = flags.FLAGS
 
@@ -222,6 +231,157 @@ def tfood_cases(checkout: str) -> dict[str, Any]:
     return {**bounds, "cases": cases}
 
 
+ACME_FUNCTIONS = ("KL_loss", "compute_gradient_penalty", "train_Dnet", "train_Gnet")
+
+
+def _acme_functions(checkout: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """`ACME_FUNCTIONS` out of ACME's train.py, compiled into `namespace` (its globals), on CPU."""
+    import ast
+
+    path = Path(checkout) / "train.py"
+    source = path.read_text()
+    tree = ast.parse(source)
+    found = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    missing = [f for f in ACME_FUNCTIONS if f not in found]
+    if missing:
+        raise SystemExit(f"{path}: no {', '.join(missing)}; another version?")
+    for name in ACME_FUNCTIONS:
+        code = ast.get_source_segment(source, found[name])
+        code = code.replace("torch.cuda.FloatTensor", "torch.FloatTensor")
+        exec(compile(code, str(path), "exec"), namespace)  # the released function, run
+    return {name: namespace[name] for name in ACME_FUNCTIONS}
+
+
+def _acme_case(
+    checkout: str,
+    triplet_module: Any,
+    seed: int,
+    batch: int,
+    width: int,
+    classes: int,
+    ingredients: int,
+) -> dict[str, Any]:
+    """One ACME case: random inputs, and what the released functions return on them."""
+    import torch
+    from torch import nn
+
+    t = torch.from_numpy
+    rng = np.random.default_rng(100 + seed)
+    # The released module-level objects its functions read (train.py 46-59).
+    weights = torch.ones(classes, dtype=torch.float64)
+    weights[0] = 0
+    outputs: dict[int, tuple[Any, Any]] = {}
+
+    class RecordedD:
+        """netsD: (sigmoid real/fake probability, class logits), looked up per input."""
+
+        def __call__(self, imgs: Any, mu: Any) -> tuple[Any, Any]:
+            return outputs[id(imgs)]
+
+    namespace: dict[str, Any] = {
+        "torch": torch,
+        "np": np,
+        "netsD": RecordedD(),
+        "GAN_criterion": nn.BCELoss(),
+        "class_criterion": nn.CrossEntropyLoss(weight=weights),
+        "real_labels": torch.ones(batch, dtype=torch.float64),
+        "fake_labels": torch.zeros(batch, dtype=torch.float64),
+    }
+    fns = _acme_functions(checkout, namespace)
+    # Modality alignment: a 2-layer critic on embeddings, WGAN-GP.
+    image, recipe = _array(rng, batch, width), _array(rng, batch, width)
+    w1, b1 = _array(rng, width, 8), _array(rng, 8)
+    w2, b2 = _array(rng, 8, 1), _array(rng, 1)
+    critic = lambda x: torch.nn.functional.leaky_relu(x @ t(w1) + t(b1), 0.2) @ t(w2) + t(b2)
+    np.random.seed(seed)  # compute_gradient_penalty draws alpha from numpy's global stream
+    alpha = np.random.random((batch, 1))
+    np.random.seed(seed)
+    torch.set_default_dtype(torch.float64)
+    try:
+        penalty = fns["compute_gradient_penalty"](critic, t(image), t(recipe)).item()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    real_scores, fake_scores = critic(t(image)), critic(t(recipe))
+    critic_loss = (-torch.mean(real_scores) + torch.mean(fake_scores)).item()  # train.py 238
+    # Recipe -> image: recorded discriminator outputs, conditioning augmentation.
+    real_logit, fake_logit = _array(rng, batch), _array(rng, batch)
+    real_cls, fake_cls = _array(rng, batch, classes), _array(rng, batch, classes)
+    labels = rng.integers(0, classes, size=batch)
+    labels[:2] = (0, 1)  # a class-0 row weighs nothing
+    mu, logvar = _array(rng, batch, width), 0.5 * _array(rng, batch, width)
+    real_imgs, fake_imgs = [torch.zeros(batch, 3, 2, 2)], torch.zeros(batch, 3, 2, 2)
+    fake_detached = fake_imgs.detach()
+    prob = lambda z: torch.sigmoid(t(z))
+    outputs[id(real_imgs[0])] = (prob(real_logit), t(real_cls))
+    outputs[id(fake_imgs)] = (prob(fake_logit), t(fake_cls))
+    fake_imgs.detach = lambda: fake_detached  # train_Dnet detaches the fakes
+    outputs[id(fake_detached)] = (prob(fake_logit), t(fake_cls))
+    label_t = t(labels)
+    loss_d = fns["train_Dnet"](0, real_imgs, [fake_imgs], t(mu), label_t).item()
+    loss_g = fns["train_Gnet"](0, real_imgs, [fake_imgs], t(mu), t(logvar), label_t).item()
+    kl = fns["KL_loss"](t(mu), t(logvar)).item()
+    # Image -> recipe: MultiLabelMarginLoss (targets: class ids ended by -1) and the class.
+    scores = _array(rng, batch, ingredients)
+    multi_hot = (rng.random((batch, ingredients)) < 0.35).astype(np.int64)
+    multi_hot[0] = 0  # a row without targets
+    index_lists = np.full((batch, ingredients), -1, np.int64)
+    for row, hot in enumerate(multi_hot):
+        ids = np.flatnonzero(hot)
+        index_lists[row, : len(ids)] = ids
+    margin_loss = nn.MultiLabelMarginLoss()(t(scores), t(index_lists)).item()
+    class_loss = nn.CrossEntropyLoss(weight=weights)(t(real_cls), label_t).item()
+    # Retrieval: batch-hard triplet over images and recipes stacked, labels the pair index.
+    features = np.concatenate([image, recipe])
+    pair_ids = torch.tensor(list(range(batch)) * 2)
+    triplet = triplet_module.TripletLoss([0], margin=0.3)
+    hard = triplet_module.global_loss(triplet, t(features), pair_ids)[0].item()
+    return {
+        "image": image.tolist(),
+        "recipe": recipe.tolist(),
+        "critic": {
+            "w1": w1.tolist(),
+            "b1": b1.tolist(),
+            "w2": w2.tolist(),
+            "b2": b2.tolist(),
+            "leaky_relu": 0.2,
+        },
+        "alpha": alpha.tolist(),
+        "gradient_penalty": penalty,
+        "critic_loss": critic_loss,
+        "generator_loss": (-torch.mean(fake_scores)).item(),
+        "real_logit": real_logit.tolist(),
+        "fake_logit": fake_logit.tolist(),
+        "real_class_logits": real_cls.tolist(),
+        "fake_class_logits": fake_cls.tolist(),
+        "labels": labels.tolist(),
+        "class_weights": weights.tolist(),
+        "mu": mu.tolist(),
+        "logvar": logvar.tolist(),
+        "train_Dnet": loss_d,
+        "train_Gnet": loss_g,
+        "KL_loss": kl,
+        "scores": scores.tolist(),
+        "multi_hot": multi_hot.tolist(),
+        "multilabel_margin": margin_loss,
+        "class_loss": class_loss,
+        "hardest_triplet": hard,
+    }
+
+
+def acme_cases(checkout: str) -> dict[str, Any]:
+    triplet_module = _load(
+        Path(checkout) / "triplet_loss.py",
+        "acme_triplet",
+        ("with torch.cuda.device(self.device[0]):\n      y = Variable(dist_an.data.new()"
+         ".resize_as_(dist_an.data).fill_(1)).cuda()",
+         "y = Variable(dist_an.data.new().resize_as_(dist_an.data).fill_(1))"),
+    )  # fmt: skip
+    cases = []
+    for seed, (batch, width, classes, ingredients) in enumerate(((4, 6, 5, 7), (8, 10, 6, 9))):
+        cases.append(_acme_case(checkout, triplet_module, seed, batch, width, classes, ingredients))
+    return {"margin": 0.3, "gradient_penalty_weight": 10.0, "kl_weight": 2.0, "cases": cases}
+
+
 def main(argv: list[str]) -> None:
     del argv
     result: dict[str, Any] = {"generated_by": "tools/reference_losses.py", "sources": {}}
@@ -229,12 +389,13 @@ def main(argv: list[str]) -> None:
         ("ht", FLAGS.released_dir, ht_cases, "amzn/image-to-recipe-transformers"),
         ("adamine", FLAGS.adamine_dir, adamine_cases, "Cadene/recipe1m.bootstrap.pytorch"),
         ("tfood", FLAGS.tfood_dir, tfood_cases, "mshukor/TFood"),
+        ("acme", FLAGS.acme_dir, acme_cases, "hwang1996/ACME"),
     ):
         if checkout:
             result["sources"][key] = {"repository": repo, "commit": _commit(checkout)}
             result[key] = make(checkout)
     if len(result) == 2:
-        raise app.UsageError("give --released_dir, --adamine_dir or --tfood_dir")
+        raise app.UsageError("give --released_dir, --adamine_dir, --tfood_dir or --acme_dir")
     Path(FLAGS.out).write_text(json.dumps(result) + "\n")
     print(f"wrote {FLAGS.out}: {', '.join(result['sources'])}")
 
