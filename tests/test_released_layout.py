@@ -519,3 +519,35 @@ def test_released_image_encoders_give_the_released_embeddings(vectors, image_vec
     np.testing.assert_allclose(got, unit, atol=1e-4, rtol=0)
     # The photos' embeddings differ by far more than the tolerance (a weak check otherwise).
     assert np.abs(unit[0] - unit[1]).max() > 100 * 1e-4
+
+
+def test_a_layout_option_outside_its_choices_is_one_clear_error():
+    """Every place that takes a block, activation or init refuses a value outside its choices
+    with the same message, naming the choices."""
+    from xmodal.models.layers import Mlp, attention_layer, linear_inits
+
+    rngs = nnx.Rngs(0)
+    cases = [
+        ("block", "('pre_ln', 'post_ln')", "sandwich", lambda: BlockLayout(block="sandwich")),
+        ("activation", "('gelu', 'relu')", "swish", lambda: BlockLayout(activation="swish")),
+        (
+            "activation",
+            "('gelu', 'relu')",
+            "swish",
+            lambda: Mlp(8, 16, activation="swish", rngs=rngs),
+        ),
+        ("init", "('xmodal', 'pytorch')", "lecun", lambda: BlockLayout(init="lecun")),
+        ("init", "('xmodal', 'pytorch')", "lecun", lambda: linear_inits(8, "lecun")),
+        (
+            "init",
+            "('xmodal', 'pytorch')",
+            "lecun",
+            lambda: attention_layer(
+                8, 2, dtype=jnp.float32, attention="xla", init="lecun", rngs=rngs
+            ),
+        ),
+    ]
+    for name, choices, value, make in cases:
+        with pytest.raises(ValueError) as err:
+            make()
+        assert str(err.value) == f"{name} must be one of {choices}, got '{value}'"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import jax
@@ -41,6 +42,12 @@ ACTIVATIONS = {"gelu": functools.partial(nnx.gelu, approximate=False), "relu": n
 INITS = ("xmodal", "pytorch")
 
 
+def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
+    """The one error for a layout option outside its choices (activation, init, block)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockLayout:
     """How the blocks of one transformer are wired and initialised (one per encoder config:
@@ -67,18 +74,13 @@ class BlockLayout:
     init: str = "xmodal"
 
     def __post_init__(self) -> None:
-        if self.block not in BLOCKS:
-            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}"
-            )
+        check_choice("block", self.block, BLOCKS)
+        check_choice("activation", self.activation, ACTIVATIONS)
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        check_choice("init", self.init, INITS)
 
 
 DEFAULT_LAYOUT = BlockLayout()  # this project's blocks
@@ -106,11 +108,10 @@ def linear_inits(
 ) -> dict[str, nnx.Initializer]:
     """`kernel_init` / `bias_init` keywords for an `nnx.Linear` under `BlockLayout.init`
     ('xmodal': DENSE_INIT and `bias_init`, what each layer had before the option existed)."""
+    check_choice("init", init, INITS)
     if init == "pytorch":
         kernel, bias = pytorch_linear_init(fan_in)
         return {"kernel_init": kernel, "bias_init": bias}
-    if init != "xmodal":
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     return {"kernel_init": DENSE_INIT, "bias_init": bias_init}
 
 
@@ -339,14 +340,13 @@ def attention_layer(
     in-projection, the output kernel as `nn.Linear`'s, every bias zero."""
     if width % num_heads:
         raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+    check_choice("init", init, INITS)
     inits: dict[str, Any] = {"kernel_init": DENSE_INIT}
     if init == "pytorch":
         inits = {
             "kernel_init": uniform_init(math.sqrt(6.0 / (width + 3 * width))),
             "out_kernel_init": pytorch_linear_init(width)[0],
         }
-    elif init != "xmodal":
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     return nnx.MultiHeadAttention(
         num_heads=num_heads,
         in_features=width,
@@ -379,8 +379,7 @@ class Mlp(nnx.Module):
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        check_choice("activation", activation, ACTIVATIONS)
         linear = functools.partial(nnx.Linear, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         self.fc1 = linear(width, mlp_dim, **linear_inits(width, init, BIAS_INIT))
         self.fc2 = linear(mlp_dim, width, **linear_inits(mlp_dim, init, BIAS_INIT))
