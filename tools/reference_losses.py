@@ -329,6 +329,8 @@ def _acme_case(
         ids = np.flatnonzero(hot)
         index_lists[row, : len(ids)] = ids
     margin_loss = nn.MultiLabelMarginLoss()(t(scores), t(index_lists)).item()
+    # What train.py 266 computes: the 0/1 vector itself as the target (read as class ids).
+    margin_as_released = nn.MultiLabelMarginLoss()(t(scores), t(multi_hot)).item()
     class_loss = nn.CrossEntropyLoss(weight=weights)(t(real_cls), label_t).item()
     # Retrieval: batch-hard triplet over images and recipes stacked, labels the pair index.
     features = np.concatenate([image, recipe])
@@ -363,6 +365,7 @@ def _acme_case(
         "scores": scores.tolist(),
         "multi_hot": multi_hot.tolist(),
         "multilabel_margin": margin_loss,
+        "multilabel_margin_as_released": margin_as_released,
         "class_loss": class_loss,
         "hardest_triplet": hard,
     }

@@ -10,7 +10,10 @@ checked against it on the same tensors by `tests/test_adversarial_losses.py` (va
   generator's side `train_Gnet`, 175-194), its class head (`weighted_class_loss`: class 0 weighs
   nothing, 49-51) and conditioning augmentation's `kl_loss` (170-173);
 - image -> recipe: ingredients as `multilabel_margin_loss` (PyTorch's MultiLabelMarginLoss,
-  47, 266) and the class;
+  47, 266, on the sigmoid scores) and the class. One departure: train.py 266 hands that loss the
+  0/1 ingredient vector itself, which PyTorch reads as a list of class ids, so the released term
+  pushes up outputs 0 and 1 only (docs/methods.md); this is the documented loss, given the
+  ingredients as a multi-hot mask;
 - retrieval: `hardest_triplet_loss` (`global_loss` with hard example mining, margin 0.3);
 - `balance_losses`: the smaller of the text and image translation losses scales the larger
   down to it (285-288), as a constant factor.
