@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import types
 
 import numpy as np
@@ -94,13 +93,6 @@ def seeded_linear_values(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[
     return out
 
 
-def commit_of(checkout: str) -> str:
-    out = subprocess.run(
-        ["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    return out.stdout.strip() or "unknown (not a git checkout)"
-
-
 def cases(models: types.ModuleType) -> dict[str, np.ndarray]:
     import torch
 
@@ -170,6 +162,8 @@ def main() -> None:
     p.add_argument("--acme_dir", required=True, help="checkout of hwang1996/ACME")
     p.add_argument("--out", default=DEFAULT_OUT)
     args = p.parse_args()
+    from reference_vectors import commit_of  # a script's own folder is on its path
+
     vectors = cases(load_models(args.acme_dir))
     vectors["meta/commit"] = np.asarray(commit_of(args.acme_dir))
     np.savez_compressed(args.out, **vectors)
