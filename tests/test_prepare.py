@@ -168,3 +168,15 @@ def test_prepare_records_the_photo_resize_and_stores_png(synthetic_raw, tmp_path
     (rec, *_) = _read_split(out, "train")
     img = Image.open(io.BytesIO(rec["images"][0]))
     assert img.format == "PNG" and min(img.size) == SHORT_SIDE
+
+
+def test_only_the_default_resize_reports_a_reduced_scale_decode(tmp_path, monkeypatch):
+    """A large photo is decoded at reduced scale (JPEG draft) by the default resize only; the
+    torchvision resize decodes it in full, so reporting that repair would be false."""
+    monkeypatch.setattr(photos, "LARGE_PIXELS", 100)  # this photo counts as large
+    Image.new("RGB", (40, 60)).save(tmp_path / "big.jpg")
+    path = str(tmp_path / "big.jpg")
+    fast = photos.load_photo(path, photos.PhotoSpec(32))
+    full = photos.load_photo(path, photos.PhotoSpec(32, resize="torchvision"))
+    assert fast.repairs == ["large photo decoded at reduced scale"]
+    assert full.repairs == []

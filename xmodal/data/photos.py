@@ -28,7 +28,7 @@ JPEG_QUALITY = 90
 # never upscaled, JPEG quality 90 (fast, small). "torchvision": what the released H-T's eval
 # transform does before its crop (`transforms.Resize(short_side)` on a PIL image: a full decode,
 # Pillow's bilinear, the long side truncated, small photos upscaled too), stored losslessly as
-# PNG (about 3x the JPEG bytes), so that an imported released model sees its own pixels.
+# PNG (larger than the JPEG), so that an imported released model sees its own pixels.
 PHOTO_RESIZE = ("xmodal", "torchvision")
 MAX_PIXELS = 200_000_000  # ~ 14k x 14k; past this a "photo" is a decompression bomb
 LARGE_PIXELS = 12_000_000  # photos of at least this many pixels are counted as "large"
@@ -132,7 +132,7 @@ def load_photo(path: str, spec: PhotoSpec) -> Photo:
                 repairs.append(f"{fmt} bytes under a .jpg name")
             if mode != "RGB":
                 repairs.append(f"{mode} converted to RGB")
-            if w * h >= LARGE_PIXELS:
+            if w * h >= LARGE_PIXELS and not torchvision:  # torchvision decodes in full
                 repairs.append("large photo decoded at reduced scale")
             if not torchvision:
                 scale = min(1.0, short_side / min(w, h))
