@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from xmodal.models import gan
+from xmodal.models import gan, import_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VECTORS = os.path.join(REPO, "tests", "data", "acme_networks.npz")
@@ -40,31 +40,21 @@ def _state_dict(ref, name: str) -> dict[str, np.ndarray]:
 
 
 class Porter:
-    """Copies released entries into modules, and checks that every entry was used."""
+    """Copies released entries into modules with the weight importer's own converters
+    (`xmodal.models.import_weights`), and checks that every entry was used."""
 
     def __init__(self, sd: dict[str, np.ndarray], unused: tuple[str, ...] = ()):
         self.sd, self.used = sd, set()
         self.unused = {k for k in sd if k.startswith(unused) or k.endswith("num_batches_tracked")}
 
-    def take(self, key: str) -> np.ndarray:
-        self.used.add(key)
-        return self.sd[key]
-
     def linear(self, layer, prefix: str) -> None:
-        layer.kernel[...] = jnp.asarray(self.take(f"{prefix}.weight").T)
-        if layer.bias is not None:
-            layer.bias[...] = jnp.asarray(self.take(f"{prefix}.bias"))
+        import_weights._linear(layer, self.sd, prefix, self.used)
 
     def conv(self, layer, prefix: str) -> None:
-        layer.kernel[...] = jnp.asarray(self.take(f"{prefix}.weight").transpose(2, 3, 1, 0))
-        if layer.bias is not None:
-            layer.bias[...] = jnp.asarray(self.take(f"{prefix}.bias"))
+        import_weights._conv(layer, self.sd, prefix, self.used)
 
     def bn(self, layer, prefix: str) -> None:
-        for ours, theirs in (("scale", "weight"), ("bias", "bias")):
-            getattr(layer, ours)[...] = jnp.asarray(self.take(f"{prefix}.{theirs}"))
-        layer.mean[...] = jnp.asarray(self.take(f"{prefix}.running_mean"))
-        layer.var[...] = jnp.asarray(self.take(f"{prefix}.running_var"))
+        import_weights._batch_norm(layer, self.sd, prefix, self.used)
 
     def block(self, block, conv: str, bn: str) -> None:
         self.conv(block.conv, conv)

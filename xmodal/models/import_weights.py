@@ -198,7 +198,8 @@ def resize_pos_embed(pos: np.ndarray, num_patches: int) -> np.ndarray:
 
 def _linear(layer: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
     _assign(layer.kernel, _take(sd, f"{prefix}.weight", used).T, f"{prefix}.weight")
-    _assign(layer.bias, _take(sd, f"{prefix}.bias", used), f"{prefix}.bias")
+    if getattr(layer, "bias", None) is not None:  # a Linear without bias takes none
+        _assign(layer.bias, _take(sd, f"{prefix}.bias", used), f"{prefix}.bias")
 
 
 def _layer_norm(layer: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
