@@ -96,6 +96,25 @@ VIT_B16 = {
     **{f"model.vit.{k}": v for k, v in VIT_VARIANTS["B/16"].items()},
 }
 
+# ACME's adversarial parts at its released weights (hwang1996/ACME train.py: triplet + 0.005 x
+# the critic's term + 0.002 x the translation losses; penalty 10, KL 2): configs/acme.py, and
+# TNLBT's adversarial network (configs/tnlbt.py's `adversarial` flag).
+ACME_ADVERSARIAL = {
+    "adversarial.enabled": True,
+    "adversarial.align": 0.005,
+    "adversarial.translate": 0.002,
+    "adversarial.gradient_penalty": 10.0,
+    "adversarial.kl": 2.0,
+}
+# ACME's paper-size networks: 128 px images, generator and discriminator widths 64, Recipe1M's
+# classes (set by the paper presets; on only with ACME_ADVERSARIAL).
+ACME_PAPER_NETWORKS = {
+    "adversarial.image_size": 128,
+    "adversarial.gf_dim": 64,
+    "adversarial.df_dim": 64,
+    "adversarial.num_classes": RECIPE1M_CLASSES,
+}
+
 
 def base_config(method: str) -> ml_collections.ConfigDict:
     """Every field, with the defaults of the first run on the built-in data (TNLBT's values where
@@ -252,6 +271,42 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.loss.mismatch_rate = 0.8
     c.loss.image_cls = 0.0
     c.loss.recipe_cls = 0.0
+
+    # ACME's adversarial and translation parts (Wang et al., CVPR 2019; TNLBT trains them beside
+    # its retrieval losses): xmodal.training.adversarial_step, networks in xmodal.models.gan. Off
+    # unless `enabled`; each part is on when its weight is > 0. Weights are those of ACME's
+    # train.py (its total: triplet + 0.005 align + 0.002 translation).
+    c.adversarial = ml_collections.ConfigDict()
+    c.adversarial.enabled = False
+    # Modality alignment: a WGAN-GP critic tells image from recipe embeddings; the recipe encoder
+    # is trained to pass as images, weight `align`.
+    c.adversarial.align = 0.0
+    c.adversarial.gradient_penalty = 10.0
+    # Translation: recipe -> image (a generator conditioned on the recipe embedding, an image
+    # discriminator with a real/fake and a class head) and image -> recipe (ingredients and
+    # class predicted from the image embedding), the two balanced to the smaller, weight
+    # `translate`.
+    c.adversarial.translate = 0.0
+    c.adversarial.kl = 2.0  # conditioning augmentation's KL term, in the generator's loss
+    # Ingredients predicted from the image: bce (sigmoid cross-entropy per word, memory B x V) |
+    # margin (PyTorch's MultiLabelMarginLoss, as ACME; memory B x V x V, for small vocabularies).
+    c.adversarial.ingredient_loss = "bce"
+    c.adversarial.balance = True  # ACME's balance of the two translation losses
+    # Translation consistency (R2GAN's ranking in image space): the generated image, embedded by
+    # the image encoder, ranks its recipe first (the instance triplet, weight `generated_triplet`).
+    c.adversarial.generated_triplet = 0.0
+    c.adversarial.critic_steps = 1  # discriminator updates per step, on the same batch
+    # Adam for the generator side and for the discriminators (ACME: 1e-4, betas 0.5, 0.999).
+    c.adversarial.lr = 1e-4
+    c.adversarial.b1 = 0.5
+    c.adversarial.b2 = 0.999
+    c.adversarial.image_size = 64  # generated images: 64 | 128 px
+    c.adversarial.num_classes = BUILTIN_CLASSES  # the dish classes incl. 0 (none); Recipe1M 1048
+    c.adversarial.z_dim = 100
+    c.adversarial.ca_dim = 128  # conditioning augmentation's size
+    c.adversarial.gf_dim = 64  # generator width (ACME: 64, i.e. 1024 channels at 4 x 4)
+    c.adversarial.df_dim = 64  # image discriminator width
+    c.adversarial.num_residual = 2
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64  # global, over all devices and hosts

@@ -19,6 +19,10 @@ Presets (the part after ':' on the command line):
             cross decoder). H-T's text-only batches stay off (this preset's GPU timings were
             measured without them; train.text_only_batch_size switches them on).
 
+Flag `adversarial` (after a preset: `b16,adversarial`): TNLBT's adversarial network, ACME's
+(configs/acme.py), trained in the same step: the critic on the embeddings, recipe -> image
+generation (128 px at b16, 64 px on the CPU presets) and image -> recipe heads.
+
 Extensions (the slides' extended TNLBT): dynamic margins (`loss.margin.kind`) and the cross
 decoder (`model.cross_decoder.enabled`, weight `loss.cross_decoder`); both switchable by field.
 Every field is declared in configs/common.py; this file only sets values.
@@ -103,8 +107,15 @@ PRESETS: dict[str, dict] = {
         "eval.batch_size": 1024,
         **common.RELEASED_HT_MODEL,
         **common.RELEASED_HT_TRAIN,
+        **common.ACME_PAPER_NETWORKS,  # used with the `adversarial` flag
     },
 }
+
+# TNLBT's adversarial network ("inspired by ACME"): ACME's critic, generator, image
+# discriminator and image -> recipe heads at ACME's released weights (configs/common.py), e.g.
+# `tnlbt.py:b16,adversarial` (128 px images from the recipe embedding). A flag, so that b16's
+# measured GPU numbers (docs/performance.md) stay those of the retrieval model they were taken on.
+FLAGS: dict[str, dict] = {"adversarial": common.ACME_ADVERSARIAL}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -155,4 +166,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.cross_decoder = 1.0
     c.train.num_steps = 1_500
     c.train.warmup_steps = 150
-    return common.apply_arg(c, arg, PRESETS)
+    return common.apply_arg(c, arg, PRESETS, FLAGS)

@@ -142,3 +142,45 @@ def method_run(tiny_data, tmp_path_factory):
         return runs[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def acme_runs(tiny_data, tmp_path_factory):
+    """acme:tiny (2 critic steps per step) started from a retrieval run's checkpoint (2 steps,
+    adversarial off): 4 steps straight, and 2 steps then resumed to 4. {name: workdir};
+    `straight` also serves the generation tests."""
+    from configs import acme
+    from xmodal.runtime import sharding
+    from xmodal.training.loop import train_and_evaluate
+
+    quick = {
+        "train.log_every": 1,
+        "train.eval_every": 100,
+        "train.checkpoint_every": 2,
+        "train.eval_at_end": False,
+        "train.val_pairs": 16,
+        # A constant learning rate, so that a run of 2 steps then resumed to 4 takes the 4-step
+        # run's updates (a schedule's shape depends on train.num_steps) with the same program.
+        "train.warmup_steps": 0,
+        "train.min_lr_ratio": 1.0,
+        "adversarial.critic_steps": 2,
+    }
+
+    def config(steps, **more):
+        c = acme.get_config("tiny")
+        c.data.dir = tiny_data
+        c.update_from_flattened_dict({**quick, "train.num_steps": steps, **more})
+        return c
+
+    root = tmp_path_factory.mktemp("acme")
+    runs = {name: str(root / name) for name in ("retrieval", "straight", "resumed")}
+    all_devices = sharding.make_mesh  # one device: the step compiles in half the time
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sharding, "make_mesh", lambda n=None: all_devices(n or 1))
+        train_and_evaluate(config(2, **{"adversarial.enabled": False}), runs["retrieval"])
+        warm = {"model.init_from": runs["retrieval"]}
+        train_and_evaluate(config(4, **warm), runs["straight"])
+        train_and_evaluate(config(2, **warm), runs["resumed"])  # the same program: constant lr
+        train_and_evaluate(config(4, **warm), runs["resumed"])
+    runs["config"] = config(4)
+    return runs

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from configs import tnlbt
+from configs import acme, tnlbt
 from xmodal import perf
 from xmodal.models.dual_encoder import abstract_model, count_params
 
@@ -112,6 +112,30 @@ def test_analytic_flops_of_vit_b16_match_hand_count():
     )
     with pytest.raises(ValueError, match="vocab_size"):  # the head's size depends on it
         perf.train_flops_per_example(c)
+
+
+def test_analytic_flops_of_acmes_paper_networks_match_hand_count():
+    c = acme.get_config("paper")
+    f = perf.adversarial_train_flops(c, vocab_size=4102)
+    # G_NET to 128 px: CA (1024 -> 512), the 4 x 4 projection (228 -> 1024 x 16 x 2), up-blocks
+    # to 8 / 16 / 32 / 64 px (each conv doubles its output for the GLU), the second stage
+    # (joint conv of 64 + 128 channels, 2 residual blocks, an up-block to 128 px) and RGB.
+    g = 2 * 1024 * 512 + 2 * 228 * 32768
+    g += 2 * 9 * (64 * 1024 * 1024 + 256 * 512 * 512 + 1024 * 256 * 256 + 4096 * 128 * 128)
+    g += 2 * 9 * 4096 * (192 * 128 + 2 * (64 * 128 + 64 * 64))
+    g += 2 * 9 * 16384 * (64 * 64 + 32 * 3)
+    assert f["generator"] == pytest.approx(3 * g)
+    # D_NET128: 4 x 4 stride-2 convs 3 -> 64 -> ... -> 1024 channels down to 4 px, a 3 x 3
+    # back to 512, the joint conv with mu (640 -> 512), the logit, the class conv + Linear.
+    d = 2 * 16 * (4096 * 3 * 64 + 1024 * 64 * 128 + 256 * 128 * 256 + 64 * 256 * 512)
+    d += 2 * 16 * 16 * 512 * 1024 + 2 * 16 * 9 * (1024 * 512 + 640 * 512)
+    d += 2 * 16 * 512 + 2 * 16 * 512 * 256 + 2 * 256 * 1048
+    assert f["image_discriminator"] == pytest.approx(3 * 3 * d)  # real + fake, then fake for G
+    assert 9.6e9 < g < 9.8e9 and 1.3e9 < d < 1.4e9  # GFLOPs per image, forward
+    assert f["train"] == pytest.approx(sum(v for k, v in f.items() if k != "train"))
+    off = acme.get_config("paper")
+    off.adversarial.enabled = False
+    assert perf.adversarial_train_flops(off, 4102)["train"] == 0
 
 
 def test_peak_flops_table_knows_gpus_and_not_cpus():

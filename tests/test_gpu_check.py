@@ -19,6 +19,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from configs import common  # noqa: E402
 from tools import gpu_check  # noqa: E402
 
 TINY = [
@@ -58,7 +59,7 @@ FLIPPED = {
 # other switches' flips are checked without running them
 # (test_switches_flip_the_baseline_one_field_at_a_time).
 SWITCH_RUN = ["cudnn_attention", "bf16", "grad_accum", "fsdp"]
-NOT_RUN = ["packed_text", "bf16_adam_mu", "remat_dots", "remat_full"]
+NOT_RUN = ["packed_text", "bf16_adam_mu", "remat_dots", "remat_full", "adversarial"]
 TARGET_RUN = [n for n, _ in gpu_check.PLAN if n not in SWITCH_RUN + NOT_RUN]
 
 
@@ -203,6 +204,9 @@ def test_switches_flip_the_baseline_one_field_at_a_time():
     assert flips["remat_dots"] == (False, {"model.remat": "dots"})
     assert flips["remat_full"] == (False, {"model.remat": "full"})
     assert flips["bf16_adam_mu"] == (False, {"train.mu_dtype": "bfloat16"})
+    # b16's adversarial network is off (a flag): the stage switches ACME's parts on.
+    assert flips["adversarial"] == (False, common.ACME_ADVERSARIAL)
+    assert gpu_check.ACME_ADVERSARIAL == common.ACME_ADVERSARIAL
     assert flips["packed_text"][1] == {
         "model.text.packed_ingredient_tokens": 152,  # half of 300, rounded up to 8
         "model.text.packed_instruction_tokens": 152,

@@ -67,7 +67,9 @@ def test_matmul_flops_by_dtype_and_the_f32_share():
     not HAS_CUDA_WHEELS,
     reason='needs the CUDA wheels (pip install "jax[cuda12]==<jax version>" or cuda13; README)',
 )
-@pytest.mark.parametrize("config", ["configs/tnlbt.py:b16", "configs/ht.py:vit"])
+@pytest.mark.parametrize(
+    "config", ["configs/tnlbt.py:b16", "configs/tnlbt.py:b16,adversarial", "configs/ht.py:vit"]
+)
 def test_paper_presets_lower_for_cuda_with_cudnn_attention(config, tmp_path):
     out = tmp_path / "lowered.json"
     cmd = [sys.executable, "tools/lower_for_gpu.py", f"--config={config}", f"--out={out}"]

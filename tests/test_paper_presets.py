@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import pytest
 
-from configs import adamine, ht, je, tnlbt
+from configs import acme, adamine, ht, je, tnlbt
 from xmodal.data import pipeline
 from xmodal.models.dual_encoder import abstract_model
 from xmodal.models.layers import count_params
@@ -30,6 +30,7 @@ PAPER_PRESETS = [
     (ht, "r50", RESNET50_NO_FC, False),
     (ht, "vit", VIT_B16, False),
     (je, "paper", RESNET50_NO_FC, False),
+    (acme, "paper", RESNET50_NO_FC, True),  # ResNet-50 + LSTMs, the critic, 128 px G and D
 ]
 
 
@@ -57,7 +58,7 @@ def test_paper_preset_builds_and_traces_a_step(module, arg, image_params, trace)
     if not trace:
         return
     graphdef, abstract, tx = state_lib.abstract_train_state(config, VOCAB)
-    step = make_train_step(graphdef, tx, config)
+    step = make_train_step(graphdef, tx, config, state_lib.adversarial_nets(config, VOCAB))
     new_state, metrics = jax.eval_shape(step, abstract, _abstract_batch(config))
     if decoder_trains(config):  # TNLBT b16: the cross decoder is in the traced step
         assert "loss_cross_decoder" in metrics

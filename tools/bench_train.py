@@ -304,6 +304,7 @@ def add_utilisation(config: Any, row: dict) -> None:
     flops = perf.train_flops_per_example(config, vocab_size=row["vocab_size"])
     row["model_flops_per_example"] = flops["train"]
     row["model_flops_per_example_decoder"] = flops["decoder"]
+    row["model_flops_per_example_adversarial"] = flops["adversarial"]
     device = jax.devices()[0]
     peak = perf.peak_flops(device, config.model.dtype)
     row["peak_flops_per_device"] = peak

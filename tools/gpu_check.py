@@ -38,6 +38,8 @@ per-core costs; lowering (already checked on CPU with the CUDA plugin) last.
                   grad_accum (4 micro-batches, GradCache), packed_text (half the padded tokens),
                   bf16_adam_mu, remat_full, fsdp; a step that does not fit says so (XLA's plan
                   against the device's memory, or the allocation that failed)
+  adversarial     TNLBT's adversarial network (ACME's critic, generator, image discriminator and
+                  heads at the preset's sizes: 128 px for b16) switched on: its cost per step
   max_batch       the baseline at the largest batch `train` estimated to fit, run to check it
   input           tools/bench_input.py on the same data: images/s with one worker and with
                   every core but two, per core, and the per-image costs (the cause, if the
@@ -103,10 +105,22 @@ PLAN: list[tuple[str, int]] = [
     ("bf16_adam_mu", 150),
     ("remat_full", 150),
     ("fsdp", 150),
+    ("adversarial", 180),
     ("input", 60),
     ("lower", 120),
 ]
 MUST_RUN = ("train", "train_pipeline", "torch_eager", "rank", "embed")
+
+
+# configs/common.py's ACME_ADVERSARIAL, spelled out: this driver imports no project code (the
+# stages do), so it runs on a bare GPU image (tests/test_gpu_check.py keeps the two equal).
+ACME_ADVERSARIAL = {
+    "adversarial.enabled": True,
+    "adversarial.align": 0.005,
+    "adversarial.translate": 0.002,
+    "adversarial.gradient_penalty": 10.0,
+    "adversarial.kl": 2.0,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +176,13 @@ def switches(config: dict[str, Any]) -> dict[str, Switch]:
         "bf16_adam_mu": Switch({"train.mu_dtype": "bfloat16"}, {"train.mu_dtype": ""}),
         "remat_full": Switch({"model.remat": "full"}, {"model.remat": "none"}),
         "fsdp": Switch({"train.fsdp": True}, {"train.fsdp": False}),
+        # Not a speed switch but TNLBT's adversarial network (ACME's parts at its weights; the
+        # preset's network sizes): what it costs per step, measured like one, last.
+        "adversarial": Switch(
+            dict(ACME_ADVERSARIAL),
+            {"adversarial.enabled": False},
+            is_on=lambda c: bool(c.get("adversarial.enabled")),
+        ),
     }
 
 

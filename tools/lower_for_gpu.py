@@ -101,7 +101,10 @@ def programs(config: Any, batch_size: int) -> dict[str, tuple[Callable[..., Any]
 
     embed = state_lib.in_eval_mode(graphdef, lambda model, batch: model.embed_pairs(batch))
     out = {
-        "train_step": (make_train_step(graphdef, tx, config), (state, batch)),
+        "train_step": (
+            make_train_step(graphdef, tx, config, state_lib.adversarial_nets(config, VOCAB)),
+            (state, batch),
+        ),
         "eval_embed": (embed, (state.params, state.model_state, batch)),
     }
     if config.model.cross_decoder.enabled:

@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from configs import adamine, ht, je, tnlbt
+from configs import acme, adamine, ht, je, tnlbt
 from xmodal.data import pipeline
 from xmodal.models.layers import count_params
 from xmodal.run import decoder_trains
@@ -37,6 +37,7 @@ PRESETS = [
     ("ht", ht, "vit"),
     ("adamine", adamine, "paper"),
     ("je", je, "paper"),
+    ("acme", acme, "paper"),
 ]
 VOCAB = 16_000  # about H-T's Recipe1M vocabulary
 
@@ -57,7 +58,8 @@ def run_one_step(config, batch_size: int) -> dict[str, float]:
     host = pipeline.random_batch(config.data, batch_size, VOCAB, decoder_tokens=decoder)
     batch = {k: jnp.asarray(v) for k, v in host.items()}
     t1 = time.perf_counter()
-    step = jax.jit(make_train_step(graphdef, tx, config), donate_argnums=0)
+    nets = state_lib.adversarial_nets(config, VOCAB)
+    step = jax.jit(make_train_step(graphdef, tx, config, nets), donate_argnums=0)
     compiled = step.lower(state, batch).compile()
     t2 = time.perf_counter()
     state, metrics = compiled(state, batch)

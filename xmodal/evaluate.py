@@ -166,6 +166,21 @@ def bag_metrics(
     return out
 
 
+def protocol_metrics(
+    image: np.ndarray, recipe: np.ndarray, config: Any, *, split: str | None = None
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """`bag_metrics` under the run's `config.eval` protocol (bags, seed, whole split)."""
+    return bag_metrics(
+        image,
+        recipe,
+        bag_sizes=tuple(config.eval.bag_sizes),
+        num_bags=tuple(config.eval.num_bags),
+        seed=config.eval.seed,
+        full=config.eval.full_split,
+        split=split,
+    )
+
+
 def format_table(results: dict) -> str:
     """A readable table of an eval result (the JSON schema of DESIGN.md)."""
     lines = [
@@ -192,15 +207,7 @@ def evaluate_state(run: Run, state: Any, *, split: str | None = None) -> dict[st
         "split": split,
         "data_dir": run.data_dir,  # the run's own data, or a new test set it was pointed at
         "n_pairs": len(image),
-        **bag_metrics(
-            image,
-            recipe,
-            bag_sizes=tuple(config.eval.bag_sizes),
-            num_bags=tuple(config.eval.num_bags),
-            seed=config.eval.seed,
-            full=config.eval.full_split,
-            split=split,
-        ),
+        **protocol_metrics(image, recipe, config, split=split),
     }
     results_lib.write_result(run.workdir, results_lib.eval_file(split), results)
     if jax.process_index() == 0:

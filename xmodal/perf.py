@@ -74,6 +74,73 @@ def cross_decoder_forward_flops(config: Any, vocab_size: int) -> float:
     return flops + 2.0 * length * w * decoder_targets.decoder_vocab_size(vocab_size)
 
 
+def _conv_flops(size: int, kernel: int, cin: int, cout: int) -> float:
+    """A convolution's forward FLOPs at `size` x `size` outputs."""
+    return 2.0 * size * size * kernel * kernel * cin * cout
+
+
+def generator_forward_flops(adversarial: Any, embed_dim: int) -> float:
+    """ACME's generator (xmodal.models.gan.Generator) on one example: conditioning augmentation,
+    the 4 x 4 projection, four up-blocks (each conv makes 2 x its output channels for the GLU),
+    at 128 px the second stage (joint conv, residual blocks, one more up-block), and the conv
+    to RGB. BatchNorm, GLU and the upsampling are left out."""
+    a = adversarial
+    ngf, gf, ca = a.gf_dim * 16, a.gf_dim, a.ca_dim
+    flops = 2.0 * embed_dim * 4 * ca + 2.0 * (ca + a.z_dim) * ngf * 4 * 4 * 2
+    for i in range(4):
+        flops += _conv_flops(8 * 2**i, 3, ngf // 2**i, 2 * (ngf // 2 ** (i + 1)))
+    if a.image_size == 128:
+        flops += _conv_flops(64, 3, gf + ca, 2 * gf)
+        flops += a.num_residual * (_conv_flops(64, 3, gf, 2 * gf) + _conv_flops(64, 3, gf, gf))
+        flops += _conv_flops(128, 3, gf, 2 * (gf // 2)) + _conv_flops(128, 3, gf // 2, 3)
+    else:
+        flops += _conv_flops(64, 3, gf, 3)
+    return flops
+
+
+def image_discriminator_forward_flops(adversarial: Any) -> float:
+    """ACME's image discriminator (gan.ImageDiscriminator) on one image: the stride-2 4 x 4
+    convs down to 4 x 4 (with the extra 1024-channel block at 128 px), the conditioned joint
+    conv, the real/fake logit and the class head."""
+    a = adversarial
+    ndf, size = a.df_dim, a.image_size
+    flops = _conv_flops(size // 2, 4, 3, ndf)
+    for i in range(3):
+        flops += _conv_flops(size // 2 ** (i + 2), 4, ndf * 2**i, ndf * 2 ** (i + 1))
+    if size == 128:
+        flops += _conv_flops(4, 4, ndf * 8, ndf * 16) + _conv_flops(4, 3, ndf * 16, ndf * 8)
+    flops += _conv_flops(4, 3, ndf * 8 + a.ca_dim, ndf * 8) + _conv_flops(1, 4, ndf * 8, 1)
+    return flops + _conv_flops(1, 4, ndf * 8, ndf * 4) + 2.0 * ndf * 4 * a.num_classes
+
+
+def adversarial_train_flops(config: Any, vocab_size: int) -> dict[str, float]:
+    """FLOPs per example that `config.adversarial` adds to a train step
+    (xmodal.training.adversarial_step), each part x 3 for forward + backward:
+    - generator: once (its images feed both players);
+    - image discriminator: `critic_steps` x (real + generated images) in its own step, plus one
+      pass over the generated images for the generator's loss;
+    - critic: `critic_steps` x (image + recipe + the penalty's mix, whose gradient-of-gradient
+      counts twice) plus one for the encoders' term;
+    - image -> recipe heads: ingredients over the vocabulary and the class head.
+    Returns {'generator', 'image_discriminator', 'critic', 'heads', 'train'}; zeros when off."""
+    a, d = config.adversarial, config.model.embed_dim
+    out = dict.fromkeys(("generator", "image_discriminator", "critic", "heads", "train"), 0.0)
+    if not a.enabled:
+        return out
+    if a.translate > 0 or a.generated_triplet > 0:
+        out["generator"] = 3 * generator_forward_flops(a, d)
+    if a.translate > 0:
+        passes = 2 * a.critic_steps + 1
+        out["image_discriminator"] = 3 * passes * image_discriminator_forward_flops(a)
+        heads = 2.0 * (d * 512 + 512 * 256 + 256 * vocab_size + d * 512 + 512 * a.num_classes)
+        out["heads"] = 3 * heads
+    if a.align > 0:
+        critic = 2.0 * (d * 512 + 512 * 256 + 256)
+        out["critic"] = 3 * (4 * a.critic_steps + 1) * critic
+    out["train"] = sum(v for k, v in out.items() if k != "train")
+    return out
+
+
 def train_flops_per_example(
     config: Any, batch_size: int | None = None, vocab_size: int | None = None
 ) -> dict[str, float]:
@@ -83,7 +150,9 @@ def train_flops_per_example(
     trains the cross decoder its FLOPs are in (`cross_decoder_forward_flops`; they depend on the
     vocabulary, so `vocab_size` is then required).
 
-    Returns {'vit', 'recipe', 'heads', 'loss', 'decoder', 'forward', 'train'} FLOPs per example.
+    With `config.adversarial` on, its networks' training FLOPs are in 'adversarial' and 'train'
+    (`adversarial_train_flops`). Returns {'vit', 'recipe', 'heads', 'loss', 'decoder',
+    'adversarial', 'forward', 'train'} FLOPs per example ('forward': the dual encoder's).
     """
     d, m = config.data, config.model
     vit, text = m.vit, m.text
@@ -118,14 +187,18 @@ def train_flops_per_example(
             raise ValueError("the cross decoder trains: its FLOPs need vocab_size")
         decoder_fwd = cross_decoder_forward_flops(config, vocab_size)
     forward = vit_fwd + recipe_fwd + heads_fwd + loss_fwd + decoder_fwd
+    if config.adversarial.enabled and config.adversarial.translate > 0 and vocab_size is None:
+        raise ValueError("the image -> recipe heads train: their FLOPs need vocab_size")
+    adversarial = adversarial_train_flops(config, vocab_size or 0)["train"]
     return {
         "vit": 3 * vit_fwd,
         "recipe": 3 * recipe_fwd,
         "heads": 3 * heads_fwd,
         "loss": 3 * loss_fwd,
         "decoder": 3 * decoder_fwd,
+        "adversarial": adversarial,
         "forward": forward,
-        "train": 3 * forward,
+        "train": 3 * forward + adversarial,
     }
 
 

@@ -30,6 +30,7 @@ from xmodal.data import decoder_targets, jsonio, records, tokenizer
 from xmodal.data import info as data_info
 from xmodal.data.builtin import dataset as builtin
 from xmodal.data.pipeline import worker_count
+from xmodal.models import gan, layers
 from xmodal.models.dual_encoder import DualEncoder
 from xmodal.runtime import checkpointing, distributed, sharding
 from xmodal.runtime import state as state_lib
@@ -103,6 +104,36 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         )
     if t.grad_accum_steps < 1:
         raise ValueError(f"{method}: train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
+    if config.adversarial.enabled:
+        check_adversarial(config)
+
+
+def check_adversarial(config: ml_collections.ConfigDict) -> None:
+    """`config.adversarial`: at least one part on, values the networks and losses accept, and
+    no gradient accumulation (the discriminators' step, batch-hard mining and BatchNorm's
+    statistics are per global batch; GradCache's replay covers one player only)."""
+    a, method = config.adversarial, config.method
+    if not (a.align > 0 or a.translate > 0 or a.generated_triplet > 0):
+        raise ValueError(
+            f"{method}: adversarial.enabled but adversarial.align, .translate and "
+            ".generated_triplet are all 0: set a weight, or disable it"
+        )
+    if config.train.grad_accum_steps > 1:
+        raise ValueError(
+            f"{method}: adversarial training does not accumulate gradients "
+            f"(train.grad_accum_steps={config.train.grad_accum_steps}): the discriminators step "
+            "on the global batch; lower train.batch_size, or shard it over more devices "
+            "(train.fsdp)"
+        )
+    if a.critic_steps < 1:
+        raise ValueError(f"{method}: adversarial.critic_steps must be >= 1, got {a.critic_steps}")
+    layers.check_choice("adversarial.ingredient_loss", a.ingredient_loss, gan.INGREDIENT_LOSSES)
+    layers.check_choice("adversarial.image_size", a.image_size, gan.IMAGE_SIZES)
+    if a.num_classes < 2:
+        raise ValueError(
+            f"{method}: adversarial.num_classes must count the dish classes and class 0 "
+            f"(>= 2), got {a.num_classes}"
+        )
 
 
 def decoder_trains(config: ml_collections.ConfigDict) -> bool:
@@ -132,6 +163,14 @@ def check_data(
             f"{data_dir!r} was prepared with smaller text limits than this config asks for: "
             + "; ".join(over)
             + ". Lower them in the config, or prepare again with larger --max_* limits"
+        )
+    adversarial = config.adversarial
+    found = info.get("num_classes") or 0
+    classify = adversarial.enabled and adversarial.translate and uses_labels
+    if classify and adversarial.num_classes < found:
+        raise ValueError(
+            f"adversarial.num_classes={adversarial.num_classes} but the dataset has {found} "
+            "classes; set --config.adversarial.num_classes to match"
         )
     heads = config.model.num_classes
     if heads and uses_labels and heads != info.get("num_classes"):

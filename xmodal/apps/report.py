@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from xmodal import evaluate
 from xmodal.data import pipeline, records
+from xmodal.models import gan
 
 PALETTE = [
     "#1f77b4",
@@ -240,6 +241,43 @@ def query_gallery(
     return "\n".join(out)
 
 
+def generated_section(
+    model: Any,
+    recipe: np.ndarray,
+    items: Sequence[dict[str, Any]],
+    photos: dict[int, bytes],
+    queries: Sequence[int],
+) -> str:
+    """For a run trained with a generator (config.adversarial): each query recipe's photo beside
+    the dish image generated from it (seed 0, one draw per query in order); otherwise nothing."""
+    state = getattr(model, "state", None)
+    if (
+        state is None
+        or state.adversarial is None
+        or not gan.has_generator(model.config.adversarial)
+    ):
+        return ""
+    from xmodal.generation import DishGenerator
+
+    images, _ = DishGenerator(model.run, state).generate(recipe[list(queries)], seed=0)
+    cards = []
+    for q, image in zip(queries, images, strict=True):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, "PNG")
+        generated = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        title = html.escape(items[q]["title"])
+        cards.append(
+            f"<div class='q'><div class='card'><img src='{thumbnail(photos[q])}'><br>{title}"
+            f"</div><div class='card'><img src='{generated}'><br>generated from its recipe"
+            "</div></div>"
+        )
+    return (
+        '<h2 id="generated-section">Recipes and the dishes generated from them</h2>\n'
+        f"<p class='muted'>{model.config.adversarial.image_size} px images from the run's "
+        "generator, beside each query's photo.</p>\n" + "\n".join(cards)
+    )
+
+
 def build_report(
     model: Any,
     split: str,
@@ -263,14 +301,7 @@ def build_report(
         "step": model.step,
         "split": split,
         "n_pairs": n,
-        **evaluate.bag_metrics(
-            image,
-            recipe,
-            bag_sizes=tuple(config.eval.bag_sizes),
-            num_bags=tuple(config.eval.num_bags),
-            seed=config.eval.seed,
-            split=split,
-        ),
+        **evaluate.protocol_metrics(image, recipe, config, split=split),
     }
     ranks = {
         "image → recipe": evaluate.retrieval_ranks(image, recipe),
@@ -310,6 +341,7 @@ the whole split at once. Ties count against the model.</p>
 <h2 id="gallery-section">Queries and their top-5</h2>
 <p class="muted">Green border and ✓: the true match.</p>
 {query_gallery(image, recipe, items, photos, queries)}
+{generated_section(model, recipe, items, photos, queries)}
 <h2 id="map-section">Embedding map (t-SNE)</h2>
 <p class="muted">{m} pairs: circles are photos, squares recipes; {colour_key}; lines join each
 photo to its recipe.</p>

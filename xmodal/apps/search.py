@@ -63,6 +63,11 @@ def _parser() -> Any:
     s.add_argument("--title", default="")
     s.add_argument("--ingredients", action="append", default=[], help="repeat, or ';'-separated")
     s.add_argument("--instructions", action="append", default=[], help="repeat, or ';'-separated")
+    s.add_argument(
+        "--generated",
+        help="also write the recipe's generated dish image to this PNG (a run trained with "
+        "a generator, config.adversarial; seed 0)",
+    )
 
     s = sub.add_parser("ingredient", help="AdaMine 5.3: ingredient word(s) -> photos")
     common(s)
@@ -208,9 +213,12 @@ def run(argv: Sequence[str] | None = None, *, model: Any = None) -> Any:
                 "ingredients": _fields(args.ingredients),
                 "instructions": _fields(args.instructions),
             }
-        return s.show(
-            f"recipe {recipe['title']!r}", s.gallery("image"), m.embed_recipes([recipe])[0]
-        )
+        query = m.embed_recipes([recipe])[0]
+        if args.generated:
+            from xmodal.apps.generate import write_generated
+
+            print(f"wrote the generated dish image to {write_generated(m, query, args.generated)}")
+        return s.show(f"recipe {recipe['title']!r}", s.gallery("image"), query)
     if args.command == "ingredient":
         gallery = s.gallery("image")
         keep = None

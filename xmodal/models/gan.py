@@ -21,15 +21,40 @@ and uses BCELoss). Values equal the released modules' on the same weights
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xmodal.models.layers import Dtype
+
 LEAKY_SLOPE = 0.2
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1
 BN_EPS = 1e-5
 IMAGE_SIZES = (64, 128)
+# How the image -> recipe heads' ingredient logits are trained (xmodal.training.adversarial_step):
+# a sigmoid cross-entropy per word, or PyTorch's MultiLabelMarginLoss as ACME.
+INGREDIENT_LOSSES = ("bce", "margin")
+
+
+def resize_square(images: jax.Array, size: int) -> jax.Array:
+    """[B, S, S, C] -> [B, size, size, C] float32 (bilinear; unchanged when S = size)."""
+    x = images.astype(jnp.float32)
+    if x.shape[1] == size:
+        return x
+    return jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), "linear")
+
+
+def to_generator_range(images: jax.Array, size: int) -> jax.Array:
+    """uint8 photos [B, S, S, 3] -> float32 in [-1, 1] at `size` px (the generator's tanh range)."""
+    return resize_square(images, size) / 127.5 - 1.0
+
+
+def to_pixels(images: jax.Array, size: int) -> jax.Array:
+    """Generated images in [-1, 1] -> float32 pixel values in [0, 255] at `size` px: what the
+    image encoder reads (`DualEncoder.embed_image` normalises them like uint8 photos)."""
+    return resize_square((images.astype(jnp.float32) + 1.0) * 127.5, size)
 
 
 def glu(x: jax.Array) -> jax.Array:
@@ -53,7 +78,15 @@ def tile_condition(c: jax.Array, size: int) -> jax.Array:
 
 
 def _conv(
-    cin: int, cout: int, kernel: int, stride: int, pad: int, *, bias: bool, rngs: nnx.Rngs
+    cin: int,
+    cout: int,
+    kernel: int,
+    stride: int,
+    pad: int,
+    *,
+    bias: bool,
+    dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs,
 ) -> nnx.Conv:
     return nnx.Conv(
         cin,
@@ -62,6 +95,7 @@ def _conv(
         strides=stride,
         padding=((pad, pad), (pad, pad)),
         use_bias=bias,
+        dtype=dtype,
         rngs=rngs,
     )
 
@@ -82,11 +116,13 @@ class ConvBnAct(nnx.Module):
         stride: int = 1,
         act: str = "glu",
         up: bool = False,
+        dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         width = 2 * cout if act == "glu" else cout
-        self.conv = _conv(cin, width, kernel, stride, (kernel - 1) // 2, bias=False, rngs=rngs)
-        self.bn = _batch_norm(width, rngs=rngs)
+        pad = (kernel - 1) // 2
+        self.conv = _conv(cin, width, kernel, stride, pad, bias=False, dtype=dtype, rngs=rngs)
+        self.bn = _batch_norm(width, dtype=dtype, rngs=rngs)
         self.act, self.up = act, up
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -97,10 +133,10 @@ class ConvBnAct(nnx.Module):
 class ResBlock(nnx.Module):
     """x + BN(conv(GLU(BN(conv(x))))) (StackGAN-v2's; no activation after the sum)."""
 
-    def __init__(self, channels: int, *, rngs: nnx.Rngs):
-        self.inner = ConvBnAct(channels, channels, rngs=rngs)
-        self.conv = _conv(channels, channels, 3, 1, 1, bias=False, rngs=rngs)
-        self.bn = _batch_norm(channels, rngs=rngs)
+    def __init__(self, channels: int, *, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        self.inner = ConvBnAct(channels, channels, dtype=dtype, rngs=rngs)
+        self.conv = _conv(channels, channels, 3, 1, 1, bias=False, dtype=dtype, rngs=rngs)
+        self.bn = _batch_norm(channels, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x + self.bn(self.conv(self.inner(x)))
@@ -147,25 +183,27 @@ class Generator(nnx.Module):
         gf_dim: int = 64,
         num_residual: int = 2,
         image_size: int = 128,
+        dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         if image_size not in IMAGE_SIZES:
             raise ValueError(f"generator image_size must be one of {IMAGE_SIZES}, got {image_size}")
         ngf = gf_dim * 16
-        self.ca = ConditioningAugmentation(embed_dim, ca_dim, rngs=rngs)
-        self.fc = nnx.Linear(ca_dim + z_dim, ngf * 4 * 4 * 2, use_bias=False, rngs=rngs)
-        self.fc_bn = _batch_norm(ngf * 4 * 4 * 2, rngs=rngs)
+        kw = dict(dtype=dtype, rngs=rngs)
+        self.ca = ConditioningAugmentation(embed_dim, ca_dim, rngs=rngs)  # float32: it is tiny
+        self.fc = nnx.Linear(ca_dim + z_dim, ngf * 4 * 4 * 2, use_bias=False, **kw)
+        self.fc_bn = _batch_norm(ngf * 4 * 4 * 2, **kw)
         self.ups = nnx.List(
-            [ConvBnAct(ngf // 2**i, ngf // 2 ** (i + 1), up=True, rngs=rngs) for i in range(4)]
+            [ConvBnAct(ngf // 2**i, ngf // 2 ** (i + 1), up=True, **kw) for i in range(4)]
         )
         self.ngf, self.image_size = ngf, image_size
         if image_size == 128:
-            self.joint = ConvBnAct(gf_dim + ca_dim, gf_dim, rngs=rngs)
-            self.residual = nnx.List([ResBlock(gf_dim, rngs=rngs) for _ in range(num_residual)])
-            self.up = ConvBnAct(gf_dim, gf_dim // 2, up=True, rngs=rngs)
-            self.to_image = _conv(gf_dim // 2, 3, 3, 1, 1, bias=False, rngs=rngs)
+            self.joint = ConvBnAct(gf_dim + ca_dim, gf_dim, **kw)
+            self.residual = nnx.List([ResBlock(gf_dim, **kw) for _ in range(num_residual)])
+            self.up = ConvBnAct(gf_dim, gf_dim // 2, up=True, **kw)
+            self.to_image = _conv(gf_dim // 2, 3, 3, 1, 1, bias=False, **kw)
         else:
-            self.to_image = _conv(gf_dim, 3, 3, 1, 1, bias=False, rngs=rngs)
+            self.to_image = _conv(gf_dim, 3, 3, 1, 1, bias=False, **kw)
 
     def __call__(
         self, noise: jax.Array, embedding: jax.Array, eps: jax.Array
@@ -183,7 +221,7 @@ class Generator(nnx.Module):
             for block in self.residual:
                 h = block(h)
             h = self.up(h)
-        return jnp.tanh(self.to_image(h)), mu, logvar
+        return jnp.tanh(self.to_image(h).astype(jnp.float32)), mu, logvar
 
 
 class ImageDiscriminator(nnx.Module):
@@ -197,6 +235,7 @@ class ImageDiscriminator(nnx.Module):
         ca_dim: int = 128,
         df_dim: int = 64,
         image_size: int = 128,
+        dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         if image_size not in IMAGE_SIZES:
@@ -204,34 +243,30 @@ class ImageDiscriminator(nnx.Module):
                 f"discriminator image_size must be one of {IMAGE_SIZES}, got {image_size}"
             )
         ndf = df_dim
-        self.stem = _conv(3, ndf, 4, 2, 1, bias=False, rngs=rngs)
-        self.down = nnx.List(
-            [
-                ConvBnAct(
-                    ndf * 2**i, ndf * 2 ** (i + 1), kernel=4, stride=2, act="leaky", rngs=rngs
-                )
-                for i in range(3)
-            ]
-        )
+        kw = dict(dtype=dtype, rngs=rngs)
+        down = functools.partial(ConvBnAct, kernel=4, stride=2, act="leaky", **kw)
+        self.stem = _conv(3, ndf, 4, 2, 1, bias=False, **kw)
+        self.down = nnx.List([down(ndf * 2**i, ndf * 2 ** (i + 1)) for i in range(3)])
         if image_size == 128:  # 8 px -> 4 px, then back to 8 x ndf channels
-            self.down32 = ConvBnAct(ndf * 8, ndf * 16, kernel=4, stride=2, act="leaky", rngs=rngs)
-            self.down32_1 = ConvBnAct(ndf * 16, ndf * 8, act="leaky", rngs=rngs)
-        self.joint = ConvBnAct(ndf * 8 + ca_dim, ndf * 8, act="leaky", rngs=rngs)
-        self.logit = _conv(ndf * 8, 1, 4, 4, 0, bias=True, rngs=rngs)
-        self.class_conv = _conv(ndf * 8, ndf * 4, 4, 4, 0, bias=True, rngs=rngs)
-        self.class_fc = nnx.Linear(ndf * 4, num_classes, rngs=rngs)
-        self.image_size = image_size
+            self.down32 = down(ndf * 8, ndf * 16)
+            self.down32_1 = ConvBnAct(ndf * 16, ndf * 8, act="leaky", **kw)
+        self.joint = ConvBnAct(ndf * 8 + ca_dim, ndf * 8, act="leaky", **kw)
+        self.logit = _conv(ndf * 8, 1, 4, 4, 0, bias=True, **kw)
+        self.class_conv = _conv(ndf * 8, ndf * 4, 4, 4, 0, bias=True, **kw)
+        self.class_fc = nnx.Linear(ndf * 4, num_classes, rngs=rngs)  # float32 logits
+        self.image_size, self.dtype = image_size, dtype
 
     def __call__(self, images: jax.Array, mu: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = leaky(self.stem(images))
+        x = leaky(self.stem(images.astype(self.dtype)))
+        mu = mu.astype(self.dtype)
         for block in self.down:
             x = block(x)
         if self.image_size == 128:
             x = self.down32_1(self.down32(x))
         joint = self.joint(jnp.concatenate([tile_condition(mu, x.shape[1]), x], axis=-1))
-        logit = self.logit(joint).reshape(-1)
+        logit = self.logit(joint).reshape(-1).astype(jnp.float32)
         classes = leaky(self.class_conv(x)).reshape(x.shape[0], -1)
-        return logit, self.class_fc(classes)
+        return logit, self.class_fc(classes.astype(jnp.float32))
 
 
 class ImageToRecipeHeads(nnx.Module):
@@ -256,3 +291,73 @@ class ImageToRecipeHeads(nnx.Module):
         x = x.astype(jnp.float32)
         ingredients = self.ing3(leaky(self.ing2(leaky(self.ing1(x)))))
         return ingredients, self.cls2(leaky(self.cls1(x)))
+
+
+class GenerativeSide(nnx.Module):
+    """What the encoders' optimizer side trains beside them: the recipe -> image generator
+    (with conditioning augmentation) and the image -> recipe heads; either may be absent."""
+
+    def __init__(self, generator: Generator | None, heads: ImageToRecipeHeads | None):
+        self.generator, self.heads = generator, heads
+
+
+class Discriminators(nnx.Module):
+    """The second player: the embedding critic (modality alignment) and the image
+    discriminator (recipe -> image); either may be absent."""
+
+    def __init__(self, critic: EmbeddingCritic | None, image: ImageDiscriminator | None):
+        self.critic, self.image = critic, image
+
+
+def has_generator(adversarial_config: Any) -> bool:
+    """Whether `config.adversarial` builds a generator: a translation or generated-image ranking
+    weight is set."""
+    a = adversarial_config
+    return bool(a.enabled and (a.translate > 0 or a.generated_triplet > 0))
+
+
+def build_adversarial(
+    adversarial_config: Any,
+    *,
+    embed_dim: int,
+    vocab_size: int,
+    dtype: Dtype,
+    rngs: nnx.Rngs,
+) -> tuple[GenerativeSide, Discriminators]:
+    """`config.adversarial`'s networks: the critic when `align` > 0; the generator, the image
+    discriminator and the image -> recipe heads (ingredient words over the recipe vocabulary,
+    dish classes) when `translate` > 0 (the generator alone also for `generated_triplet`)."""
+    a = adversarial_config
+    translate = a.translate > 0
+    generate = a.translate > 0 or a.generated_triplet > 0
+    generator = (
+        Generator(
+            embed_dim,
+            z_dim=a.z_dim,
+            ca_dim=a.ca_dim,
+            gf_dim=a.gf_dim,
+            num_residual=a.num_residual,
+            image_size=a.image_size,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        if generate
+        else None
+    )
+    heads = (
+        ImageToRecipeHeads(embed_dim, vocab_size, a.num_classes, rngs=rngs) if translate else None
+    )
+    critic = EmbeddingCritic(embed_dim, rngs=rngs) if a.align > 0 else None
+    image = (
+        ImageDiscriminator(
+            a.num_classes,
+            ca_dim=a.ca_dim,
+            df_dim=a.df_dim,
+            image_size=a.image_size,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        if translate
+        else None
+    )
+    return GenerativeSide(generator, heads), Discriminators(critic, image)

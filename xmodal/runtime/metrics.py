@@ -16,6 +16,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
+NONFINITE = "nonfinite"  # step metric: 1 when the step's loss or gradient was not finite
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -49,6 +50,12 @@ class MetricWriter:
         for k, v in values.items():
             self._tb.add_scalar(k, v, int(step))
         self._tb.flush()
+
+    def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """One uint8 [H, W, 3] picture to TensorBoard (not to metrics.jsonl)."""
+        if self._active:
+            self._tb.add_image(tag, image, int(step), dataformats="HWC")
+            self._tb.flush()
 
     def close(self) -> None:
         if self._active:

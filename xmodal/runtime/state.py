@@ -17,12 +17,29 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from xmodal.models import gan
 from xmodal.models.dual_encoder import build_model
+from xmodal.models.layers import resolve_dtype
 from xmodal.runtime import sharding
 
 # Dropout keys come from the counter-based 'rbg' generator: threefry's bit generation dominates
 # XLA compile time on CPU (about 3x) and costs step time on accelerators (as in big_vision).
 RNG_IMPL = "rbg"
+
+
+@flax.struct.dataclass
+class AdversarialState:
+    """The adversarial networks' arrays (`config.adversarial`, `gan.build_adversarial`): the
+    generative side (generator, image -> recipe heads) and the discriminators, each with its own
+    optimizer state. Kept apart from the model's, so `model.init_from` a retrieval run still
+    matches parameter for parameter."""
+
+    gen_params: nnx.State
+    gen_state: nnx.State  # batch statistics
+    gen_opt_state: optax.OptState
+    disc_params: nnx.State
+    disc_state: nnx.State
+    disc_opt_state: optax.OptState
 
 
 @flax.struct.dataclass
@@ -32,6 +49,17 @@ class TrainState:
     model_state: nnx.State  # everything else the model carries (RNG streams, batch statistics)
     opt_state: optax.OptState
     rng: jax.Array  # base key; per-step dropout keys are folded from it, so resumes are exact
+    adversarial: AdversarialState | None = None  # with config.adversarial.enabled
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversarialNets:
+    """The static half of `AdversarialState`: both sides' graph definitions and optimizers."""
+
+    gen_graphdef: nnx.GraphDef
+    disc_graphdef: nnx.GraphDef
+    gen_tx: optax.GradientTransformation
+    disc_tx: optax.GradientTransformation
 
 
 def in_eval_mode(graphdef: nnx.GraphDef, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,7 +76,10 @@ def in_eval_mode(graphdef: nnx.GraphDef, fn: Callable[..., Any]) -> Callable[...
 
 
 def learning_rate_schedule(train_config: Any) -> optax.Schedule:
-    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `num_steps`."""
+    """Linear warm-up to `lr`, then cosine decay to `lr * min_lr_ratio` at `num_steps`; without
+    warm-up or decay, the constant `lr` (one compiled step for every `num_steps`)."""
+    if train_config.warmup_steps == 0 and train_config.min_lr_ratio == 1.0:
+        return optax.constant_schedule(train_config.lr)
     warmup = min(train_config.warmup_steps, max(train_config.num_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
@@ -138,21 +169,75 @@ def make_model(config: Any, vocab_size: int, seed: int) -> nnx.Module:
     )
 
 
+def adversarial_optimizer(config: Any) -> optax.GradientTransformation:
+    """Adam at a constant `adversarial.lr` (ACME's, for each player), no weight decay."""
+    a = config.adversarial
+    return optax.adam(a.lr, b1=a.b1, b2=a.b2)
+
+
+def init_adversarial(config: Any, vocab_size: int) -> tuple[AdversarialNets, AdversarialState]:
+    """`config.adversarial`'s networks, initialised from a stream of their own (`seed` folded),
+    so switching them on leaves the model's initial weights as they were."""
+    rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed, impl=RNG_IMPL), 1))
+    generative, discriminators = gan.build_adversarial(
+        config.adversarial,
+        embed_dim=config.model.embed_dim,
+        vocab_size=vocab_size,
+        dtype=resolve_dtype(config.model.dtype),
+        rngs=rngs,
+    )
+    gen_graphdef, gen_params, gen_state = nnx.split(generative, nnx.Param, ...)
+    disc_graphdef, disc_params, disc_state = nnx.split(discriminators, nnx.Param, ...)
+    gen_tx = disc_tx = adversarial_optimizer(config)
+    nets = AdversarialNets(gen_graphdef, disc_graphdef, gen_tx, disc_tx)
+    state = AdversarialState(
+        gen_params=gen_params,
+        gen_state=gen_state,
+        gen_opt_state=gen_tx.init(gen_params),
+        disc_params=disc_params,
+        disc_state=disc_state,
+        disc_opt_state=disc_tx.init(disc_params),
+    )
+    return nets, state
+
+
 def init_train_state(
     config: Any, vocab_size: int
 ) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
-    """Build the model and optimizer; returns (graphdef, state, optimizer)."""
+    """Build the model and optimizer; returns (graphdef, state, optimizer). With
+    `config.adversarial.enabled` the state carries the adversarial networks too (their static
+    half: `adversarial_nets`)."""
     model = make_model(config, vocab_size, config.seed)
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(config.train, freeze_image=config.model.freeze_image)
+    adversarial = None
+    if config.adversarial.enabled:
+        _, adversarial = init_adversarial(config, vocab_size)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         model_state=model_state,
         opt_state=tx.init(params),
         rng=jax.random.key(config.seed, impl=RNG_IMPL),
+        adversarial=adversarial,
     )
     return graphdef, state, tx
+
+
+def adversarial_nets(config: Any, vocab_size: int) -> AdversarialNets | None:
+    """The adversarial networks' graph definitions and optimizers (nothing allocated), or None
+    when `config.adversarial.enabled` is off: what the train step needs beside the state."""
+    if not config.adversarial.enabled:
+        return None
+    box: list[AdversarialNets] = []
+
+    def init() -> AdversarialState:
+        nets, state = init_adversarial(config, vocab_size)
+        box.append(nets)
+        return state
+
+    jax.eval_shape(init)
+    return box[0]
 
 
 def abstract_train_state(
@@ -195,12 +280,23 @@ def state_shardings(
         shape = getattr(x, "shape", ())
         return sharding.fsdp_sharding(shape, mesh, fsdp_min_size) if shape else rep
 
+    adversarial = abstract_state.adversarial
+    if adversarial is not None:
+        adversarial = adversarial.replace(
+            gen_params=jax.tree.map(leaf, adversarial.gen_params),
+            gen_opt_state=jax.tree.map(leaf, adversarial.gen_opt_state),
+            gen_state=jax.tree.map(lambda _: rep, adversarial.gen_state),
+            disc_params=jax.tree.map(leaf, adversarial.disc_params),
+            disc_opt_state=jax.tree.map(leaf, adversarial.disc_opt_state),
+            disc_state=jax.tree.map(lambda _: rep, adversarial.disc_state),
+        )
     return abstract_state.replace(
         params=jax.tree.map(leaf, abstract_state.params),
         opt_state=jax.tree.map(leaf, abstract_state.opt_state),
         step=rep,
         model_state=jax.tree.map(lambda _: rep, abstract_state.model_state),
         rng=rep,
+        adversarial=adversarial,
     )
 
 
@@ -224,6 +320,7 @@ class StateLayout:
     tx: optax.GradientTransformation
     config: Any
     vocab_size: int
+    adversarial: AdversarialNets | None = None  # with config.adversarial.enabled
 
     @classmethod
     def create(cls, config: Any, vocab_size: int, mesh: Mesh) -> StateLayout:
@@ -231,7 +328,15 @@ class StateLayout:
         shardings = state_shardings(
             abstract, mesh, fsdp=config.train.fsdp, fsdp_min_size=config.train.fsdp_min_size
         )
-        return cls(graphdef, with_shardings(abstract, shardings), shardings, tx, config, vocab_size)
+        return cls(
+            graphdef,
+            with_shardings(abstract, shardings),
+            shardings,
+            tx,
+            config,
+            vocab_size,
+            adversarial_nets(config, vocab_size),
+        )
 
     def init(self) -> TrainState:
         """A freshly initialised state, created directly in its shardings."""

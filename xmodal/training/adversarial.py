@@ -79,10 +79,12 @@ def weighted_class_loss(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array
 ) -> jax.Array:
     """Softmax cross-entropy averaged with per-class weights, as PyTorch's CrossEntropyLoss(weight):
-    sum_i w[y_i] nll_i / sum_i w[y_i]. ACME weighs class 0 (no class) by 0."""
+    sum_i w[y_i] nll_i / sum_i w[y_i]. ACME weighs class 0 (no class) by 0. A batch whose
+    weights are all 0 gives 0 (PyTorch: NaN, which would stop the run)."""
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     w = class_weights[labels]
-    return jnp.sum(w * nll) / jnp.sum(w)
+    total = jnp.sum(w)
+    return jnp.sum(w * nll) / jnp.where(total > 0, total, 1.0)
 
 
 def multilabel_margin_loss(scores: jax.Array, targets: jax.Array) -> jax.Array:

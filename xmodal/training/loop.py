@@ -16,6 +16,8 @@ from tqdm import tqdm
 from xmodal import evaluate
 from xmodal.data import info as data_info
 from xmodal.data import pipeline, schema
+from xmodal.generation import SampleGrid
+from xmodal.models import gan
 from xmodal.run import Run, decoder_trains
 from xmodal.runtime import checkpointing, distributed, preemption, sharding
 from xmodal.runtime import state as state_lib
@@ -23,6 +25,7 @@ from xmodal.runtime.metrics import MetricWriter
 from xmodal.training.step import NONFINITE, compile_train_step
 
 NONFINITE_POLICIES = ("stop", "skip")
+SAMPLES_TAG = "generated/val"  # TensorBoard: validation photos above their recipes' images
 
 
 def check_workdir(workdir: str) -> None:
@@ -71,6 +74,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start < total:  # several processes: all compiled before the first collective
         step_fn = distributed.compile_together(step_fn, "the train step", state, batches.peek())
     writer = MetricWriter(workdir, start_step=start)
+    samples = SampleGrid(run) if gan.has_generator(config.adversarial) else None
     progress = tqdm(
         total=total, initial=start, desc="train", unit="step", disable=jax.process_index() != 0
     )
@@ -95,6 +99,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         step, metrics, tick, config.train.batch_size, watch, writer, progress
                     )
                 val = _validate_and_report(run, state, step, writer, progress) if eval_now else None
+                if eval_now and samples is not None:
+                    writer.write_image(step, SAMPLES_TAG, samples(state))
                 saving = time.perf_counter()
                 if save_now:
                     checkpointing.save(manager, step, state, batches.get_state(), metrics=val)

@@ -15,9 +15,10 @@ from jax.sharding import Mesh
 
 from xmodal.runtime import sharding
 from xmodal.runtime import state as state_lib
-from xmodal.training import accumulate, losses
+from xmodal.runtime.metrics import NONFINITE
+from xmodal.training import accumulate, adversarial_step, losses
 
-NONFINITE = "nonfinite"  # step metric: 1 when the step's loss or gradient was not finite
+__all__ = ["NONFINITE", "TrainStep", "compile_train_step", "make_train_step"]
 
 TrainStep = Callable[
     [state_lib.TrainState, dict[str, jax.Array]],
@@ -29,8 +30,13 @@ def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
     config: ml_collections.ConfigDict,
+    adversarial: state_lib.AdversarialNets | None = None,
 ) -> TrainStep:
     """Pure step: (state, global batch) -> (new state, scalar metrics).
+
+    With `config.adversarial.enabled`, ACME's two-player step
+    (`xmodal.training.adversarial_step`), given the networks' static half `adversarial`
+    (`StateLayout.adversarial`, `state.adversarial_nets`).
 
     Every step reports `NONFINITE` = 1 when its loss or gradient is not finite; the loop reads
     the flag when it fetches metrics anyway (`loop.NonFiniteWatch`). The global gradient norm is
@@ -43,6 +49,13 @@ def make_train_step(
     the optimizer state's structure, unlike `optax.apply_if_finite` (checkpoints restore under
     either policy), and also holds back the non-parameter state (batch statistics).
     """
+    if config.adversarial.enabled:
+        if adversarial is None:
+            raise ValueError(
+                "config.adversarial.enabled: the train step needs the adversarial networks' "
+                "graph definitions and optimizers (runtime.state.adversarial_nets)"
+            )
+        return adversarial_step.make_adversarial_train_step(graphdef, tx, config, adversarial)
     loss_config = config.loss
     total_steps = config.train.num_steps
     schedule = state_lib.learning_rate_schedule(config.train)
@@ -108,7 +121,7 @@ def compile_train_step(
     metrics replicated, and the state donated (updated in place). Call it, or `.lower(...)` it
     for ahead-of-time compilation."""
     return jax.jit(
-        make_train_step(layout.graphdef, layout.tx, config),
+        make_train_step(layout.graphdef, layout.tx, config, layout.adversarial),
         in_shardings=(layout.shardings, sharding.batch_sharding(mesh)),
         out_shardings=(layout.shardings, sharding.replicated(mesh)),
         donate_argnums=0,

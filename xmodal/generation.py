@@ -1,0 +1,315 @@
+"""Recipe -> dish image with a trained run's generator (`config.adversarial`), and generation
+measured as ACME and TNLBT measure it (the command line is `python -m xmodal.apps.generate`).
+
+- `DishGenerator.images`: recipe embeddings -> uint8 images at `adversarial.image_size`, each row
+  drawn from its own key (the seed folded with the row's position), so an image depends on the
+  seed and its recipe only, not on the batch it was generated in.
+- `evaluate_generated`: the generated test images embedded by the run's image encoder and ranked
+  against the recipes (generated image -> recipe and recipe -> generated image, the bag protocol
+  of `xmodal.evaluate`), and a dish-class probe: a ridge-regression classifier on the frozen image
+  encoder's embeddings of the *real* train photos, asked to name the class of each generated test
+  image (and, for reference, of each real test photo). Written to WORKDIR/generated_<split>.json.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from xmodal.data import pipeline, schema
+from xmodal.evaluate import format_table, protocol_metrics
+from xmodal.models.gan import resize_square
+from xmodal.run import Run
+from xmodal.runtime import results as results_lib
+from xmodal.runtime import sharding
+from xmodal.runtime.state import in_eval_mode
+
+PROBE = "ridge classifier on the frozen image encoder's embeddings of real train photos"
+RIDGE = 1e-2  # relative to the mean squared embedding norm (1 for unit embeddings)
+
+
+def generated_file(split: str) -> str:
+    return f"generated_{split}.json"
+
+
+def _in_batches(fn: Callable[..., Any], arrays: Sequence[np.ndarray], size: int) -> Any:
+    """`fn(*chunk)` over rows in fixed-size batches (the last padded with zeros, so one
+    compiled program serves every call), outputs concatenated without the padding."""
+    n, outs = len(arrays[0]), []
+    for start in range(0, n, size):
+        chunk = [a[start : start + size] for a in arrays]
+        real = len(chunk[0])
+        chunk = [np.concatenate([c, np.zeros((size - real, *c.shape[1:]), c.dtype)]) for c in chunk]
+        outs.append(jax.tree.map(lambda x, m=real: np.asarray(x)[:m], fn(*chunk)))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+def _batch_size(n: int, config: Any, devices: int) -> int:
+    size = max(devices, int(config.eval.batch_size))
+    return min(size, -(-n // devices) * devices)
+
+
+class DishGenerator:
+    """A run's generator and image encoder on a train state (`state` may be replaced: the train
+    loop's sample grid keeps one generator across validations)."""
+
+    def __init__(self, run: Run, state: Any):
+        nets = run.layout.adversarial
+        if state.adversarial is None or nets is None:
+            raise ValueError(
+                f"{run.workdir!r} was trained without adversarial networks "
+                "(config.adversarial.enabled is False): it has no generator"
+            )
+        side = nnx.merge(
+            nets.gen_graphdef, state.adversarial.gen_params, state.adversarial.gen_state
+        )
+        if side.generator is None:
+            raise ValueError(
+                f"{run.workdir!r} has no generator (adversarial.translate and "
+                ".generated_triplet were 0): train with a translation weight to generate images"
+            )
+        self.run, self.state = run, state
+        self.config = run.config
+        a = self.config.adversarial
+        self.image_size, self.z_dim, self.ca_dim = a.image_size, a.z_dim, a.ca_dim
+        encoder_size = self.config.data.image_size
+        graphdef, gen_graphdef = run.graphdef, nets.gen_graphdef
+
+        def generate(params, model_state, gen_params, gen_state, embeddings, noise, eps):
+            gen = nnx.merge(gen_graphdef, gen_params, gen_state)
+            gen.eval()
+            fake, _, _ = gen.generator(noise, embeddings, eps)
+            encoder = nnx.merge(graphdef, params, model_state)
+            encoder.eval()
+            # the encoder reads the generated image as it would read it from a file: 8-bit
+            pixels = jnp.clip(jnp.round((fake + 1.0) * 127.5), 0.0, 255.0)
+            embedded = encoder.embed_image(resize_square(pixels, encoder_size))
+            return pixels.astype(jnp.uint8), embedded
+
+        self._generate = jax.jit(generate)
+
+    @classmethod
+    def from_workdir(
+        cls,
+        workdir: str,
+        config: ml_collections.ConfigDict | None = None,
+        *,
+        which: str | int | None = None,
+    ) -> DishGenerator:
+        """WORKDIR's run (its recorded config unless `config`), restored onto one device."""
+        run = Run.from_workdir(workdir, config, mesh=sharding.make_mesh(1))
+        return cls(run, run.restore(which))
+
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+    def embed_split(self, split: str, *, limit: int | None = None) -> tuple[Any, Any]:
+        """(photo, recipe) embeddings of the first `limit` pairs of `split`."""
+        return self.run.embed_split(self.state, split, limit=limit)
+
+    def draws(self, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(noise [rows, z_dim], conditioning draws [rows, ca_dim]) of rows 0..rows-1."""
+        base = jax.random.key(seed)
+
+        def row(i):
+            k_noise, k_eps = jax.random.split(jax.random.fold_in(base, i))
+            return (
+                jax.random.normal(k_noise, (self.z_dim,)),
+                jax.random.normal(k_eps, (self.ca_dim,)),
+            )
+
+        noise, eps = jax.jit(jax.vmap(row))(jnp.arange(rows))
+        return np.asarray(noise), np.asarray(eps)
+
+    def generate(self, embeddings: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Recipe embeddings [N, D] -> (uint8 images [N, S, S, 3], their embeddings by the run's
+        image encoder [N, D]); row i's draw is the seed's row i."""
+        embeddings = np.asarray(embeddings, np.float32)
+        n = len(embeddings)
+        if n == 0:
+            raise ValueError("no recipes to generate images for")
+        noise, eps = self.draws(n, seed)
+        state, adv = self.state, self.state.adversarial
+
+        def run(*chunk):
+            return self._generate(
+                state.params, state.model_state, adv.gen_params, adv.gen_state, *chunk
+            )
+
+        size = _batch_size(n, self.config, self.run.mesh.size)
+        return _in_batches(run, [embeddings, noise, eps], size)
+
+
+def image_embedder(run: Run, state: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 photos [N, S, S, 3] (S: the run's data.image_size) -> the run's unit embeddings."""
+    embed = jax.jit(in_eval_mode(run.graphdef, lambda model, images: model.embed_image(images)))
+    size = lambda n: _batch_size(n, run.config, run.mesh.size)
+    return lambda images: _in_batches(
+        lambda x: embed(state.params, state.model_state, x), [images], size(len(images))
+    )
+
+
+def real_photos(data_dir: str, split: str, data_config: Any, n: int) -> np.ndarray:
+    """The first `n` photos of `split` as the eval pipeline reads them (centre crop, uint8)."""
+    ds, _ = pipeline.eval_dataset(data_dir, split, data_config, batch_size=n, limit=n)
+    batch = next(iter(ds))
+    return np.asarray(batch[schema.IMAGE])[np.asarray(batch[schema.VALID])][:n]
+
+
+def side_by_side(
+    rows: Sequence[np.ndarray], size: int, columns: int = 8, gap: int = 2
+) -> np.ndarray:
+    """Image rows (each uint8 [N, S, S, 3], the same N; shown at `size` px) -> one uint8
+    picture: for each block of `columns` items, the rows stacked (real photos above the
+    images generated from their recipes)."""
+    rows = [r if r.shape[1] == size else _resize(r, size) for r in rows]
+    n = len(rows[0])
+    block_height = len(rows) * (size + gap) + gap
+    out = np.full((-(-n // columns) * block_height, columns * (size + gap) + gap, 3), 255, np.uint8)
+    for i in range(n):
+        block, col = divmod(i, columns)
+        for r, images in enumerate(rows):
+            y = block * block_height + gap + r * (size + gap)
+            x = gap + col * (size + gap)
+            out[y : y + size, x : x + size] = images[i]
+    return out
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(resize_square(jnp.asarray(images), size).round().clip(0, 255), np.uint8)
+
+
+class SampleGrid:
+    """The train loop's picture of generation at each validation: the first `count` validation
+    photos above the images generated from their recipes, the same draws every time."""
+
+    def __init__(self, run: Run, count: int = 16, seed: int = 0):
+        self.run, self.count, self.seed = run, count, seed
+        self._generator: DishGenerator | None = None
+        self._real: np.ndarray | None = None
+
+    def __call__(self, state: Any) -> np.ndarray:
+        if self._generator is None:
+            self._generator = DishGenerator(self.run, state)
+            self._real = real_photos(self.run.data_dir, "val", self.run.config.data, self.count)
+        self._generator.state = state
+        _, recipe = self.run.embed_split(state, "val", limit=self.count)
+        images, _ = self._generator.generate(recipe, seed=self.seed)
+        return side_by_side([self._real, images], images.shape[1])
+
+
+def ridge_classifier(
+    features: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(W [D, C], b [C]) of least squares to one-hot targets with a ridge `RIDGE`: a
+    deterministic linear probe, no training schedule to tune."""
+    x = np.asarray(features, np.float64)
+    mean = x.mean(axis=0)
+    xc = x - mean
+    y = np.eye(num_classes)[labels]
+    ridge = RIDGE * float(np.mean(np.sum(x * x, axis=1)))
+    w = np.linalg.solve(xc.T @ xc + ridge * len(x) * np.eye(x.shape[1]), xc.T @ (y - y.mean(0)))
+    return w, y.mean(0) - mean @ w
+
+
+def classify(features: np.ndarray, probe: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    w, b = probe
+    return np.argmax(np.asarray(features, np.float64) @ w + b, axis=1)
+
+
+def _class_ids(data_dir: str, split: str, limit: int | None = None) -> np.ndarray:
+    meta = pipeline.split_metadata(data_dir, split, limit=limit, fields=("class_id",))
+    return np.array([m["class_id"] for m in meta], np.int64)
+
+
+def evaluate_generated(
+    generator: DishGenerator,
+    *,
+    split: str | None = None,
+    seed: int = 0,
+    train_split: str = "train",
+    probe_from: str | None = None,
+) -> dict[str, Any]:
+    """Generated images of every recipe of `split`, scored (module docstring); writes and returns
+    WORKDIR/generated_<split>.json. `probe_from`: the class probe reads images with the image
+    encoder of that run (on the same data) instead of this run's, an encoder the generator was
+    never trained against."""
+    config = generator.config
+    split = split or config.eval.split
+    _, recipe = generator.embed_split(split)
+    generated, embedded = generator.generate(recipe, seed=seed)
+    ranking = protocol_metrics(embedded, recipe, config, split=split)
+    results = {
+        "step": generator.step,
+        "split": split,
+        "seed": seed,
+        "n_pairs": len(recipe),
+        "image_size": generator.image_size,
+        "generated_image_to_recipe": ranking["image_to_recipe"],
+        "recipe_to_generated_image": ranking["recipe_to_image"],
+        "class_probe": class_probe(generator, generated, split, train_split, probe_from),
+    }
+    results_lib.write_result(generator.run.workdir, generated_file(split), results)
+    if jax.process_index() == 0:
+        table = {
+            "split": split,
+            "step": generator.step,
+            "n_pairs": len(recipe),
+            "image_to_recipe": ranking["image_to_recipe"],
+            "recipe_to_image": ranking["recipe_to_image"],
+        }
+        print("generated images (image = the generated image of each recipe):")
+        print(format_table(table))
+        probe = results["class_probe"]
+        print(
+            f"class probe ({probe['probe']}): generated {probe['generated_accuracy']:.3f}, real "
+            f"{probe['real_accuracy']:.3f}, chance {probe['chance']:.3f}"
+        )
+    return results
+
+
+def class_probe(
+    generator: DishGenerator,
+    generated: np.ndarray,
+    split: str,
+    train_split: str,
+    probe_from: str | None,
+) -> dict[str, Any]:
+    """The ridge probe trained on the real `train_split` photos as an image encoder embeds them
+    (this run's, or `probe_from`'s), scored on the generated images of `split` and, for
+    reference, on its real photos; rows of class 0 (no dish class) are left out."""
+    run, state = generator.run, generator.state
+    if probe_from:
+        run = Run.from_workdir(probe_from, mesh=sharding.make_mesh(1))
+        if os.path.realpath(run.data_dir) != os.path.realpath(generator.run.data_dir):
+            raise ValueError(
+                f"probe_from={probe_from!r} was trained on {run.data_dir!r}, not on this "
+                f"run's data {generator.run.data_dir!r}: its classes would not be these"
+            )
+        state = run.restore()
+    train_image, _ = run.embed_split(state, train_split)
+    test_image, _ = run.embed_split(state, split)
+    embedded = image_embedder(run, state)(_resize(generated, run.config.data.image_size))
+    data_dir = generator.run.data_dir
+    train_classes = _class_ids(data_dir, train_split)
+    labelled = train_classes > 0
+    num_classes = int(max(train_classes.max(), generator.config.adversarial.num_classes - 1)) + 1
+    probe = ridge_classifier(train_image[labelled], train_classes[labelled], num_classes)
+    classes = _class_ids(data_dir, split)
+    scored = classes > 0
+    return {
+        "probe": f"{PROBE} ({probe_from or 'this run'})",
+        "train_photos": int(labelled.sum()),
+        "scored": int(scored.sum()),
+        "chance": 1.0 / max(len(np.unique(train_classes[labelled])), 1),
+        "generated_accuracy": float(np.mean(classify(embedded[scored], probe) == classes[scored])),
+        "real_accuracy": float(np.mean(classify(test_image[scored], probe) == classes[scored])),
+    }
