@@ -16,7 +16,7 @@ from xmodal.data import schema
 from xmodal.runtime import checkpointing, sharding
 from xmodal.runtime import state as state_lib
 from xmodal.training import adversarial as terms
-from xmodal.training.adversarial_step import ingredient_words
+from xmodal.training.adversarial_step import ingredient_loss, ingredient_words
 from xmodal.training.step import NONFINITE, compile_train_step, make_train_step
 
 # Every part on, at the smallest widths the networks take.
@@ -140,6 +140,24 @@ def test_ingredient_targets_are_the_words_of_the_ingredient_lines():
     expected[0, [5, 6, 7]] = 1.0
     expected[1, 9] = 1.0  # 1 (the unknown word) and 0 (padding) are not ingredients
     np.testing.assert_array_equal(hot, expected)
+
+
+def test_ingredient_losses_are_the_documented_terms():
+    logits = jnp.array([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    targets = jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    p = 1 / (1 + np.exp(-np.asarray(logits)))
+    t = np.asarray(targets)
+    bce = -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))
+    np.testing.assert_allclose(ingredient_loss(logits, targets, "bce"), bce, rtol=1e-6)
+    # MultiLabelMarginLoss on the probabilities: row 0 targets {0, 2} vs 1; row 1 {1} vs 0, 2.
+    rows = [
+        (max(0, 1 - (p[0, 0] - p[0, 1])) + max(0, 1 - (p[0, 2] - p[0, 1]))) / 3,
+        (max(0, 1 - (p[1, 1] - p[1, 0])) + max(0, 1 - (p[1, 1] - p[1, 2]))) / 3,
+    ]
+    margin = ingredient_loss(logits, targets, "margin")
+    np.testing.assert_allclose(margin, np.mean(rows), rtol=1e-6)
+    with pytest.raises(ValueError, match="ingredient_loss must be one of"):
+        ingredient_loss(logits, targets, "hinge")
 
 
 def test_fsdp_on_8_devices_takes_the_one_device_step(one_step):
