@@ -29,7 +29,7 @@ from xmodal.models.gan import resize_square
 from xmodal.run import Run
 from xmodal.runtime import results as results_lib
 from xmodal.runtime import sharding
-from xmodal.runtime.state import in_eval_mode
+from xmodal.runtime.embed import eval_jit
 
 PROBE = "ridge classifier on the frozen image encoder's embeddings of real train photos"
 RIDGE = 1e-2  # relative to the mean squared embedding norm (1 for unit embeddings)
@@ -82,7 +82,16 @@ class DishGenerator:
         encoder_size = self.config.data.image_size
         graphdef, gen_graphdef = run.graphdef, nets.gen_graphdef
 
-        def generate(params, model_state, gen_params, gen_state, embeddings, noise, eps):
+        z_dim, ca_dim = self.z_dim, self.ca_dim
+
+        def draw(seed: jax.Array, row: jax.Array) -> tuple[jax.Array, jax.Array]:
+            k_noise, k_eps = jax.random.split(jax.random.fold_in(jax.random.key(seed), row))
+            return jax.random.normal(k_noise, (z_dim,)), jax.random.normal(k_eps, (ca_dim,))
+
+        def generate(params, model_state, gen_params, gen_state, embeddings, rows, seed):
+            # the draws are made in the program, from the row's index: one compiled program per
+            # batch size, whatever the seed or the rows
+            noise, eps = jax.vmap(draw, in_axes=(None, 0))(seed, rows)
             gen = nnx.merge(gen_graphdef, gen_params, gen_state)
             gen.eval()
             fake, _, _ = gen.generator(noise, embeddings, eps)
@@ -115,20 +124,6 @@ class DishGenerator:
         """(photo, recipe) embeddings of the first `limit` pairs of `split`."""
         return self.run.embed_split(self.state, split, limit=limit)
 
-    def draws(self, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """(noise [rows, z_dim], conditioning draws [rows, ca_dim]) of rows 0..rows-1."""
-        base = jax.random.key(seed)
-
-        def row(i):
-            k_noise, k_eps = jax.random.split(jax.random.fold_in(base, i))
-            return (
-                jax.random.normal(k_noise, (self.z_dim,)),
-                jax.random.normal(k_eps, (self.ca_dim,)),
-            )
-
-        noise, eps = jax.jit(jax.vmap(row))(jnp.arange(rows))
-        return np.asarray(noise), np.asarray(eps)
-
     def generate(self, embeddings: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Recipe embeddings [N, D] -> (uint8 images [N, S, S, 3], their embeddings by the run's
         image encoder [N, D]); row i's draw is the seed's row i."""
@@ -136,21 +131,27 @@ class DishGenerator:
         n = len(embeddings)
         if n == 0:
             raise ValueError("no recipes to generate images for")
-        noise, eps = self.draws(n, seed)
         state, adv = self.state, self.state.adversarial
+        seed_array = np.int32(seed)
 
-        def run(*chunk):
+        def run(chunk, rows):
             return self._generate(
-                state.params, state.model_state, adv.gen_params, adv.gen_state, *chunk
+                state.params,
+                state.model_state,
+                adv.gen_params,
+                adv.gen_state,
+                chunk,
+                rows,
+                seed_array,
             )
 
         size = _batch_size(n, self.config, self.run.mesh.size)
-        return _in_batches(run, [embeddings, noise, eps], size)
+        return _in_batches(run, [embeddings, np.arange(n, dtype=np.int32)], size)
 
 
 def image_embedder(run: Run, state: Any) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 photos [N, S, S, 3] (S: the run's data.image_size) -> the run's unit embeddings."""
-    embed = jax.jit(in_eval_mode(run.graphdef, lambda model, images: model.embed_image(images)))
+    embed = eval_jit(run.layout, run.mesh, lambda model, images: model.embed_image(images))
     size = lambda n: _batch_size(n, run.config, run.mesh.size)
     return lambda images: _in_batches(
         lambda x: embed(state.params, state.model_state, x), [images], size(len(images))

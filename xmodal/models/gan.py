@@ -312,8 +312,11 @@ class Discriminators(nnx.Module):
 def has_generator(adversarial_config: Any) -> bool:
     """Whether `config.adversarial` builds a generator: a translation or generated-image ranking
     weight is set."""
-    a = adversarial_config
-    return bool(a.enabled and (a.translate > 0 or a.generated_triplet > 0))
+    return bool(adversarial_config.enabled and _generates(adversarial_config))
+
+
+def _generates(a: Any) -> bool:
+    return a.translate > 0 or a.generated_triplet > 0
 
 
 def build_adversarial(
@@ -329,7 +332,7 @@ def build_adversarial(
     dish classes) when `translate` > 0 (the generator alone also for `generated_triplet`)."""
     a = adversarial_config
     translate = a.translate > 0
-    generate = a.translate > 0 or a.generated_triplet > 0
+    generate = _generates(a)
     generator = (
         Generator(
             embed_dim,
