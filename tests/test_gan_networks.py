@@ -48,13 +48,13 @@ class Porter:
         self.unused = {k for k in sd if k.startswith(unused) or k.endswith("num_batches_tracked")}
 
     def linear(self, layer, prefix: str) -> None:
-        import_weights._linear(layer, self.sd, prefix, self.used)
+        import_weights.load_linear(layer, self.sd, prefix, self.used)
 
     def conv(self, layer, prefix: str) -> None:
-        import_weights._conv(layer, self.sd, prefix, self.used)
+        import_weights.load_conv(layer, self.sd, prefix, self.used)
 
     def bn(self, layer, prefix: str) -> None:
-        import_weights._batch_norm(layer, self.sd, prefix, self.used)
+        import_weights.load_batch_norm(layer, self.sd, prefix, self.used)
 
     def block(self, block, conv: str, bn: str) -> None:
         self.conv(block.conv, conv)

@@ -12,6 +12,7 @@ from PIL import Image
 from tensorboardX.proto.event_pb2 import Event
 from test_long_run import _tfrecords
 
+from xmodal import fid as fid_lib
 from xmodal.apps import generate as generate_app
 from xmodal.apps import report, search
 from xmodal.apps.retrieval import RetrievalModel
@@ -73,7 +74,9 @@ def test_the_command_writes_one_png_per_recipe_a_grid_and_the_list(acme_runs, tm
     assert sorted(os.listdir(own)) == ["generated.json", "grid.png", "recipe_0.png", "recipe_1.png"]
 
 
-def test_score_ranks_generated_images_and_probes_their_class(acme_runs, tmp_path):
+def test_score_ranks_generated_images_probes_their_class_and_measures_the_fid(
+    acme_runs, tmp_path, monkeypatch
+):
     # The probe reads with an encoder the generator never faced: the retrieval run's.
     args = ["--workdir", acme_runs["straight"], "--split=test", "--score"]
     results = generate_app.main([*args, "--probe_from", acme_runs["retrieval"]])
@@ -91,6 +94,26 @@ def test_score_ranks_generated_images_and_probes_their_class(acme_runs, tmp_path
     # the classes among the labelled train photos: the tiny data's 600 recipes hold 29 of the
     # built-in data's 30
     assert 1 / 30 <= probe["chance"] <= 1 / 25
+    # without Inception weights: the FID on the frozen encoder's embeddings, named so
+    fid = scored["fid"]
+    assert fid["samples"] == scored["n_pairs"] and np.isfinite(fid["value"]) and fid["value"] > 0
+    assert 0 < fid["real_train_photos"] < fid["value"]  # real photos are nearer real photos
+    assert acme_runs["retrieval"] in fid["features"] and "not Inception-v3" in fid["features"]
+
+    # with a weights file: Inception features of the real photos (brought to the generator's
+    # size) and of the generated images, in the order given (the network itself: test_fid.py)
+    seen = []
+
+    def mean_colour_features(path):
+        assert path == "fid.pth"
+        return lambda images: seen.append(images.shape) or images.mean(axis=(1, 2))
+
+    monkeypatch.setattr(fid_lib, "inception_features", mean_colour_features)
+    again = generate_app.main([*args, "--fid_inception=fid.pth"])["score"]["fid"]
+    n = scored["n_pairs"]
+    assert seen == [(n, 64, 64, 3)] * 3  # the split's photos, as many train photos, generated
+    assert again["features"].startswith("Inception-v3") and "fid.pth" in again["features"]
+    assert again["value"] > 0 and again["value"] != fid["value"]
 
 
 def test_the_ridge_probe_separates_separable_classes():

@@ -23,13 +23,14 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from xmodal import fid as fid_lib
 from xmodal.data import pipeline, schema
 from xmodal.evaluate import format_table, protocol_metrics
 from xmodal.models.gan import resize_square
 from xmodal.run import Run
 from xmodal.runtime import results as results_lib
 from xmodal.runtime import sharding
-from xmodal.runtime.embed import eval_jit
+from xmodal.runtime.embed import eval_jit, in_fixed_batches
 
 PROBE = "ridge classifier on the frozen image encoder's embeddings of real train photos"
 RIDGE = 1e-2  # relative to the mean squared embedding norm (1 for unit embeddings)
@@ -37,18 +38,6 @@ RIDGE = 1e-2  # relative to the mean squared embedding norm (1 for unit embeddin
 
 def generated_file(split: str) -> str:
     return f"generated_{split}.json"
-
-
-def _in_batches(fn: Callable[..., Any], arrays: Sequence[np.ndarray], size: int) -> Any:
-    """`fn(*chunk)` over rows in fixed-size batches (the last padded with zeros, so one
-    compiled program serves every call), outputs concatenated without the padding."""
-    n, outs = len(arrays[0]), []
-    for start in range(0, n, size):
-        chunk = [a[start : start + size] for a in arrays]
-        real = len(chunk[0])
-        chunk = [np.concatenate([c, np.zeros((size - real, *c.shape[1:]), c.dtype)]) for c in chunk]
-        outs.append(jax.tree.map(lambda x, m=real: np.asarray(x)[:m], fn(*chunk)))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
 def _batch_size(n: int, config: Any, devices: int) -> int:
@@ -102,7 +91,23 @@ class DishGenerator:
             embedded = encoder.embed_image(resize_square(pixels, encoder_size))
             return pixels.astype(jnp.uint8), embedded
 
-        self._generate = jax.jit(generate)
+        # The state goes in with its own shardings (data-parallel or FSDP, over every process);
+        # the draws' inputs and the images are replicated: host values, the same in every
+        # process, and outputs that every process can read.
+        layout, replicated = run.layout.shardings, sharding.replicated(run.mesh)
+        self._generate = jax.jit(
+            generate,
+            in_shardings=(
+                layout.params,
+                layout.model_state,
+                layout.adversarial.gen_params,
+                layout.adversarial.gen_state,
+                replicated,
+                replicated,
+                replicated,
+            ),
+            out_shardings=replicated,
+        )
 
     @classmethod
     def from_workdir(
@@ -146,14 +151,14 @@ class DishGenerator:
             )
 
         size = _batch_size(n, self.config, self.run.mesh.size)
-        return _in_batches(run, [embeddings, np.arange(n, dtype=np.int32)], size)
+        return in_fixed_batches(run, [embeddings, np.arange(n, dtype=np.int32)], size)
 
 
 def image_embedder(run: Run, state: Any) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 photos [N, S, S, 3] (S: the run's data.image_size) -> the run's unit embeddings."""
     embed = eval_jit(run.layout, run.mesh, lambda model, images: model.embed_image(images))
     size = lambda n: _batch_size(n, run.config, run.mesh.size)
-    return lambda images: _in_batches(
+    return lambda images: in_fixed_batches(
         lambda x: embed(state.params, state.model_state, x), [images], size(len(images))
     )
 
@@ -238,16 +243,19 @@ def evaluate_generated(
     seed: int = 0,
     train_split: str = "train",
     probe_from: str | None = None,
+    fid_inception: str | None = None,
 ) -> dict[str, Any]:
     """Generated images of every recipe of `split`, scored (module docstring); writes and returns
-    WORKDIR/generated_<split>.json. `probe_from`: the class probe reads images with the image
-    encoder of that run (on the same data) instead of this run's, an encoder the generator was
-    never trained against."""
+    WORKDIR/generated_<split>.json. `probe_from`: the class probe (and the encoder FID) reads
+    images with the image encoder of that run (on the same data) instead of this run's, an
+    encoder the generator was never trained against. `fid_inception`: pytorch-fid's Inception
+    weights file; the FID then uses Inception features instead of the frozen encoder's."""
     config = generator.config
     split = split or config.eval.split
     _, recipe = generator.embed_split(split)
     generated, embedded = generator.generate(recipe, seed=seed)
     ranking = protocol_metrics(embedded, recipe, config, split=split)
+    frozen = FrozenEncoder(generator, probe_from, generated, split, train_split)
     results = {
         "step": generator.step,
         "split": split,
@@ -256,7 +264,8 @@ def evaluate_generated(
         "image_size": generator.image_size,
         "generated_image_to_recipe": ranking["image_to_recipe"],
         "recipe_to_generated_image": ranking["recipe_to_image"],
-        "class_probe": class_probe(generator, generated, split, train_split, probe_from),
+        "class_probe": class_probe(frozen, train_split),
+        "fid": generated_fid(frozen, generated, split, train_split, fid_inception),
     }
     results_lib.write_result(generator.run.workdir, generated_file(split), results)
     if jax.process_index() == 0:
@@ -269,48 +278,97 @@ def evaluate_generated(
         }
         print("generated images (image = the generated image of each recipe):")
         print(format_table(table))
-        probe = results["class_probe"]
+        probe, fid = results["class_probe"], results["fid"]
         print(
             f"class probe ({probe['probe']}): generated {probe['generated_accuracy']:.3f}, real "
             f"{probe['real_accuracy']:.3f}, chance {probe['chance']:.3f}"
         )
+        print(
+            f"FID {fid['value']:.4g} over {fid['samples']} images each (real train photos against "
+            f"the same real photos: {fid['real_train_photos']:.4g}; features: {fid['features']})"
+        )
     return results
 
 
-def class_probe(
-    generator: DishGenerator,
-    generated: np.ndarray,
-    split: str,
-    train_split: str,
-    probe_from: str | None,
-) -> dict[str, Any]:
-    """The ridge probe trained on the real `train_split` photos as an image encoder embeds them
-    (this run's, or `probe_from`'s), scored on the generated images of `split` and, for
-    reference, on its real photos; rows of class 0 (no dish class) are left out."""
-    run, state = generator.run, generator.state
-    if probe_from:
-        run = Run.from_workdir(probe_from, mesh=sharding.make_mesh(1))
-        if os.path.realpath(run.data_dir) != os.path.realpath(generator.run.data_dir):
-            raise ValueError(
-                f"probe_from={probe_from!r} was trained on {run.data_dir!r}, not on this "
-                f"run's data {generator.run.data_dir!r}: its classes would not be these"
-            )
-        state = run.restore()
-    train_image, _ = run.embed_split(state, train_split)
-    test_image, _ = run.embed_split(state, split)
-    embedded = image_embedder(run, state)(_resize(generated, run.config.data.image_size))
-    data_dir = generator.run.data_dir
-    train_classes = _class_ids(data_dir, train_split)
+class FrozenEncoder:
+    """The image encoder that judges the generated images without being trained by them
+    (`probe_from`'s, else the run's own), with its embeddings of the real photos of `split` and
+    `train_split` and of the generated images (resized to its input size)."""
+
+    def __init__(
+        self,
+        generator: DishGenerator,
+        probe_from: str | None,
+        generated: np.ndarray,
+        split: str,
+        train_split: str,
+    ):
+        self.run, self.state = generator.run, generator.state
+        self.data_dir, self.workdir = generator.run.data_dir, probe_from or generator.run.workdir
+        self.name = probe_from or "this run"
+        self.num_classes = generator.config.adversarial.num_classes
+        if probe_from:
+            self.run = Run.from_workdir(probe_from, mesh=sharding.make_mesh(1))
+            if os.path.realpath(self.run.data_dir) != os.path.realpath(self.data_dir):
+                raise ValueError(
+                    f"probe_from={probe_from!r} was trained on {self.run.data_dir!r}, not on "
+                    f"this run's data {self.data_dir!r}: its classes would not be these"
+                )
+            self.state = self.run.restore()
+        self.split, self.train_split = split, train_split
+        self.real, _ = self.run.embed_split(self.state, split)
+        self.train, _ = self.run.embed_split(self.state, train_split)
+        size = self.run.config.data.image_size
+        self.generated = image_embedder(self.run, self.state)(_resize(generated, size))
+
+
+def class_probe(frozen: FrozenEncoder, train_split: str) -> dict[str, Any]:
+    """The ridge probe trained on the real `train_split` photos as the frozen encoder embeds
+    them, scored on the generated images of `split` and, for reference, on its real photos;
+    rows of class 0 (no dish class) are left out."""
+    train_image = frozen.train
+    train_classes = _class_ids(frozen.data_dir, train_split)
     labelled = train_classes > 0
-    num_classes = int(max(train_classes.max(), generator.config.adversarial.num_classes - 1)) + 1
+    num_classes = int(max(train_classes.max(), frozen.num_classes - 1)) + 1
     probe = ridge_classifier(train_image[labelled], train_classes[labelled], num_classes)
-    classes = _class_ids(data_dir, split)
+    classes = _class_ids(frozen.data_dir, frozen.split)
     scored = classes > 0
+    right = lambda features: float(np.mean(classify(features[scored], probe) == classes[scored]))
     return {
-        "probe": f"{PROBE} ({probe_from or 'this run'})",
+        "probe": f"{PROBE} ({frozen.name})",
         "train_photos": int(labelled.sum()),
         "scored": int(scored.sum()),
         "chance": 1.0 / max(len(np.unique(train_classes[labelled])), 1),
-        "generated_accuracy": float(np.mean(classify(embedded[scored], probe) == classes[scored])),
-        "real_accuracy": float(np.mean(classify(test_image[scored], probe) == classes[scored])),
+        "generated_accuracy": right(frozen.generated),
+        "real_accuracy": right(frozen.real),
+    }
+
+
+def generated_fid(
+    frozen: FrozenEncoder,
+    generated: np.ndarray,
+    split: str,
+    train_split: str,
+    inception_weights: str | None,
+) -> dict[str, Any]:
+    """FID of the generated images of `split` against its real photos, and for scale the FID of
+    as many real `train_split` photos against them: on Inception features (every set at the
+    generator's resolution: real photos resized to it) when the weights file is given, else on
+    the frozen encoder's embeddings (the name says which)."""
+    n = len(generated)
+    if inception_weights:
+        size, data = generated.shape[1], frozen.run.config.data
+        features = fid_lib.inception_features(inception_weights)
+        real = features(_resize(real_photos(frozen.data_dir, split, data, n), size))
+        train = features(_resize(real_photos(frozen.data_dir, train_split, data, n), size))
+        fake = features(generated)
+        name = fid_lib.FEATURES_INCEPTION.format(path=inception_weights)
+    else:
+        real, train, fake = frozen.real, frozen.train[:n], frozen.generated
+        name = fid_lib.encoder_features_name(frozen.workdir)
+    return {
+        "value": fid_lib.fid(real, fake),
+        "real_train_photos": fid_lib.fid(real, train),
+        "samples": n,
+        "features": name,
     }

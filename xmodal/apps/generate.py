@@ -3,12 +3,15 @@
     python -m xmodal.apps.generate --workdir=W --split=test --out=DIR [--limit=32] [--seed=S]
     python -m xmodal.apps.generate --workdir=W --recipe=recipe.json --out=DIR [--seed=S]
     python -m xmodal.apps.generate --workdir=W --split=test --score [--probe_from=W2]
+        [--fid_inception=pt_inception-2015-12-05-6726825d.pth]
 
 Writes one PNG per recipe (DIR/<recipe id>.png, or recipe_<i>.png for --recipe), DIR/grid.png
 (for a split: each recipe's real photo above its generated image) and DIR/generated.json (which
 file is which recipe). The same seed gives the same images (`xmodal.generation`). `--score`
 measures generation on the whole split (generated image <-> recipe retrieval in bags, the class
-probe) and writes WORKDIR/generated_<split>.json.
+probe, the FID against the split's real photos) and writes WORKDIR/generated_<split>.json. The FID
+uses Inception-v3 features when --fid_inception names pytorch-fid's weights file, else the frozen
+image encoder of the probe (named so in the output: not comparable with published FIDs).
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="the class probe reads images with this run's image encoder (same data), one the "
         "generator was not trained against (default: the run's own)",
     )
+    p.add_argument(
+        "--fid_inception",
+        default=None,
+        help="pytorch-fid's Inception weights (pt_inception-2015-12-05-*.pth, or .safetensors): "
+        "the FID on Inception features (default: on the frozen image encoder's)",
+    )
     args = cli.parse_args(p, argv)
     if not args.recipe and not args.split:
         p.error("give --split=SPLIT or --recipe=FILE")
@@ -116,7 +125,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"wrote {len(written['images'])} generated images and grid.png to {args.out}")
     if args.score:
         written["score"] = evaluate_generated(
-            generator, split=args.split, seed=args.seed, probe_from=args.probe_from
+            generator,
+            split=args.split,
+            seed=args.seed,
+            probe_from=args.probe_from,
+            fid_inception=args.fid_inception,
         )
     return written
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -21,7 +20,7 @@ from flax import nnx
 from xmodal.data import pipeline, records, tokenizer
 from xmodal.data.schema import COMPONENTS
 from xmodal.run import Run
-from xmodal.runtime.embed import eval_jit
+from xmodal.runtime.embed import eval_jit, in_fixed_batches
 
 
 def _bucket(n: int, multiple: int, cap: int) -> int:
@@ -101,15 +100,9 @@ class RetrievalModel:
         if n == 0:
             raise ValueError("nothing to embed")
         size = _bucket(n, self.mesh.size, self.max_batch)
-        outs = []
-        for start in range(0, n, size):
-            chunk = [a[start : start + size] for a in arrays]
-            pad = size - len(chunk[0])
-            if pad:
-                chunk = [np.concatenate([c, np.zeros((pad, *c.shape[1:]), c.dtype)]) for c in chunk]
-            out = fn(self.state.params, self.state.model_state, *chunk)
-            outs.append(jax.tree.map(lambda x, m=size - pad: np.asarray(x)[:m], out))
-        return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+        state = self.state
+        run = lambda *chunk: fn(state.params, state.model_state, *chunk)
+        return in_fixed_batches(run, arrays, size)
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] (S = config.data.image_size) -> [N, D]."""

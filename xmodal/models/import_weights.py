@@ -177,7 +177,7 @@ def _assign(var: Any, value: np.ndarray, name: str) -> None:
 
 def _take(sd: StateDict, name: str, used: set[str]) -> np.ndarray:
     if name not in sd:
-        raise KeyError(f"the state dict has no {name!r} (is it a timm/torchvision checkpoint?)")
+        raise KeyError(f"the state dict has no {name!r}: is it the checkpoint of this network?")
     used.add(name)
     return np.asarray(sd[name], np.float32)
 
@@ -196,13 +196,13 @@ def resize_pos_embed(pos: np.ndarray, num_patches: int) -> np.ndarray:
     return np.concatenate([pos[:, :1], np.asarray(resized).reshape(1, num_patches, -1)], axis=1)
 
 
-def _linear(layer: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
+def load_linear(layer: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
     _assign(layer.kernel, _take(sd, f"{prefix}.weight", used).T, f"{prefix}.weight")
     if getattr(layer, "bias", None) is not None:  # a Linear without bias takes none
         _assign(layer.bias, _take(sd, f"{prefix}.bias", used), f"{prefix}.bias")
 
 
-def _layer_norm(layer: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
+def load_layer_norm(layer: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
     _assign(layer.scale, _take(sd, f"{prefix}.weight", used), f"{prefix}.weight")
     _assign(layer.bias, _take(sd, f"{prefix}.bias", used), f"{prefix}.bias")
 
@@ -225,8 +225,8 @@ def load_timm_vit(vit: Any, sd: StateDict) -> list[str]:
     _assign(vit.pos_embed, pos, "pos_embed")
     for i, block in enumerate(vit.blocks):
         p = f"blocks.{i}"
-        _layer_norm(block.norm1, sd, f"{p}.norm1", used)
-        _layer_norm(block.norm2, sd, f"{p}.norm2", used)
+        load_layer_norm(block.norm1, sd, f"{p}.norm1", used)
+        load_layer_norm(block.norm2, sd, f"{p}.norm2", used)
         attn = block.attn
         heads, head_dim = attn.num_heads, attn.head_dim
         qkv_w = _take(sd, f"{p}.attn.qkv.weight", used)  # [3C, C], rows: q then k then v
@@ -240,9 +240,9 @@ def load_timm_vit(vit: Any, sd: StateDict) -> list[str]:
         out_w = _take(sd, f"{p}.attn.proj.weight", used)  # [C, C]
         _assign(attn.out.kernel, out_w.T.reshape(heads, head_dim, width), f"{p}.attn.proj")
         _assign(attn.out.bias, _take(sd, f"{p}.attn.proj.bias", used), f"{p}.attn.proj.bias")
-        _linear(block.mlp.fc1, sd, f"{p}.mlp.fc1", used)
-        _linear(block.mlp.fc2, sd, f"{p}.mlp.fc2", used)
-    _layer_norm(vit.norm, sd, "norm", used)
+        load_linear(block.mlp.fc1, sd, f"{p}.mlp.fc1", used)
+        load_linear(block.mlp.fc2, sd, f"{p}.mlp.fc2", used)
+    load_layer_norm(vit.norm, sd, "norm", used)
     extra_blocks = [k for k in sd if k.startswith(f"blocks.{len(vit.blocks)}.")]
     if extra_blocks:
         raise ValueError(
@@ -251,7 +251,7 @@ def load_timm_vit(vit: Any, sd: StateDict) -> list[str]:
     return sorted(set(sd) - used)
 
 
-def _batch_norm(bn: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
+def load_batch_norm(bn: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
     _assign(bn.scale, _take(sd, f"{prefix}.weight", used), f"{prefix}.weight")
     _assign(bn.bias, _take(sd, f"{prefix}.bias", used), f"{prefix}.bias")
     _assign(bn.mean, _take(sd, f"{prefix}.running_mean", used), f"{prefix}.running_mean")
@@ -259,7 +259,7 @@ def _batch_norm(bn: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
     used.add(f"{prefix}.num_batches_tracked")
 
 
-def _conv(conv: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
+def load_conv(conv: Any, sd: StateDict, prefix: str, used: set[str]) -> None:
     w = _take(sd, f"{prefix}.weight", used)
     _assign(conv.kernel, w.transpose(2, 3, 1, 0), f"{prefix}.weight")
     if getattr(conv, "bias", None) is not None and f"{prefix}.bias" in sd:
@@ -270,21 +270,21 @@ def load_torchvision_resnet(resnet: Any, sd: StateDict) -> list[str]:
     """Copy a torchvision ResNet state dict into `xmodal.models.resnet` (same names) in place;
     returns the unused names (the `fc` classifier)."""
     used: set[str] = set()
-    _conv(resnet.conv1, sd, "conv1", used)
-    _batch_norm(resnet.bn1, sd, "bn1", used)
+    load_conv(resnet.conv1, sd, "conv1", used)
+    load_batch_norm(resnet.bn1, sd, "bn1", used)
     for li in range(1, 5):
         layer = getattr(resnet, f"layer{li}")
         for bi, block in enumerate(layer):
             p = f"layer{li}.{bi}"
             for ci in (1, 2, 3):
                 if hasattr(block, f"conv{ci}"):
-                    _conv(getattr(block, f"conv{ci}"), sd, f"{p}.conv{ci}", used)
-                    _batch_norm(getattr(block, f"bn{ci}"), sd, f"{p}.bn{ci}", used)
+                    load_conv(getattr(block, f"conv{ci}"), sd, f"{p}.conv{ci}", used)
+                    load_batch_norm(getattr(block, f"bn{ci}"), sd, f"{p}.bn{ci}", used)
             if getattr(block, "downsample", None) is not None:
-                _conv(block.downsample[0], sd, f"{p}.downsample.0", used)
-                _batch_norm(block.downsample[1], sd, f"{p}.downsample.1", used)
+                load_conv(block.downsample[0], sd, f"{p}.downsample.0", used)
+                load_batch_norm(block.downsample[1], sd, f"{p}.downsample.1", used)
     if getattr(resnet, "fc", None) is not None and "fc.weight" in sd:
-        _linear(resnet.fc, sd, "fc", used)
+        load_linear(resnet.fc, sd, "fc", used)
     return sorted(set(sd) - used)
 
 

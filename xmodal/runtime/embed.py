@@ -8,7 +8,7 @@ computed per batch is a method of the model (`DualEncoder.embed_pairs` by defaul
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -40,6 +40,19 @@ def eval_jit(
         in_shardings=(layout.shardings.params, layout.shardings.model_state) + (data,) * num_inputs,
         out_shardings=data if out_sharded else None,
     )
+
+
+def in_fixed_batches(fn: Callable[..., Any], arrays: Sequence[np.ndarray], size: int) -> Any:
+    """`fn(*chunk)` over the rows of host arrays in batches of `size` (the last padded with
+    zeros, so one compiled program serves every call and every length); the outputs as host
+    arrays, concatenated without the padding."""
+    n, outs = len(arrays[0]), []
+    for start in range(0, n, size):
+        chunk = [a[start : start + size] for a in arrays]
+        real = len(chunk[0])
+        chunk = [np.concatenate([c, np.zeros((size - real, *c.shape[1:]), c.dtype)]) for c in chunk]
+        outs.append(jax.tree.map(lambda x, m=real: np.asarray(x)[:m], fn(*chunk)))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
 class Embedder:
