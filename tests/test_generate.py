@@ -132,8 +132,8 @@ def test_a_run_without_a_generator_is_refused_clearly(acme_runs):
 
 
 def test_each_validation_shows_real_photos_above_generated_images_in_tensorboard(acme_runs):
-    """The tiny runs validate at their last step (and the resumed one at its stop, step 2): a
-    picture of 16 validation photos above their recipes' generated images, 8 per row."""
+    """The tiny runs validate at their last step: a picture of 16 validation photos above their
+    recipes' generated images, 8 per row."""
     folder = os.path.join(acme_runs["straight"], "tensorboard")
     pictures = {}
     for name in sorted(os.listdir(folder)):

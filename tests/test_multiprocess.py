@@ -5,6 +5,7 @@ step for step. Subprocesses: the process boundary is what is tested."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -19,6 +20,10 @@ from collections.abc import Callable
 
 import pytest
 from cluster_fixtures import SlurmCluster, missing_programs
+from tensorboardX.proto.event_pb2 import Event
+from test_long_run import _tfrecords
+
+from xmodal.training.loop import SAMPLES_TAG
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny preset with one ViT block and no cross decoder: what is tested is the process
@@ -446,6 +451,39 @@ def two_processes(tiny_data, tmp_path_factory) -> tuple[str, str]:
     args = [*SHORT, f"--config.data.dir={tiny_data}", f"--workdir={workdir}"]
     _main(args, processes=2, devices=2, caches=(warm, str(root / "cold")))
     return workdir, warm
+
+
+def test_two_processes_train_both_players_and_draw_the_validation_picture(tiny_data, tmp_path):
+    """ACME's two-player step over two processes' devices (FSDP), and the validation's picture
+    of generated images: its draws are host values given to a program over the state's global
+    arrays (replicated in), and its images are read back on every process (replicated out)."""
+    workdir = str(tmp_path / "run")
+    args = [
+        "--config=configs/acme.py:tiny",
+        *TRAIN[len(LEAN) :],
+        "--config.train.eval_every=2",
+        "--config.train.log_every=1",
+        "--config.train.num_steps=2",
+        "--config.train.eval_at_end=False",
+        f"--config.data.dir={tiny_data}",
+        f"--workdir={workdir}",
+    ]
+    _main(args, processes=2, devices=2)
+    rows = _metrics(workdir)
+    assert [r["step"] for r in rows if "val_recall@1" in r] == [2]
+    trained = [r for r in rows if "loss_critic" in r]
+    assert [r["step"] for r in trained] == [1, 2]
+    for r in trained:
+        assert all(math.isfinite(r[k]) for k in ("loss", "loss_critic", "loss_g_image"))
+    folder = os.path.join(workdir, "tensorboard")
+    pictures = [
+        (Event.FromString(record).step, value.image.height)
+        for name in os.listdir(folder)
+        for record in _tfrecords(os.path.join(folder, name))
+        for value in Event.FromString(record).summary.value
+        if value.tag == SAMPLES_TAG
+    ]
+    assert len(pictures) == 1 and pictures[0][0] == 2 and pictures[0][1] > 0
 
 
 @pytest.mark.xdist_group("two_processes")  # one first job for both
