@@ -19,6 +19,10 @@ from xmodal.training import adversarial as terms
 from xmodal.training.adversarial_step import ingredient_loss, ingredient_words
 from xmodal.training.step import NONFINITE, compile_train_step, make_train_step
 
+# One worker builds the session's ACME runs (conftest.acme_runs) and this module's fixtures
+# for every test that reads them: split over two workers, each built them (100 s of CPU).
+pytestmark = pytest.mark.xdist_group("acme")
+
 # Every part on, at the smallest widths the networks take.
 SMALL_ADVERSARIAL = {
     "adversarial.enabled": True,

@@ -25,6 +25,10 @@ from xmodal.generation import (
 )
 from xmodal.training.loop import SAMPLES_TAG
 
+# One worker builds the session's ACME runs (conftest.acme_runs) and this module's fixtures
+# for every test that reads them: split over two workers, each built them (100 s of CPU).
+pytestmark = pytest.mark.xdist_group("acme")
+
 
 @pytest.fixture(scope="module")
 def generator(acme_runs):
