@@ -264,8 +264,8 @@ def evaluate_generated(
         "image_size": generator.image_size,
         "generated_image_to_recipe": ranking["image_to_recipe"],
         "recipe_to_generated_image": ranking["recipe_to_image"],
-        "class_probe": class_probe(frozen, train_split),
-        "fid": generated_fid(frozen, generated, split, train_split, fid_inception),
+        "class_probe": class_probe(frozen),
+        "fid": generated_fid(frozen, generated, fid_inception),
     }
     results_lib.write_result(generator.run.workdir, generated_file(split), results)
     if jax.process_index() == 0:
@@ -322,12 +322,12 @@ class FrozenEncoder:
         self.generated = image_embedder(self.run, self.state)(_resize(generated, size))
 
 
-def class_probe(frozen: FrozenEncoder, train_split: str) -> dict[str, Any]:
+def class_probe(frozen: FrozenEncoder) -> dict[str, Any]:
     """The ridge probe trained on the real `train_split` photos as the frozen encoder embeds
     them, scored on the generated images of `split` and, for reference, on its real photos;
     rows of class 0 (no dish class) are left out."""
     train_image = frozen.train
-    train_classes = _class_ids(frozen.data_dir, train_split)
+    train_classes = _class_ids(frozen.data_dir, frozen.train_split)
     labelled = train_classes > 0
     num_classes = int(max(train_classes.max(), frozen.num_classes - 1)) + 1
     probe = ridge_classifier(train_image[labelled], train_classes[labelled], num_classes)
@@ -345,11 +345,7 @@ def class_probe(frozen: FrozenEncoder, train_split: str) -> dict[str, Any]:
 
 
 def generated_fid(
-    frozen: FrozenEncoder,
-    generated: np.ndarray,
-    split: str,
-    train_split: str,
-    inception_weights: str | None,
+    frozen: FrozenEncoder, generated: np.ndarray, inception_weights: str | None
 ) -> dict[str, Any]:
     """FID of the generated images of `split` against its real photos, and for scale the FID of
     as many real `train_split` photos against them: on Inception features (every set at the
@@ -359,8 +355,8 @@ def generated_fid(
     if inception_weights:
         size, data = generated.shape[1], frozen.run.config.data
         features = fid_lib.inception_features(inception_weights)
-        real = features(_resize(real_photos(frozen.data_dir, split, data, n), size))
-        train = features(_resize(real_photos(frozen.data_dir, train_split, data, n), size))
+        real = features(_resize(real_photos(frozen.data_dir, frozen.split, data, n), size))
+        train = features(_resize(real_photos(frozen.data_dir, frozen.train_split, data, n), size))
         fake = features(generated)
         name = fid_lib.FEATURES_INCEPTION.format(path=inception_weights)
     else:
