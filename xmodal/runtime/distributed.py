@@ -83,6 +83,30 @@ def initialize(
         )
     elif any(os.environ.get(m) for m in CLUSTER_MARKERS):
         jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
+    else:
+        return
+    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+        without_cached_executables()
+
+
+def without_cached_executables() -> None:
+    """Turn the persistent compilation cache off for this CPU process of a multi-process job.
+
+    JAX's CPU cache keys differ between processes and only process 0 writes, so with a warm
+    cache process 0 runs an executable read back from disk beside its peers' fresh compiles.
+    Where such a program has a collective inside a loop (an LSTM's scan over FSDP-sharded
+    weights: ACME, im2recipe), process 0's two devices waited in different collectives (one in
+    the loop's all-gather, the other in an all-reduce) and the job hung in its first step; with
+    every process compiling, it runs (tests/test_multiprocess.py). GPUs keep the cache (seen
+    with CPU executables and gloo only).
+    Called before the first compilation: JAX decides whether to use the cache once."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    if jax.process_index() == 0:
+        print(
+            "[xmodal] several CPU processes: the persistent compilation cache is off (an "
+            "executable read from it deadlocks beside fresh compiles in looped collectives)",
+            flush=True,
+        )
 
 
 def wait_for_all(name: str, *, timeout_s: int = BARRIER_TIMEOUT_S) -> float:
