@@ -502,7 +502,8 @@ def test_a_job_of_cpu_processes_neither_writes_nor_reads_the_compilation_cache(
     """JAX's CPU cache keys differ between processes and only process 0 writes, so a second
     job found process 0's cache warm: process 0 ran the step read back from disk beside process
     1's fresh compile, and in ACME's step (collectives inside the LSTMs' loops) its two devices
-    waited in different collectives: the job hung in its first step (it timed out at 900 s).
+    waited in different collectives: the job hung in its first step (it ran past this test's
+    300 s; measured with the fix reverted).
     Now CPU processes of a job compile every program (said on process 0's output), leave the
     cache empty, and a second job with the same caches runs as the first."""
     first, cache, first_outs = two_processes

@@ -83,7 +83,7 @@ def initialize(
         )
     elif any(os.environ.get(m) for m in CLUSTER_MARKERS):
         jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
-    else:
+    else:  # one process: nothing joined, and the backend is left to initialise later
         return
     if jax.process_count() > 1 and jax.default_backend() == "cpu":
         without_cached_executables()
