@@ -11,6 +11,7 @@ from flax import nnx
 from step_fixtures import VOCAB, micro_config, random_batch
 
 from configs import acme
+from configs import common as configs_common
 from xmodal import run as run_lib
 from xmodal.data import schema
 from xmodal.runtime import checkpointing, sharding
@@ -119,6 +120,31 @@ def test_the_critic_steps_first_and_the_encoders_face_the_updated_critic(one_ste
         + 0.1 * metrics["loss_generated_triplet"]
     )
     np.testing.assert_allclose(metrics["loss"], total, rtol=1e-5)
+
+
+def test_generated_images_rank_their_recipes_through_the_image_encoder_held_fixed():
+    """The generated images' ranking term trains the generator only: with it on or off, one
+    step leaves the same image encoder (its weights and its BatchNorm statistics: the generated
+    batch is embedded in eval mode), and moves the generator differently."""
+    resnet = {"model.image": "resnet", **configs_common.TINY_RESNET, "adversarial.align": 0.0}
+    resnet["train.grad_clip"] = 0.0  # the global norm would couple the recipe encoder's update
+    results = []
+    for weight in (0.0, 0.1):
+        config, _, state, _, step = _setup(**resnet, **{"adversarial.generated_triplet": weight})
+        new, metrics = step(state, random_batch(config))
+        results.append((jax.device_get(new), jax.device_get(metrics)))
+    (off, _), (on, metrics) = results
+    assert metrics["loss_generated_triplet"] > 0
+
+    def image_side(state):  # weights, and the model state's arrays but its dropout keys
+        leaves = jax.tree.leaves((state.params["image_encoder"], state.params["image_proj"]))
+        stats = [x for x in jax.tree.leaves(state.model_state) if x.dtype == np.float32]
+        assert stats  # the ResNet's BatchNorm statistics
+        return leaves + stats
+
+    for a, b in zip(image_side(off), image_side(on), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _changed(off.adversarial.gen_params, on.adversarial.gen_params)
 
 
 def test_a_non_finite_discriminator_is_flagged_and_skipped_with_the_whole_state(one_step):

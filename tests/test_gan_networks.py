@@ -162,3 +162,33 @@ def test_generated_images_feed_the_discriminator_at_both_sizes(size):
     assert logit.shape == (2,) and classes.shape == (2, 7)
     with pytest.raises(ValueError, match="image_size must be one of"):
         gan.Generator(16, image_size=96, rngs=rngs)
+
+
+def test_jitter_moves_each_image_within_the_shift_and_mirrors_some():
+    """Every jittered image is its image moved by at most `shift` px each way (edges repeated),
+    mirrored or not; across a batch both happen, and the draw follows the key."""
+    shift, size = 3, 12
+    images = np.random.default_rng(0).random((32, size, size, 3)).astype(np.float32)
+    out = np.asarray(gan.jitter(jnp.asarray(images), jax.random.key(0), shift))
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+    found = []
+    for i in range(len(images)):
+        matches = [
+            (dy, dx, mirrored)
+            for dy in range(2 * shift + 1)
+            for dx in range(2 * shift + 1)
+            for mirrored in (False, True)
+            if np.array_equal(
+                out[i],
+                padded[i, dy : dy + size, dx : dx + size][:, ::-1]
+                if mirrored
+                else padded[i, dy : dy + size, dx : dx + size],
+            )
+        ]
+        assert matches, i
+        found.append(matches[0])
+    assert {m for _, _, m in found} == {False, True}
+    assert len({(dy, dx) for dy, dx, _ in found}) > 5
+    again = gan.jitter(jnp.asarray(images), jax.random.key(0), shift)
+    np.testing.assert_array_equal(out, again)
+    assert not np.array_equal(out, gan.jitter(jnp.asarray(images), jax.random.key(1), shift))

@@ -57,6 +57,20 @@ def to_pixels(images: jax.Array, size: int) -> jax.Array:
     return resize_square((images.astype(jnp.float32) + 1.0) * 127.5, size)
 
 
+def jitter(images: jax.Array, key: jax.Array, shift: int) -> jax.Array:
+    """Each image [B, H, W, C] moved by up to `shift` px each way (edges repeated) and mirrored
+    with probability 1/2: a generated image must be recognised wherever it sits, as a photo's
+    random crop and flip are in training, not through one pixel pattern."""
+    b, h, w, c = images.shape
+    k_shift, k_flip = jax.random.split(key)
+    offsets = jax.random.randint(k_shift, (b, 2), 0, 2 * shift + 1)
+    padded = jnp.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+    crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))
+    moved = jax.vmap(crop)(padded, offsets)
+    flip = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
+    return jnp.where(flip, moved[:, :, ::-1], moved)
+
+
 def glu(x: jax.Array) -> jax.Array:
     """Gated linear unit over the channel axis: first half x sigmoid(second half)."""
     a, b = jnp.split(x, 2, axis=-1)

@@ -36,11 +36,14 @@ import optax
 from flax import nnx
 
 from xmodal.data import schema
-from xmodal.models.gan import INGREDIENT_LOSSES, to_generator_range, to_pixels
+from xmodal.models.gan import INGREDIENT_LOSSES, jitter, to_generator_range, to_pixels
 from xmodal.runtime import state as state_lib
 from xmodal.runtime.metrics import NONFINITE
 from xmodal.training import adversarial as terms
 from xmodal.training import losses
+
+# The generated images' ranking sees them moved by up to 1/8 of their side (gan.jitter).
+JITTER_FRACTION = 8
 
 
 def ingredient_words(ingredients: jax.Array, vocab_size: int) -> jax.Array:
@@ -90,10 +93,28 @@ def make_adversarial_train_step(
     def classes(logits: jax.Array, labels: jax.Array) -> jax.Array:
         return terms.weighted_class_loss(logits, labels, weights)
 
+    def generated_ranking(params, model_state, fake, recipe, key) -> jax.Array:
+        """The generated images, embedded as a test photo is (eval mode, weights and recipe
+        embeddings held), rank their recipes first: only the generator learns from it, so it
+        must draw what the encoder learnt from real photos, and neither the encoder (weights,
+        BatchNorm statistics) learns the generator's patterns nor the recipes move to them."""
+        judge = nnx.merge(graphdef, jax.lax.stop_gradient(params), model_state, copy=True)
+        judge.eval()
+        pixels = jitter(to_pixels(fake, encoder_size), key, encoder_size // JITTER_FRACTION)
+        embedded = judge.embed_image(pixels)
+        loss, _ = losses.bidirectional_triplet_loss(
+            embedded,
+            jax.lax.stop_gradient(recipe),
+            margin=base_margin,
+            reduction=loss_config.reduction,
+        )
+        return loss
+
     def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
         adv = state.adversarial
         key = jax.random.fold_in(state.rng, state.step)
         k_dropout, k_noise, k_eps, k_alpha = jax.random.split(key, 4)
+        k_jitter = jax.random.fold_in(key, 1)
         batch_size = batch[schema.IMAGE].shape[0]
         labels = batch[schema.CLASS_ID]
 
@@ -114,9 +135,8 @@ def make_adversarial_train_step(
                 eps = jax.random.normal(k_eps, (batch_size, a.ca_dim))
                 out["fake"], out["mu"], out["logvar"] = gen.generator(noise, out["recipe"], eps)
                 if a.generated_triplet:
-                    embedded = model.embed_image(to_pixels(out["fake"], encoder_size))
-                    out["generated_triplet"], _ = losses.bidirectional_triplet_loss(
-                        embedded, out["recipe"], margin=base_margin, reduction=loss_config.reduction
+                    out["generated_triplet"] = generated_ranking(
+                        params, state.model_state, out["fake"], out["recipe"], k_jitter
                     )
             if gen.heads is not None:
                 ingredient_logits, class_logits = gen.heads(out["image"])
