@@ -292,8 +292,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # margin (PyTorch's MultiLabelMarginLoss, as ACME; memory B x V x V, for small vocabularies).
     c.adversarial.ingredient_loss = "bce"
     c.adversarial.balance = True  # ACME's balance of the two translation losses
-    # Translation consistency (R2GAN's ranking in image space): the generated image, embedded by
-    # the image encoder, ranks its recipe first (the instance triplet, weight `generated_triplet`).
+    # Translation consistency (R2GAN's ranking in image space): the generated image, jittered and
+    # embedded by the image encoder held fixed (as a test photo), ranks its recipe first (the
+    # instance triplet, weight `generated_triplet`); it trains the generator only.
     c.adversarial.generated_triplet = 0.0
     c.adversarial.critic_steps = 1  # discriminator updates per step, on the same batch
     # Adam for the generator side and for the discriminators (ACME: 1e-4, betas 0.5, 0.999).

@@ -9,8 +9,9 @@ Per step, in the released code's order (hwang1996/ACME train.py 227-303) with on
 3. the generative side's loss is formed with the *updated* discriminators: the retrieval losses,
    `align` x the encoder's WGAN term, `translate` x the balanced translation losses (generator:
    BCE + class + `kl` x KL; image -> recipe: ingredients + class), `generated_triplet` x the
-   ranking of generated images against recipes; its gradient is pulled back through step 1 to
-   the encoders and the generative side, each updated by its own optimizer.
+   ranking of generated images against recipes (through the image encoder held fixed); its
+   gradient is pulled back through step 1 to the encoders and the generative side, each updated
+   by its own optimizer.
 
 Departures from the release, each for a reason: the image discriminator's class head is trained
 on real photos in its own step (the release adds that term to the generator's loss, where no
