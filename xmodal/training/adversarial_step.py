@@ -94,15 +94,15 @@ def make_adversarial_train_step(
     def classes(logits: jax.Array, labels: jax.Array) -> jax.Array:
         return terms.weighted_class_loss(logits, labels, weights)
 
+    embed_held = state_lib.in_eval_mode(graphdef, lambda model, x: model.embed_image(x))
+
     def generated_ranking(params, model_state, fake, recipe, key) -> jax.Array:
         """The generated images, embedded as a test photo is (eval mode, weights and recipe
         embeddings held), rank their recipes first: only the generator learns from it, so it
         must draw what the encoder learnt from real photos, and neither the encoder (weights,
         BatchNorm statistics) learns the generator's patterns nor the recipes move to them."""
-        judge = nnx.merge(graphdef, jax.lax.stop_gradient(params), model_state, copy=True)
-        judge.eval()
         pixels = jitter(to_pixels(fake, encoder_size), key, encoder_size // JITTER_FRACTION)
-        embedded = judge.embed_image(pixels)
+        embedded = embed_held(jax.lax.stop_gradient(params), model_state, pixels)
         loss, _ = losses.bidirectional_triplet_loss(
             embedded,
             jax.lax.stop_gradient(recipe),
