@@ -34,7 +34,8 @@ def _conf(root: str) -> str:
             f"SlurmctldPort={_free_port()}",
             f"SlurmdPort={_free_port()}",
             "AuthType=auth/munge",
-            # cred_expire: how long a requeued job waits to start again (default 120 s)
+            # cred_expire: how long a requeued job waits to start again (default 120 s; it is also
+            # how long a step credential lives, so not shorter on a loaded machine)
             f"AuthInfo=socket={root}/munge.sock,cred_expire=10",
             "CredType=cred/munge",
             "SlurmUser=root",
@@ -51,6 +52,8 @@ def _conf(root: str) -> str:
             "ReturnToService=2",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",
+            # Then started by the next scheduling pass: every second, not 60 (30 for backfill)
+            "SchedulerParameters=sched_interval=1,bf_interval=1",
             "AccountingStorageType=accounting_storage/none",
             "JobCompType=jobcomp/none",
             "KillWait=60",

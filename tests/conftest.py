@@ -1,10 +1,14 @@
 """Test session set-up: 8 simulated CPU devices (before JAX initialises), unoptimised CPU code, a
 shared compilation cache, and parsed absl flags (Grain's multiprocessing reads them)."""
 
+import fcntl
 import json
 import os
+import pathlib
 import shutil
 import tempfile
+from collections.abc import Callable
+from functools import partial
 
 import jax
 import pytest
@@ -78,16 +82,40 @@ def tiny_config(data_dir, **overrides):
     return c
 
 
+def _session_folder(tmp_path_factory) -> pathlib.Path:
+    """The folder every xdist worker of this session sees (a worker's own otherwise)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _train_once(folder: pathlib.Path, name: str, train: Callable[[str], dict]) -> tuple[str, dict]:
+    """(workdir, record): `train(workdir)` run once per session in FOLDER/NAME by the first xdist
+    worker to ask, under a file lock, while the others wait; its JSON record (the data dir it
+    trained on, its result) is written when the run is done and read by every worker."""
+    workdir, done = folder / name, folder / f"{name}.json"
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            done.write_text(json.dumps(train(str(workdir))))
+    return str(workdir), json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def trained(tiny_data, tmp_path_factory):
     """One short tiny TNLBT run on 8 simulated devices: (config, workdir, result). Tests that
-    only read a trained checkpoint share it instead of training their own."""
+    only read a trained checkpoint share it instead of training their own. Trained once per
+    session (`_train_once`); each worker gets its own copy, as tests write into it (evaluations,
+    predictions). The config names the data of the worker that trained it (the same data)."""
     from xmodal.training.loop import train_and_evaluate
 
-    workdir = str(tmp_path_factory.mktemp("run"))
-    config = tiny_config(tiny_data)
-    result = train_and_evaluate(config, workdir)
-    return config, workdir, result
+    def train(workdir):
+        result = train_and_evaluate(tiny_config(tiny_data), workdir)
+        return {"data_dir": tiny_data, "result": result}
+
+    shared, record = _train_once(_session_folder(tmp_path_factory), "trained", train)
+    workdir = str(tmp_path_factory.mktemp("trained") / "run")
+    shutil.copytree(shared, workdir)
+    return tiny_config(record["data_dir"]), workdir, record["result"]
 
 
 # The tiny runs of method_run: long enough for the loss to fall (test_methods.py), logged at every
@@ -126,28 +154,23 @@ def method_run(tiny_data, tmp_path_factory):
     loss falls by only ~5-10% in 150 steps, about what float rounding moves it by (the same run
     on 8 devices ends at 0.99 of its start and fails the 5% check). Its checkpoint is served on
     all 8 devices (test_run.py)."""
-    import fcntl
-
     from xmodal.runtime import sharding
     from xmodal.training.loop import train_and_evaluate
 
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this session's
+    folder = _session_folder(tmp_path_factory)
     runs = {}
+
+    def train(name, workdir):
+        all_devices = sharding.make_mesh
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sharding, "make_mesh", lambda n=None: all_devices(n or 1))
+            train_and_evaluate(_method_run_config(name, tiny_data), workdir)
+        return {"data_dir": tiny_data}
 
     def get(name):
         if name not in runs:
-            workdir = shared / f"method_run-{name}"
-            trained_on = shared / f"method_run-{name}.data_dir"  # written when the run is done
-            with open(shared / f"method_run-{name}.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-                if not trained_on.exists():
-                    all_devices = sharding.make_mesh
-                    with pytest.MonkeyPatch.context() as patch:
-                        patch.setattr(sharding, "make_mesh", lambda n=None: all_devices(n or 1))
-                        train_and_evaluate(_method_run_config(name, tiny_data), str(workdir))
-                    trained_on.write_text(tiny_data)
-            runs[name] = _method_run_config(name, trained_on.read_text()), str(workdir)
+            workdir, record = _train_once(folder, f"method_run-{name}", partial(train, name))
+            runs[name] = _method_run_config(name, record["data_dir"]), workdir
         return runs[name]
 
     return get
