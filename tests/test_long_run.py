@@ -197,6 +197,9 @@ def test_a_nonfinite_step_stops_the_run_naming_it_and_saves_nothing_after(
 def test_skip_leaves_a_nonfinite_update_out_and_counts_it(trained, tmp_path, monkeypatch):
     config, workdir = _copy(trained, tmp_path, drop_steps=[30])
     _poison_step_16(monkeypatch)
+    # A step program of its own (poisoned, and `skip`): compiled for one device, in half the time.
+    all_devices = sharding.make_mesh
+    monkeypatch.setattr(sharding, "make_mesh", lambda n=None: all_devices(n or 1))
     config.train.on_nonfinite = "skip"
     config.train.checkpoint_every = 16  # the state after the skipped step: saved at 16
     train_and_evaluate(config, workdir)
