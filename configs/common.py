@@ -296,6 +296,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # embedded by the image encoder held fixed (as a test photo), ranks its recipe first (the
     # instance triplet, weight `generated_triplet`); it trains the generator only.
     c.adversarial.generated_triplet = 0.0
+    # Judge every k-th generated image of the batch (a bag of batch / k): the judge's forward and
+    # input gradient cost about what the image encoder's training pass does.
+    c.adversarial.generated_triplet_stride = 1
     c.adversarial.critic_steps = 1  # discriminator updates per step, on the same batch
     # Adam for the generator side and for the discriminators (ACME: 1e-4, betas 0.5, 0.999).
     c.adversarial.lr = 1e-4

@@ -147,6 +147,18 @@ def test_generated_images_rank_their_recipes_through_the_image_encoder_held_fixe
     assert _changed(off.adversarial.gen_params, on.adversarial.gen_params)
 
 
+def test_a_stride_judges_every_kth_generated_image_against_its_recipe(one_step):
+    """`generated_triplet_stride` k ranks every k-th generated image against the recipes of the
+    same examples, a bag of batch / k: with k the batch size the bag is one pair, without a
+    negative, and the term is 0 (on the whole batch it is not)."""
+    config, _, _, batch, state, _, whole, _ = one_step
+    stride = config.train.batch_size
+    overrides = {"train.on_nonfinite": "skip", "adversarial.generated_triplet_stride": stride}
+    _, _, _, _, step = _setup(**overrides)
+    assert float(jax.device_get(step(state, batch)[1])["loss_generated_triplet"]) == 0.0
+    assert whole["loss_generated_triplet"] > 0.0
+
+
 def test_a_non_finite_discriminator_is_flagged_and_skipped_with_the_whole_state(one_step):
     """A critic gone NaN: the step says so, and under 'skip' neither player nor the encoders
     move (only the step counter does)."""
@@ -221,6 +233,8 @@ def test_fsdp_on_8_devices_takes_the_one_device_step(one_step):
             "are all 0",
         ),
         ({"adversarial.critic_steps": 0}, "critic_steps must be >= 1"),
+        ({"adversarial.generated_triplet_stride": 0}, "stride must be >= 1 and divide"),
+        ({"adversarial.generated_triplet_stride": 5}, r"divide train.batch_size \(16\), got 5"),
         ({"adversarial.ingredient_loss": "hinge"}, "ingredient_loss must be one of"),
         ({"adversarial.image_size": 96}, "image_size must be one of"),
     ],

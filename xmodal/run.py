@@ -127,6 +127,12 @@ def check_adversarial(config: ml_collections.ConfigDict) -> None:
         )
     if a.critic_steps < 1:
         raise ValueError(f"{method}: adversarial.critic_steps must be >= 1, got {a.critic_steps}")
+    stride, batch = a.generated_triplet_stride, config.train.batch_size
+    if stride < 1 or batch % stride:
+        raise ValueError(
+            f"{method}: adversarial.generated_triplet_stride must be >= 1 and divide "
+            f"train.batch_size ({batch}), got {stride}"
+        )
     layers.check_choice("adversarial.ingredient_loss", a.ingredient_loss, gan.INGREDIENT_LOSSES)
     layers.check_choice("adversarial.image_size", a.image_size, gan.IMAGE_SIZES)
     if a.num_classes < 2:

@@ -101,6 +101,8 @@ def make_adversarial_train_step(
         embeddings held), rank their recipes first: only the generator learns from it, so it
         must draw what the encoder learnt from real photos, and neither the encoder (weights,
         BatchNorm statistics) learns the generator's patterns nor the recipes move to them."""
+        every = a.generated_triplet_stride
+        fake, recipe = fake[::every], recipe[::every]
         pixels = jitter(to_pixels(fake, encoder_size), key, encoder_size // JITTER_FRACTION)
         embedded = embed_held(jax.lax.stop_gradient(params), model_state, pixels)
         loss, _ = losses.bidirectional_triplet_loss(
