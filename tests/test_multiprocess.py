@@ -29,7 +29,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What is tested is the process boundary, and every launch compiles the step in each process (CPU
 # processes of a job do not use the persistent cache: xmodal.runtime.distributed): JE's tiny model
 # (a small ResNet, LSTMs in scans, class heads), whose step compiles in 6 s where TNLBT's tiny
-# with one ViT block takes 16 (`tools/bench_train.py --devices=4`, compile_s).
+# with one ViT block takes 16 (compile_s of `tools/bench_train.py --config=configs/je.py:tiny
+# --config.train.fsdp=True --config.train.fsdp_min_size=512 --devices=4`, README's suite note).
 CONFIG = "configs/je.py:tiny"
 LEAN = [f"--config={CONFIG}"]
 TRAIN = [
