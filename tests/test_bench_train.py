@@ -98,7 +98,7 @@ def test_analytic_flops_of_vit_b16_match_hand_count():
     t, w, m = 197, 768, 3072
     per_layer = 2 * t * (4 * w * w + 2 * w * m) + 4 * t * t * w
     vit_fwd = 12 * per_layer + 2 * 196 * (16 * 16 * 3) * w
-    assert f["vit"] == pytest.approx(3 * vit_fwd)
+    assert f["image"] == pytest.approx(3 * vit_fwd)
     assert 16e9 < vit_fwd / 2 < 18.5e9  # the published 17.6 GMACs of ViT-B/16
     assert 120e9 < f["train"] - f["decoder"] < 140e9  # the issue's ~130 GFLOPs per pair
     # b16's cross decoder (4 blocks x 512, MLP 2048) reads 63 teacher-forced tokens over a memory
@@ -136,6 +136,53 @@ def test_analytic_flops_of_acmes_paper_networks_match_hand_count():
     off = acme.get_config("paper")
     off.adversarial.enabled = False
     assert perf.adversarial_train_flops(off, 4102)["train"] == 0
+
+
+@pytest.mark.parametrize("depth, published_gmacs", [(18, 1.81), (50, 4.09)])
+def test_analytic_resnet_flops_match_torchvisions_published_counts(depth, published_gmacs):
+    # torchvision's model cards: ResNet-18 1.81, ResNet-50 4.09 "GFLOPS" (multiply-adds) at 224.
+    c = acme.get_config("paper")
+    c.model.resnet.update(depth=depth, width=64, num_classes=1000)
+    flops, tokens, width = perf.resnet_forward_flops(c.model.resnet, 224)
+    assert flops / 2 == pytest.approx(published_gmacs * 1e9, rel=0.01)
+    assert (tokens, width) == (49, 512 if depth == 18 else 2048)
+
+
+def test_analytic_flops_of_acmes_first_run_encoders():
+    """ACME's first-run encoders: the ResNet-18 / 16 against XLA's count of its compiled forward
+    pass, im2recipe's LSTMs by hand (XLA counts a scan's body once, not once per step)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from xmodal.models.resnet import ResNet
+
+    c = acme.get_config()
+    r = c.model.resnet
+    encoder = ResNet(depth=r.depth, width=r.width, rngs=nnx.Rngs(0))
+    encoder.eval()
+    image = jnp.zeros((1, 224, 224, 3), jnp.float32)
+    compiled = nnx.jit(lambda m, x: m(x)).lower(encoder, image).compile()
+    ratio = compiled.cost_analysis()["flops"] / perf.resnet_forward_flops(r, 224)[0]
+    # XLA leaves out the taps that fall on the padding (the published counts keep them: about
+    # 5% of all at 224 px, 9% at 64) and adds BatchNorm and ReLU.
+    assert 0.93 <= ratio < 1.02, ratio
+    # Ingredients: a bi-LSTM (64 -> 64) over 10 ingredients; instructions: an LSTM (64 -> 128)
+    # over 10 x 15 instruction tokens, then one (128 -> 128) over the 10 sentences.
+    d = c.data
+    assert (d.max_ingredients, d.max_instructions, d.max_instruction_tokens) == (10, 10, 15)
+    assert c.model.lstm.components == ("ingredients", "instructions")
+    lstm = 2 * 10 * 2 * 4 * 64 * 128 + 150 * 2 * 4 * 128 * 192 + 10 * 2 * 4 * 128 * 256
+    assert perf.lstm_recipe_forward_flops(c) == (pytest.approx(lstm), 2 * 64 + 128)
+    f = perf.train_flops_per_example(c, vocab_size=1000)
+    image_fwd = perf.resnet_forward_flops(r, d.image_size)[0]
+    assert f["image"] == pytest.approx(3 * image_fwd)
+    assert f["recipe"] == pytest.approx(3 * lstm)
+    assert f["heads"] == pytest.approx(2 * 3 * (128 + 256) * 128)  # the two projections
+    # The generated images' ranking: the encoder's forward and its input gradient per image.
+    ranking = perf.adversarial_train_flops(c, 1000)["ranking"]
+    assert ranking == pytest.approx(2 * image_fwd)
+    c.adversarial.generated_triplet_stride = 2
+    assert perf.adversarial_train_flops(c, 1000)["ranking"] == pytest.approx(image_fwd)
 
 
 def test_peak_flops_table_knows_gpus_and_not_cpus():

@@ -19,10 +19,10 @@ from xmodal.apps.retrieval import RetrievalModel
 from xmodal.generation import (
     DishGenerator,
     classify,
-    generated_file,
     real_photos,
     ridge_classifier,
 )
+from xmodal.runtime.results import generated_file
 from xmodal.training.loop import SAMPLES_TAG
 
 # One worker builds the session's ACME runs (conftest.acme_runs) and this module's fixtures

@@ -36,10 +36,6 @@ PROBE = "ridge classifier on the frozen image encoder's embeddings of real train
 RIDGE = 1e-2  # relative to the mean squared embedding norm (1 for unit embeddings)
 
 
-def generated_file(split: str) -> str:
-    return f"generated_{split}.json"
-
-
 def _batch_size(n: int, config: Any, devices: int) -> int:
     size = max(devices, int(config.eval.batch_size))
     return min(size, -(-n // devices) * devices)
@@ -267,7 +263,7 @@ def evaluate_generated(
         "class_probe": class_probe(frozen),
         "fid": generated_fid(frozen, generated, fid_inception),
     }
-    results_lib.write_result(generator.run.workdir, generated_file(split), results)
+    results_lib.write_result(generator.run.workdir, results_lib.generated_file(split), results)
     if jax.process_index() == 0:
         table = {
             "split": split,

@@ -1,8 +1,9 @@
-"""Performance accounting: analytic training FLOPs of the TNLBT model (its cross decoder
-included), peak FLOP/s per device kind (for model FLOPs utilisation), a compiled program's
-memory and the largest batch it extrapolates to, and a counter of XLA compilations (to prove a
-step compiles once). Used by tools/bench_train.py, tools/bench_torch.py and the tests; nothing
-here runs on the training hot path.
+"""Performance accounting: analytic training FLOPs of the dual encoder (ViT or ResNet images;
+H-T's hierarchical transformers, the flat transformer or im2recipe's LSTMs for recipes; the cross
+decoder and ACME's adversarial networks when they train), peak FLOP/s per device kind (for
+model FLOPs utilisation), a compiled program's memory and the largest batch it extrapolates to,
+and a counter of XLA compilations (to prove a step compiles once). Used by tools/bench_train.py,
+tools/bench_torch.py and the tests; nothing here runs on the training hot path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax
 from jax import monitoring
 
 from xmodal.data import decoder_targets
+from xmodal.models.resnet import EXPANSION, RESNET_DEPTHS
 from xmodal.run import decoder_trains
 
 # Dense peak FLOP/s per device from the vendors' datasheets (no sparsity). MFU is reported against
@@ -55,9 +57,12 @@ def _transformer_forward_flops(tokens: int, width: int, mlp_dim: int, depth: int
     return float(depth * per_layer)
 
 
-def cross_decoder_forward_flops(config: Any, vocab_size: int) -> float:
+def cross_decoder_forward_flops(
+    config: Any, vocab_size: int, image_tokens: int | None = None, image_width: int | None = None
+) -> float:
     """Forward FLOPs of the cross decoder on one example (teacher forcing: L = max_decoder_tokens
-    - 1 inputs) over a memory of the 1 + N image tokens and `recipe_tokens` recipe tokens: the
+    - 1 inputs) over a memory of the image encoder's tokens (ViT: 1 + N; `image_tokens` and
+    `image_width` give another encoder's) and `recipe_tokens` recipe tokens: the
     memory projections, per block causal self-attention (4 W^2 per token + 2 L^2 W), cross-
     attention (q / out on L tokens, k / v on M memory tokens, 2 L M W for the two matmuls) and the
     MLP, then the output head over the decoder's vocabulary (the tokenizer's plus its separators:
@@ -65,9 +70,10 @@ def cross_decoder_forward_flops(config: Any, vocab_size: int) -> float:
     d, m = config.data, config.model
     dec, vit = m.cross_decoder, m.vit
     w, length = dec.width, d.max_decoder_tokens - 1
-    image_tokens = 1 + (d.image_size // vit.patch_size) ** 2
+    if image_tokens is None:
+        image_tokens, image_width = 1 + (d.image_size // vit.patch_size) ** 2, vit.width
     memory = image_tokens + dec.recipe_tokens
-    flops = 2.0 * image_tokens * vit.width * w + 2.0 * m.embed_dim * dec.recipe_tokens * w
+    flops = 2.0 * image_tokens * image_width * w + 2.0 * m.embed_dim * dec.recipe_tokens * w
     per_block = 2.0 * length * (4 * w * w + 2 * w * dec.mlp_dim) + 4.0 * length**2 * w
     per_block += 2.0 * (length + memory) * 2 * w * w + 4.0 * length * memory * w
     flops += dec.depth * per_block
@@ -77,6 +83,68 @@ def cross_decoder_forward_flops(config: Any, vocab_size: int) -> float:
 def _conv_flops(size: int, kernel: int, cin: int, cout: int) -> float:
     """A convolution's forward FLOPs at `size` x `size` outputs."""
     return 2.0 * size * size * kernel * kernel * cin * cout
+
+
+def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def vit_forward_flops(config: Any) -> tuple[float, int, int]:
+    """The ViT on one image: (forward FLOPs, tokens, width): the patch embedding and the blocks."""
+    vit, patches = config.model.vit, (config.data.image_size // config.model.vit.patch_size) ** 2
+    flops = 2.0 * patches * (vit.patch_size**2 * 3) * vit.width
+    flops += _transformer_forward_flops(1 + patches, vit.width, vit.mlp_dim, vit.depth)
+    return flops, 1 + patches, vit.width
+
+
+def resnet_forward_flops(resnet: Any, image_size: int) -> tuple[float, int, int]:
+    """The ResNet (xmodal.models.resnet) on one image: (forward FLOPs of its convolutions and
+    `fc`, the last map's tokens, their width). BatchNorm, ReLU and pooling are left out, as in
+    torchvision's published counts."""
+    kind, standard = RESNET_DEPTHS[resnet.depth]
+    size = _conv_out(image_size, 7, 2, 3)
+    flops = _conv_flops(size, 7, 3, resnet.width)
+    size, cin = _conv_out(size, 3, 2, 1), resnet.width
+    for i, n in enumerate(tuple(resnet.blocks) or standard):
+        planes = resnet.width * 2**i
+        cout = planes * EXPANSION[kind]
+        for j in range(n):
+            stride = 2 if (i > 0 and j == 0) else 1
+            out = _conv_out(size, 3, stride, 1)
+            if kind == "basic":
+                flops += _conv_flops(out, 3, cin, planes) + _conv_flops(out, 3, planes, planes)
+            else:
+                flops += _conv_flops(size, 1, cin, planes) + _conv_flops(out, 3, planes, planes)
+                flops += _conv_flops(out, 1, planes, cout)
+            if stride != 1 or cin != cout:  # the downsample shortcut
+                flops += _conv_flops(out, 1, cin, cout)
+            size, cin = out, cout
+    return flops + 2.0 * cin * resnet.num_classes, size * size, cin
+
+
+def _lstm_flops(steps: int, in_features: int, hidden: int) -> float:
+    """An LSTM over `steps` (padded) steps: the four gates' input and recurrent matmuls."""
+    return 2.0 * steps * 4 * hidden * (in_features + hidden)
+
+
+def lstm_recipe_forward_flops(config: Any) -> tuple[float, int]:
+    """im2recipe's recipe encoder (xmodal.models.text_rnn.LSTMRecipeEncoder) on one recipe:
+    (forward FLOPs, feature width): bi-LSTMs over the title's words and the ingredients, the
+    word-level LSTM over every instruction's tokens and the sentence-level one over them."""
+    d, lstm = config.data, config.model.lstm
+    flops, width = 0.0, 0
+    if "title" in lstm.components:
+        flops += 2 * _lstm_flops(d.max_title_tokens, lstm.word_dim, lstm.title_hidden)
+        width += 2 * lstm.title_hidden
+    if "ingredients" in lstm.components:
+        flops += 2 * _lstm_flops(d.max_ingredients, lstm.word_dim, lstm.ingredient_hidden)
+        width += 2 * lstm.ingredient_hidden
+    if "instructions" in lstm.components:
+        words = d.max_instructions * d.max_instruction_tokens
+        flops += _lstm_flops(words, lstm.word_dim, lstm.sentence_hidden)
+        flops += _lstm_flops(d.max_instructions, lstm.sentence_hidden, lstm.instruction_hidden)
+        width += lstm.instruction_hidden
+    return flops, width
 
 
 def generator_forward_flops(adversarial: Any, embed_dim: int) -> float:
@@ -121,10 +189,15 @@ def adversarial_train_flops(config: Any, vocab_size: int) -> dict[str, float]:
       pass over the generated images for the generator's loss;
     - critic: `critic_steps` x (image + recipe + the penalty's mix, whose gradient-of-gradient
       counts twice) plus one for the encoders' term;
-    - image -> recipe heads: ingredients over the vocabulary and the class head.
-    Returns {'generator', 'image_discriminator', 'critic', 'heads', 'train'}; zeros when off."""
+    - image -> recipe heads: ingredients over the vocabulary and the class head;
+    - the generated images' ranking (`generated_triplet`): the image encoder's forward pass over
+      every `generated_triplet_stride`-th generated image and its input gradient (about one
+      more forward pass; its weights are held).
+    Returns {'generator', 'image_discriminator', 'critic', 'heads', 'ranking', 'train'}; zeros
+    when off."""
     a, d = config.adversarial, config.model.embed_dim
-    out = dict.fromkeys(("generator", "image_discriminator", "critic", "heads", "train"), 0.0)
+    parts = ("generator", "image_discriminator", "critic", "heads", "ranking", "train")
+    out = dict.fromkeys(parts, 0.0)
     if not a.enabled:
         return out
     if a.translate > 0 or a.generated_triplet > 0:
@@ -134,6 +207,8 @@ def adversarial_train_flops(config: Any, vocab_size: int) -> dict[str, float]:
         out["image_discriminator"] = 3 * passes * image_discriminator_forward_flops(a)
         heads = 2.0 * (d * 512 + 512 * 256 + 256 * vocab_size + d * 512 + 512 * a.num_classes)
         out["heads"] = 3 * heads
+    if a.generated_triplet > 0:
+        out["ranking"] = 2 * image_forward_flops(config)[0] / a.generated_triplet_stride
     if a.align > 0:
         critic = 2.0 * (d * 512 + 512 * 256 + 256)
         out["critic"] = 3 * (4 * a.critic_steps + 1) * critic
@@ -144,22 +219,22 @@ def adversarial_train_flops(config: Any, vocab_size: int) -> dict[str, float]:
 def train_flops_per_example(
     config: Any, batch_size: int | None = None, vocab_size: int | None = None
 ) -> dict[str, float]:
-    """Analytic FLOPs of one training example of the TNLBT dual encoder on padded shapes (what the
-    compiled step computes). Backward = 2 x forward, so training = 3 x forward (Kaplan et al. 2020,
+    """Analytic FLOPs of one training example of the dual encoder on padded shapes (what the
+    compiled step computes), for `model.image` vit | resnet and `model.recipe` hierarchical |
+    transformer | lstm. Backward = 2 x forward, so training = 3 x forward (Kaplan et al. 2020,
     "6 N" per token). The in-batch loss adds 2 B D per direction and per example. When the run
     trains the cross decoder its FLOPs are in (`cross_decoder_forward_flops`; they depend on the
-    vocabulary, so `vocab_size` is then required).
+    vocabulary, so `vocab_size` is then required). The class head is left out (D x classes).
 
     With `config.adversarial` on, its networks' training FLOPs are in 'adversarial' and 'train'
-    (`adversarial_train_flops`). Returns {'vit', 'recipe', 'heads', 'loss', 'decoder',
-    'adversarial', 'forward', 'train'} FLOPs per example ('forward': the dual encoder's).
+    (`adversarial_train_flops`, with the image encoder's passes over generated images). Returns
+    {'image', 'recipe', 'heads', 'loss', 'decoder', 'adversarial', 'forward', 'train'} FLOPs per
+    example ('forward': the dual encoder's).
     """
     d, m = config.data, config.model
-    vit, text = m.vit, m.text
+    text = m.text
     b = batch_size or config.train.batch_size
-    patches = (d.image_size // vit.patch_size) ** 2
-    vit_fwd = 2.0 * patches * (vit.patch_size**2 * 3) * vit.width
-    vit_fwd += _transformer_forward_flops(1 + patches, vit.width, vit.mlp_dim, vit.depth)
+    image_fwd, image_tokens, image_width = image_forward_flops(config)
 
     def pooled(tokens: int, count: int = 1) -> float:
         return count * _transformer_forward_flops(tokens, text.width, text.mlp_dim, text.depth)
@@ -169,29 +244,48 @@ def train_flops_per_example(
         words = pooled(packed) if packed else pooled(tokens, count)
         return words + pooled(count)
 
-    recipe_fwd = pooled(d.max_title_tokens)
-    recipe_fwd += lines(d.max_ingredient_tokens, d.max_ingredients, text.packed_ingredient_tokens)
-    recipe_fwd += lines(
-        d.max_instruction_tokens, d.max_instructions, text.packed_instruction_tokens
-    )
-    recipe_fwd += 2.0 * 3 * text.width * text.width  # merge of the three components
+    ssl = m.recipe == "hierarchical" and bool(m.ssl_head)
+    if m.recipe == "hierarchical":
+        recipe_fwd = pooled(d.max_title_tokens)
+        recipe_fwd += lines(
+            d.max_ingredient_tokens, d.max_ingredients, text.packed_ingredient_tokens
+        )
+        recipe_fwd += lines(
+            d.max_instruction_tokens, d.max_instructions, text.packed_instruction_tokens
+        )
+        recipe_width = text.width if text.merge_linear else 3 * text.width
+        if text.merge_linear:  # Linear(3W -> W) over the three components
+            recipe_fwd += 2.0 * 3 * text.width * text.width
+    elif m.recipe == "transformer":
+        tokens = {
+            "title": d.max_title_tokens,
+            "ingredients": d.max_ingredients * d.max_ingredient_tokens,
+            "instructions": d.max_instructions * d.max_instruction_tokens,
+        }
+        recipe_fwd = sum(pooled(tokens[c]) for c in text.components)
+        recipe_width = text.width * len(text.components)
+    elif m.recipe == "lstm":
+        recipe_fwd, recipe_width = lstm_recipe_forward_flops(config)
+    else:
+        raise ValueError(f"no FLOPs count for model.recipe={m.recipe!r}")
 
-    ssl_heads = 6 * (2 if m.ssl_head == "mlp" else 1)
-    heads_fwd = 2.0 * (vit.width + text.width) * m.embed_dim
-    heads_fwd += 2.0 * ssl_heads * text.width * text.width
+    heads_fwd = 2.0 * (image_width + recipe_width) * m.embed_dim
     # Similarities: image<->recipe (B x D, both directions) and six SSL pairs (B x text.width).
-    loss_fwd = 2.0 * b * (2 * m.embed_dim + 6 * text.width)
+    loss_fwd = 2.0 * b * 2 * m.embed_dim
+    if ssl:
+        heads_fwd += 2.0 * 6 * (2 if m.ssl_head == "mlp" else 1) * text.width * text.width
+        loss_fwd += 2.0 * b * 6 * text.width
     decoder_fwd = 0.0
     if decoder_trains(config):
         if vocab_size is None:
             raise ValueError("the cross decoder trains: its FLOPs need vocab_size")
-        decoder_fwd = cross_decoder_forward_flops(config, vocab_size)
-    forward = vit_fwd + recipe_fwd + heads_fwd + loss_fwd + decoder_fwd
+        decoder_fwd = cross_decoder_forward_flops(config, vocab_size, image_tokens, image_width)
+    forward = image_fwd + recipe_fwd + heads_fwd + loss_fwd + decoder_fwd
     if config.adversarial.enabled and config.adversarial.translate > 0 and vocab_size is None:
         raise ValueError("the image -> recipe heads train: their FLOPs need vocab_size")
     adversarial = adversarial_train_flops(config, vocab_size or 0)["train"]
     return {
-        "vit": 3 * vit_fwd,
+        "image": 3 * image_fwd,
         "recipe": 3 * recipe_fwd,
         "heads": 3 * heads_fwd,
         "loss": 3 * loss_fwd,
@@ -200,6 +294,15 @@ def train_flops_per_example(
         "forward": forward,
         "train": 3 * forward + adversarial,
     }
+
+
+def image_forward_flops(config: Any) -> tuple[float, int, int]:
+    """`model.image`'s forward FLOPs on one image, its tokens and their width."""
+    if config.model.image == "vit":
+        return vit_forward_flops(config)
+    if config.model.image == "resnet":
+        return resnet_forward_flops(config.model.resnet, config.data.image_size)
+    raise ValueError(f"no FLOPs count for model.image={config.model.image!r}")
 
 
 def compiled_flops(compiled: Any) -> float | None:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xmodal.models import conv_ops
 from xmodal.models.layers import Dtype
 
 LEAKY_SLOPE = 0.2
@@ -110,6 +111,7 @@ def _conv(
         padding=((pad, pad), (pad, pad)),
         use_bias=bias,
         dtype=dtype,
+        conv_general_dilated=conv_ops.conv_general_dilated,
         rngs=rngs,
     )
 

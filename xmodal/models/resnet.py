@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xmodal.models import conv_ops
 from xmodal.models.layers import Dtype
 
 # Blocks per stage and block kind for the standard depths (He et al. 2016, Table 1).
@@ -50,6 +51,7 @@ def _conv(cin: int, cout: int, k: int, stride: int, dtype: Dtype, rngs: nnx.Rngs
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=CONV_INIT,
+        conv_general_dilated=conv_ops.conv_general_dilated,
         rngs=rngs,
     )
 
@@ -155,6 +157,7 @@ class ResNet(nnx.Module):
             dtype=dtype,
             param_dtype=jnp.float32,
             kernel_init=CONV_INIT,
+            conv_general_dilated=conv_ops.conv_general_dilated,
             rngs=rngs,
         )
         self.bn1 = _bn(width, dtype, rngs)
@@ -185,7 +188,7 @@ class ResNet(nnx.Module):
         global average (torchvision's `avgpool` output), or the logits when `fc` exists.
         """
         x = nnx.relu(self.bn1(self.conv1(images.astype(self.dtype))))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = conv_ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
                 x = block(x)

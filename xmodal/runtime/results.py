@@ -2,9 +2,10 @@
 
 Every result a command leaves in WORKDIR is named here (`eval_<split>.json` of `--mode=eval`,
 `embeddings_<split>.npz` of `--mode=embed`, CCA's `cca_<split>.json`, the cross decoder's
-`ingredients_<split>.json`) and goes through `write_result` (JSON) or `write_arrays` (.npz):
-written by process 0 only, atomically (a temporary file, then a rename), so the other processes
-of a job, a reader or a rerun after a crash see the old file or the whole new one, never half.
+`ingredients_<split>.json`, the generator's `generated_<split>.json`) and goes through
+`write_result` (JSON) or `write_arrays` (.npz): written by process 0 only, atomically (a
+temporary file, then a rename), so the other processes of a job, a reader or a rerun after a
+crash see the old file or the whole new one, never half.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def cca_file(split: str) -> str:
 def ingredients_file(split: str) -> str:
     """The cross decoder's ingredient and title scores (`xmodal.predict`)."""
     return f"ingredients_{split}.json"
+
+
+def generated_file(split: str) -> str:
+    """The generator's scores on a split's recipes (`xmodal.generation.evaluate_generated`)."""
+    return f"generated_{split}.json"
 
 
 def write_result(workdir: str, name: str, obj: Any) -> str:
