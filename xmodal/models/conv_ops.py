@@ -62,14 +62,14 @@ def _sliced_max_pool_fwd(x, window, strides, padding):
     out = None
     for _, _, values in _windows(padded, window, strides, out_hw):
         out = values if out is None else jnp.maximum(out, values)
-    return out, x
+    return out, (x, out)
 
 
-def _sliced_max_pool_bwd(window, strides, padding, x, g):
+def _sliced_max_pool_bwd(window, strides, padding, residuals, g):
     """Each window's gradient to its first maximum in row-major order (select-and-scatter's
     choice, and PyTorch's), placed back by interior padding."""
+    x, out = residuals
     padded = _pad_spatial(x, padding, -jnp.inf)
-    out = _sliced_max_pool_fwd(x, window, strides, padding)[0]
     oh, ow = out.shape[1:3]
     taken = jnp.zeros(out.shape, bool)
     grad = jnp.zeros(padded.shape, g.dtype)
