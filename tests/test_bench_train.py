@@ -40,7 +40,10 @@ def test_bench_train_synthetic_writes_json(tmp_path):
         f"--out={out}",
         f"--trace_dir={tmp_path / 'trace'}",
     ]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    # Two devices, at the suite's unoptimised backend level (conftest: the same HLO, so the same
+    # XLA FLOP count; the flags given here replace the session's).
+    flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+    env = {**os.environ, "XLA_FLAGS": flags}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "examples/s" in proc.stdout and f"wrote {out}" in proc.stdout
